@@ -1,0 +1,96 @@
+//! Builds the whole service from its configuration and serves it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::auth::{TokenVerifier, VerifierSettings};
+use crate::config::{Config, StoreKind};
+use crate::http::{AppState, EdgeSettings, router};
+use crate::store::{SqliteStore, StoreError, UsageStore};
+use crate::usage::UsageService;
+
+/// How long one fetch of the signing keys may take.
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot build the key fetcher: {0}")]
+    Verifier(#[from] reqwest::Error),
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A service bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let store: Arc<dyn UsageStore> = match config.store {
+            StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.sqlite_path)?),
+        };
+        let verifier = Arc::new(TokenVerifier::new(VerifierSettings {
+            project_id: config.firebase_project_id.clone(),
+            jwks_url: config.firebase_jwks_url.clone(),
+            emulator_mode: config.emulator_mode(),
+            admin_claim: config.admin_claim.clone(),
+            user_type_claim: config.user_type_claim.clone(),
+            refetch_cooldown: config.jwks_refetch_cooldown,
+            fetch_timeout: JWKS_FETCH_TIMEOUT,
+        })?);
+        if config.emulator_mode() {
+            tracing::warn!(
+                project = %config.firebase_project_id,
+                "emulator mode: unsigned ID tokens are accepted; never use this in production"
+            );
+        } else {
+            let verifier = verifier.clone();
+            tokio::spawn(async move {
+                if let Err(error) = verifier.prefetch_keys().await {
+                    tracing::warn!(%error, "could not fetch the token signing keys yet");
+                }
+            });
+        }
+
+        let state = AppState {
+            usage: Arc::new(UsageService::new(
+                store,
+                config.limits(),
+                config.reset_timezone,
+            )),
+            verifier,
+            max_tokens_per_request: config.max_tokens_per_request,
+        };
+        let edge = EdgeSettings {
+            request_timeout: config.request_timeout(),
+            cors_allowed_origins: config.cors_allowed_origins.clone(),
+        };
+        let address = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| StartupError::Listen { address, source })?;
+        Ok(Self {
+            listener,
+            router: router(state, &edge),
+        })
+    }
+
+    /// Where the service listens (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn run(self) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router).await
+    }
+}

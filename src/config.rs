@@ -1,0 +1,256 @@
+//! The command line and the configuration it carries, parsed and validated once at start-up.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use chrono_tz::Tz;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::usage::Limits;
+
+/// Google's JWK set for Firebase ID tokens.
+pub const GOOGLE_JWKS_URL: &str =
+    "https://www.googleapis.com/service_accounts/v1/jwk/securetoken@system.gserviceaccount.com";
+
+/// Enforces and tracks per-user daily LLM token limits.
+#[derive(Debug, Parser)]
+#[command(name = "token-limits", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand, the service runs as with `serve`.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (the default).
+    Serve(Config),
+    /// Print an unsigned emulator ID token for the configured `demo-` project, for local use.
+    DevToken(DevTokenArgs),
+}
+
+/// Everything `serve` needs; each flag also reads the environment variable it names.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Port to listen on (Cloud Run sets it).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Where usage is stored.
+    #[arg(long, env = "STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+
+    /// The SQLite file of the embedded store.
+    #[arg(long, env = "SQLITE_PATH", default_value = "token-limits.db")]
+    pub sqlite_path: PathBuf,
+
+    /// The Firebase project whose ID tokens are accepted.
+    #[arg(long, env = "FIREBASE_PROJECT_ID", default_value = "demo-token-limits", value_parser = parse_project_id)]
+    pub firebase_project_id: String,
+
+    /// Where the token signing keys (a JWK set) come from.
+    #[arg(long, env = "FIREBASE_JWKS_URL", default_value = GOOGLE_JWKS_URL, value_parser = parse_http_url)]
+    pub firebase_jwks_url: String,
+
+    /// Set when the Firebase Auth emulator issues the tokens: they are accepted unsigned.
+    #[arg(long, env = "FIREBASE_AUTH_EMULATOR_HOST")]
+    pub firebase_auth_emulator_host: Option<String>,
+
+    /// Daily token limit of `trial` users.
+    #[arg(long, env = "DAILY_LIMIT_TRIAL", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(0..))]
+    pub daily_limit_trial: i64,
+
+    /// Daily token limit of `subscribed` users.
+    #[arg(long, env = "DAILY_LIMIT_SUBSCRIBED", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(0..))]
+    pub daily_limit_subscribed: i64,
+
+    /// The IANA time zone in which a day starts and ends.
+    #[arg(long, env = "RESET_TIMEZONE", default_value = "UTC")]
+    pub reset_timezone: Tz,
+
+    /// The most tokens one `POST /usage` may ask for.
+    #[arg(long, env = "MAX_TOKENS_PER_REQUEST", default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub max_tokens_per_request: i64,
+
+    /// Comma-separated origins allowed to call from a browser (the admin dashboard).
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_allowed_origins: Vec<HeaderValue>,
+
+    /// Log lines as `json` or `text`; `RUST_LOG` filters them.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// The custom claim that makes a caller an admin when `true`.
+    #[arg(long, env = "ADMIN_CLAIM", default_value = "admin")]
+    pub admin_claim: String,
+
+    /// The custom claim that names the caller's user type.
+    #[arg(long, env = "USER_TYPE_CLAIM", default_value = "userType")]
+    pub user_type_claim: String,
+
+    /// Seconds a request may take before it is answered 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+
+    /// The least time between two key fetches caused by an unknown key id.
+    #[arg(skip = Duration::from_secs(60))]
+    pub jwks_refetch_cooldown: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// The embedded SQLite file.
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DevTokenArgs {
+    /// The uid the token names.
+    #[arg(long)]
+    pub uid: String,
+    /// Adds the admin claim.
+    #[arg(long)]
+    pub admin: bool,
+    /// Adds the user type claim.
+    #[arg(long, value_parser = ["trial", "subscribed"])]
+    pub user_type: Option<String>,
+    /// The project the token is for; it must be a `demo-` project.
+    #[arg(long, env = "FIREBASE_PROJECT_ID", default_value = "demo-token-limits", value_parser = parse_project_id)]
+    pub firebase_project_id: String,
+    /// Set when the Firebase Auth emulator is in use; then any project will do.
+    #[arg(long, env = "FIREBASE_AUTH_EMULATOR_HOST")]
+    pub firebase_auth_emulator_host: Option<String>,
+    #[arg(long, env = "ADMIN_CLAIM", default_value = "admin")]
+    pub admin_claim: String,
+    #[arg(long, env = "USER_TYPE_CLAIM", default_value = "userType")]
+    pub user_type_claim: String,
+}
+
+impl Config {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            trial: self.daily_limit_trial,
+            subscribed: self.daily_limit_subscribed,
+        }
+    }
+
+    /// Unsigned emulator tokens are accepted: Firebase's offline `demo-` projects, or an
+    /// Auth emulator in use.
+    pub fn emulator_mode(&self) -> bool {
+        emulator_mode(&self.firebase_project_id, &self.firebase_auth_emulator_host)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+impl DevTokenArgs {
+    pub fn emulator_mode(&self) -> bool {
+        emulator_mode(&self.firebase_project_id, &self.firebase_auth_emulator_host)
+    }
+}
+
+fn emulator_mode(project_id: &str, auth_emulator_host: &Option<String>) -> bool {
+    project_id.starts_with("demo-") || auth_emulator_host.is_some()
+}
+
+/// Firebase project ids: 6 to 30 lowercase letters, digits and hyphens.
+fn parse_project_id(raw: &str) -> Result<String, String> {
+    let valid_chars = raw
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if (6..=30).contains(&raw.len()) && valid_chars {
+        Ok(raw.to_owned())
+    } else {
+        Err("a project id is 6 to 30 lowercase letters, digits and hyphens".to_owned())
+    }
+}
+
+fn parse_http_url(raw: &str) -> Result<String, String> {
+    let parsed: axum::http::Uri = raw.parse().map_err(|e| format!("not a URL: {e}"))?;
+    match (parsed.scheme_str(), parsed.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(raw.to_owned()),
+        _ => Err("expected an http:// or https:// URL".to_owned()),
+    }
+}
+
+/// A browser origin: `scheme://host[:port]`, nothing after it.
+fn parse_origin(raw: &str) -> Result<HeaderValue, String> {
+    let raw = raw.trim();
+    let parsed: axum::http::Uri = raw.parse().map_err(|e| format!("not an origin: {e}"))?;
+    let bare = parsed
+        .path_and_query()
+        .is_none_or(|p| p.as_str().is_empty() || p == "/")
+        && !raw.ends_with('/');
+    match (parsed.scheme_str(), parsed.host()) {
+        (Some("http" | "https"), Some(_)) if bare => {
+            HeaderValue::from_str(raw).map_err(|e| e.to_string())
+        }
+        _ => Err("an origin is scheme://host[:port], e.g. https://admin.example.com".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn origins_must_be_bare() {
+        assert!(parse_origin("https://admin.example.com").is_ok());
+        assert!(parse_origin("http://localhost:3000").is_ok());
+        for bad in [
+            "admin.example.com",
+            "https://a.example.com/",
+            "https://a.example.com/x",
+            "ftp://a.b",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn project_ids_follow_firebase_rules() {
+        assert!(parse_project_id("demo-token-limits").is_ok());
+        for bad in [
+            "",
+            "short",
+            "Upper-Case-Id",
+            "has_underscore",
+            &"a".repeat(31),
+        ] {
+            assert!(parse_project_id(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn demo_projects_and_the_auth_emulator_mean_emulator_mode() {
+        assert!(emulator_mode("demo-x", &None));
+        assert!(!emulator_mode("prod-project", &None));
+        assert!(emulator_mode(
+            "prod-project",
+            &Some("127.0.0.1:9099".to_owned())
+        ));
+    }
+}

@@ -1,0 +1,181 @@
+//! The one error shape of the API: `{"error": {"code": "...", "message": "..."}}`.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+use crate::store::StoreError;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `invalid_request`: the message names the field.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 400 `invalid_user_id`: the uid cannot name a document.
+    #[error("{0}")]
+    InvalidUserId(String),
+    /// 401 `unauthenticated`, with `WWW-Authenticate: Bearer`.
+    #[error("a valid Firebase ID token is required")]
+    Unauthenticated,
+    /// 403 `forbidden`.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// 404 `not_found`.
+    #[error("no such resource")]
+    NotFound,
+    /// 413 `payload_too_large`.
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    /// 415 `unsupported_media_type`.
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    /// 422 `idempotency_key_reused`.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    /// 503 `unavailable`, with `Retry-After`.
+    #[error("the service is unavailable; retry shortly")]
+    Unavailable,
+    /// 500 `internal`: the detail is logged, never returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) | Self::InvalidUserId(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidUserId(_) => "invalid_user_id",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound => "not_found",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::Unavailable => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'a str,
+    pub message: String,
+}
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorBody<'a>,
+}
+
+/// A JSON error response with the contract's shape.
+pub fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    let mut response = (
+        status,
+        axum::Json(ErrorEnvelope {
+            error: ErrorBody { code, message },
+        }),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    match status {
+        StatusCode::UNAUTHORIZED => {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        StatusCode::SERVICE_UNAVAILABLE => {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+        }
+        _ => {}
+    }
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        error_response(self.status(), self.code(), self.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "store unavailable");
+                Self::Unavailable
+            }
+            StoreError::Internal(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Invalid(reason) => {
+                tracing::debug!(reason, "token refused");
+                Self::Unauthenticated
+            }
+            AuthError::KeysUnavailable => {
+                tracing::warn!("no token signing keys available");
+                Self::Unavailable
+            }
+        }
+    }
+}
+
+/// Gives every error the framework answers by itself (unknown route, wrong method, timeout,
+/// body limits) the contract's JSON shape, keeping its status and headers such as `Allow`.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => ("not_found", "no such resource"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "this method is not allowed here"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "unsupported media type"),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            ("unavailable", "the service is unavailable; retry shortly")
+        }
+        status if status.is_server_error() => ("internal", "internal error"),
+        _ => ("invalid_request", "the request is not valid"),
+    };
+    let (mut parts, _) = response.into_parts();
+    let fresh = error_response(status, code, message.to_owned());
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for (name, value) in fresh.headers() {
+        parts.headers.insert(name, value.clone());
+    }
+    let (_, body) = fresh.into_parts();
+    Response::from_parts(parts, Body::new(body))
+}

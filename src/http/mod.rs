@@ -1,0 +1,83 @@
+//! The HTTP edge: the router, its layers, and one module per resource.
+
+mod error;
+mod extract;
+mod ops;
+mod usage;
+
+pub use error::ApiError;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method, Request, StatusCode, header};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::auth::TokenVerifier;
+use crate::usage::UsageService;
+
+/// The largest request body accepted; a usage request is a few dozen bytes.
+const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub usage: Arc<UsageService>,
+    pub verifier: Arc<TokenVerifier>,
+    pub max_tokens_per_request: i64,
+}
+
+/// How the edge behaves, beyond the handlers.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub request_timeout: Duration,
+    pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
+}
+
+pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
+    let mut app = Router::new()
+        .merge(usage::router())
+        .merge(ops::router())
+        .fallback(|| async { ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            edge.request_timeout,
+        ))
+        .layer(axum::middleware::map_response(error::json_errors));
+    if !edge.cors_allowed_origins.is_empty() {
+        app = app.layer(cors(&edge.cors_allowed_origins));
+    }
+    app.layer(
+        TraceLayer::new_for_http()
+            // Method and path only: headers (Authorization) and query strings stay out of logs.
+            .make_span_with(|request: &Request<_>| {
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+            })
+            .on_response(DefaultOnResponse::new().level(Level::INFO)),
+    )
+    .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+}
+
+fn cors(origins: &[axum::http::HeaderValue]) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            header::RETRY_AFTER,
+            HeaderName::from_static("idempotent-replayed"),
+        ])
+        .max_age(Duration::from_secs(3600))
+}

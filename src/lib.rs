@@ -1,0 +1,9 @@
+//! token-limits: per-user daily LLM token limits, checked and recorded atomically.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+pub mod usage;

@@ -1,0 +1,77 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use token_limits::app::Application;
+use token_limits::auth::emulator_token;
+use token_limits::config::{Cli, Command, Config, DevTokenArgs};
+use token_limits::telemetry;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            // One line that names the flag and its variable, as operators grep for it.
+            let rendered = error.render().to_string();
+            eprintln!(
+                "{}",
+                rendered.lines().next().unwrap_or("invalid configuration")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match cli.command {
+        None => serve(cli.serve),
+        Some(Command::Serve(config)) => serve(config),
+        Some(Command::DevToken(args)) => dev_token(&args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("token-limits: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    telemetry::init(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let app = Application::build(config).await?;
+        tracing::info!(address = %app.local_addr()?, "serving");
+        app.run().await?;
+        Ok(())
+    })
+}
+
+fn dev_token(args: &DevTokenArgs) -> anyhow::Result<()> {
+    if !args.emulator_mode() {
+        anyhow::bail!(
+            "dev-token only issues tokens for demo- projects or with FIREBASE_AUTH_EMULATOR_HOST set (FIREBASE_PROJECT_ID={})",
+            args.firebase_project_id
+        );
+    }
+    let token = emulator_token(
+        &args.firebase_project_id,
+        &args.uid,
+        args.admin,
+        args.user_type.as_deref(),
+        &args.admin_claim,
+        &args.user_type_claim,
+        chrono::Utc::now(),
+    );
+    println!("{token}");
+    Ok(())
+}

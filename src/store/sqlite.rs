@@ -1,0 +1,354 @@
+//! The embedded store: one SQLite file (WAL), tables mirroring the two Firestore collections.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use tokio::sync::Mutex;
+
+use super::{RecordOutcome, RecordRequest, StoreError, UsageStore};
+use crate::usage::{
+    DailyUsage, Decision, DecisionInput, Fingerprint, IdempotencyCheck, IdempotencyKey,
+    IdempotencyRecord, MonthlyUsage, UserId, UserType, decide,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS daily_token_usage (
+    id           TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL,
+    date         TEXT NOT NULL,
+    tokens_used  INTEGER NOT NULL,
+    token_limit  INTEGER NOT NULL,
+    user_type    TEXT NOT NULL,
+    last_updated TEXT NOT NULL,
+    reset_at     TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS daily_by_user_date ON daily_token_usage (user_id, date DESC);
+CREATE INDEX IF NOT EXISTS daily_by_date_tokens ON daily_token_usage (date, tokens_used DESC, user_id);
+
+CREATE TABLE IF NOT EXISTS token_usage_history (
+    id                   TEXT PRIMARY KEY,
+    user_id              TEXT NOT NULL,
+    year                 INTEGER NOT NULL,
+    month                INTEGER NOT NULL,
+    daily_usage          TEXT NOT NULL,
+    total_monthly_tokens INTEGER NOT NULL,
+    average_daily_usage  REAL NOT NULL,
+    peak_usage_date      TEXT NOT NULL,
+    peak_usage_tokens    INTEGER NOT NULL,
+    user_type            TEXT NOT NULL,
+    created_at           TEXT NOT NULL,
+    updated_at           TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS history_by_user ON token_usage_history (user_id, year DESC, month DESC);
+
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user_id     TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    response    TEXT NOT NULL,
+    expires_at  TEXT NOT NULL,
+    PRIMARY KEY (user_id, key)
+) STRICT;
+";
+
+/// The embedded store. One connection, used by one blocking task at a time: SQLite serialises
+/// writers anyway, and `BEGIN IMMEDIATE` keeps other processes on the same file correct too.
+#[derive(Clone)]
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and its schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let connection = Connection::open(path).map_err(store_error)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(store_error)?;
+        // WAL lets readers run beside the writer; NORMAL is durable across process crashes.
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(store_error)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(store_error)?;
+        connection.execute_batch(SCHEMA).map_err(store_error)?;
+        Ok(Self {
+            connection: Arc::new(Mutex::new(connection)),
+        })
+    }
+
+    /// Runs `work` on the connection in a blocking thread, so SQLite never stalls the runtime.
+    async fn with_connection<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let mut connection = self.connection.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || work(&mut connection))
+            .await
+            .map_err(|join| StoreError::Internal(format!("sqlite task failed: {join}")))?
+            .map_err(store_error)
+    }
+}
+
+#[async_trait]
+impl UsageStore for SqliteStore {
+    async fn record(&self, request: RecordRequest) -> Result<RecordOutcome, StoreError> {
+        self.with_connection(move |connection| record(connection, &request))
+            .await
+    }
+
+    async fn day(
+        &self,
+        user_id: &UserId,
+        date: NaiveDate,
+    ) -> Result<Option<DailyUsage>, StoreError> {
+        let id = DailyUsage::document_id(user_id, date);
+        self.with_connection(move |connection| read_day(connection, &id))
+            .await
+    }
+
+    async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError> {
+        let user_id = user_id.clone();
+        self.with_connection(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT * FROM token_usage_history WHERE user_id = ?1
+                 ORDER BY year DESC, month DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![user_id.as_str(), limit], month_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_connection(|connection| connection.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+}
+
+fn record(connection: &mut Connection, request: &RecordRequest) -> rusqlite::Result<RecordOutcome> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Some((key, fingerprint)) = &request.idempotency {
+        let stored = read_idempotency(&transaction, &request.user_id, key)?;
+        match IdempotencyCheck::of(stored.as_ref(), fingerprint, request.now) {
+            IdempotencyCheck::Replay(day) => return Ok(RecordOutcome::Replayed(day)),
+            IdempotencyCheck::Reused => return Ok(RecordOutcome::KeyReused),
+            IdempotencyCheck::New => {}
+        }
+    }
+
+    let window = &request.window;
+    let day_id = DailyUsage::document_id(&request.user_id, window.date);
+    let month_id = MonthlyUsage::document_id(&request.user_id, window.year(), window.month());
+    let current_day = read_day(&transaction, &day_id)?;
+    let current_month = read_month(&transaction, &month_id)?;
+    let input = DecisionInput {
+        user_id: &request.user_id,
+        tokens: request.tokens,
+        user_type: request.user_type,
+        window,
+        limits: &request.limits,
+        now: request.now,
+    };
+    match decide(current_day.as_ref(), current_month.as_ref(), input) {
+        // Dropping the transaction rolls it back: a denial writes nothing.
+        Decision::Denied { day } => Ok(RecordOutcome::Denied(day)),
+        Decision::Admitted { day, month } => {
+            write_day(&transaction, &day_id, &day)?;
+            write_month(&transaction, &month_id, &month)?;
+            if let Some((key, fingerprint)) = &request.idempotency {
+                let record = IdempotencyRecord {
+                    fingerprint: fingerprint.clone(),
+                    response: day.clone(),
+                    expires_at: request.now + IdempotencyKey::LIFETIME,
+                };
+                write_idempotency(&transaction, &request.user_id, key, &record)?;
+            }
+            transaction.commit()?;
+            Ok(RecordOutcome::Admitted(day))
+        }
+    }
+}
+
+fn read_day(connection: &Connection, id: &str) -> rusqlite::Result<Option<DailyUsage>> {
+    connection
+        .prepare_cached(
+            "SELECT user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at
+             FROM daily_token_usage WHERE id = ?1",
+        )?
+        .query_row([id], |row| {
+            Ok(DailyUsage {
+                user_id: user_id_from(row, 0)?,
+                date: row.get(1)?,
+                tokens_used: row.get(2)?,
+                token_limit: row.get(3)?,
+                user_type: user_type_from(row, 4)?,
+                last_updated: row.get(5)?,
+                reset_at: row.get(6)?,
+            })
+        })
+        .optional()
+}
+
+fn write_day(connection: &Connection, id: &str, day: &DailyUsage) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO daily_token_usage
+                 (id, user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (id) DO UPDATE SET
+                 tokens_used = excluded.tokens_used, token_limit = excluded.token_limit,
+                 user_type = excluded.user_type, last_updated = excluded.last_updated,
+                 reset_at = excluded.reset_at",
+        )?
+        .execute(params![
+            id,
+            day.user_id.as_str(),
+            day.date,
+            day.tokens_used,
+            day.token_limit,
+            day.user_type.as_str(),
+            day.last_updated,
+            day.reset_at,
+        ])
+        .map(drop)
+}
+
+fn read_month(connection: &Connection, id: &str) -> rusqlite::Result<Option<MonthlyUsage>> {
+    connection
+        .prepare_cached("SELECT * FROM token_usage_history WHERE id = ?1")?
+        .query_row([id], month_from_row)
+        .optional()
+}
+
+fn month_from_row(row: &Row<'_>) -> rusqlite::Result<MonthlyUsage> {
+    let daily_usage: String = row.get("daily_usage")?;
+    Ok(MonthlyUsage {
+        user_id: user_id_from(row, "user_id")?,
+        year: row.get("year")?,
+        month: row.get("month")?,
+        daily_usage: serde_json::from_str(&daily_usage).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })?,
+        total_monthly_tokens: row.get("total_monthly_tokens")?,
+        average_daily_usage: row.get("average_daily_usage")?,
+        peak_usage_date: row.get("peak_usage_date")?,
+        peak_usage_tokens: row.get("peak_usage_tokens")?,
+        user_type: user_type_from(row, "user_type")?,
+        created_at: row.get("created_at")?,
+        updated_at: row.get("updated_at")?,
+    })
+}
+
+fn write_month(connection: &Connection, id: &str, month: &MonthlyUsage) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO token_usage_history
+                 (id, user_id, year, month, daily_usage, total_monthly_tokens, average_daily_usage,
+                  peak_usage_date, peak_usage_tokens, user_type, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (id) DO UPDATE SET
+                 daily_usage = excluded.daily_usage,
+                 total_monthly_tokens = excluded.total_monthly_tokens,
+                 average_daily_usage = excluded.average_daily_usage,
+                 peak_usage_date = excluded.peak_usage_date,
+                 peak_usage_tokens = excluded.peak_usage_tokens,
+                 user_type = excluded.user_type, updated_at = excluded.updated_at",
+        )?
+        .execute(params![
+            id,
+            month.user_id.as_str(),
+            month.year,
+            month.month,
+            to_json(&month.daily_usage)?,
+            month.total_monthly_tokens,
+            month.average_daily_usage,
+            month.peak_usage_date,
+            month.peak_usage_tokens,
+            month.user_type.as_str(),
+            month.created_at,
+            month.updated_at,
+        ])
+        .map(drop)
+}
+
+fn read_idempotency(
+    connection: &Connection,
+    user_id: &UserId,
+    key: &IdempotencyKey,
+) -> rusqlite::Result<Option<IdempotencyRecord>> {
+    connection
+        .prepare_cached(
+            "SELECT fingerprint, response, expires_at FROM idempotency_keys
+             WHERE user_id = ?1 AND key = ?2",
+        )?
+        .query_row(params![user_id.as_str(), key.as_str()], |row| {
+            let response: String = row.get(1)?;
+            Ok(IdempotencyRecord {
+                fingerprint: Fingerprint::from_stored(row.get(0)?),
+                response: serde_json::from_str(&response).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        1,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                })?,
+                expires_at: row.get(2)?,
+            })
+        })
+        .optional()
+}
+
+fn write_idempotency(
+    connection: &Connection,
+    user_id: &UserId,
+    key: &IdempotencyKey,
+    record: &IdempotencyRecord,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (user_id, key, fingerprint, response, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+                 response = excluded.response, expires_at = excluded.expires_at",
+        )?
+        .execute(params![
+            user_id.as_str(),
+            key.as_str(),
+            record.fingerprint.as_str(),
+            to_json(&record.response)?,
+            record.expires_at,
+        ])
+        .map(drop)
+}
+
+fn to_json(value: &impl serde::Serialize) -> rusqlite::Result<String> {
+    serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
+}
+
+fn user_id_from<I: rusqlite::RowIndex>(row: &Row<'_>, index: I) -> rusqlite::Result<UserId> {
+    let raw: String = row.get(index)?;
+    UserId::parse(&raw).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+/// A stored user type this version does not know reads as `trial`, like an unknown claim.
+fn user_type_from<I: rusqlite::RowIndex>(row: &Row<'_>, index: I) -> rusqlite::Result<UserType> {
+    let raw: String = row.get(index)?;
+    Ok(UserType::from_claim(Some(&raw)))
+}
+
+fn store_error(error: rusqlite::Error) -> StoreError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(error.to_string())
+        }
+        _ => StoreError::Internal(error.to_string()),
+    }
+}

@@ -1,0 +1,483 @@
+//! The one rule of the service: may this user spend these tokens today, and what do the day
+//! and month documents become if so. Pure: both stores call it inside their transaction.
+
+use chrono::{DateTime, Utc};
+
+use super::{DailyUsage, DayWindow, Limits, MonthlyUsage, UserId, UserType};
+
+/// What a store must decide on, read inside its transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionInput<'a> {
+    pub user_id: &'a UserId,
+    pub tokens: i64,
+    /// The caller's current user type; `None` keeps the stored one (an admin acting for a user).
+    pub user_type: Option<UserType>,
+    pub window: &'a DayWindow,
+    pub limits: &'a Limits,
+    pub now: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Within the limit: write both documents.
+    Admitted {
+        day: DailyUsage,
+        month: MonthlyUsage,
+    },
+    /// Over the limit: write nothing; `day` shows the unchanged figures.
+    Denied { day: DailyUsage },
+}
+
+impl Decision {
+    pub fn day(&self) -> &DailyUsage {
+        match self {
+            Self::Admitted { day, .. } | Self::Denied { day } => day,
+        }
+    }
+}
+
+/// Decides one request against the current day and month documents (absent when not yet
+/// created). Tokens are admitted while `tokensUsed + tokens <= limit`, with the limit of the
+/// user type in force now, so an upgrade mid-day takes effect at once.
+pub fn decide(
+    current_day: Option<&DailyUsage>,
+    current_month: Option<&MonthlyUsage>,
+    input: DecisionInput<'_>,
+) -> Decision {
+    let user_type = input
+        .user_type
+        .or_else(|| current_day.map(|day| day.user_type))
+        .or_else(|| current_month.map(|month| month.user_type))
+        .unwrap_or(UserType::Trial);
+    let token_limit = input.limits.for_type(user_type);
+    let tokens_used = current_day.map_or(0, |day| day.tokens_used);
+
+    let within_limit = tokens_used
+        .checked_add(input.tokens)
+        .is_some_and(|total| total <= token_limit);
+    if !within_limit {
+        let day = DailyUsage {
+            user_id: input.user_id.clone(),
+            date: input.window.date,
+            tokens_used,
+            token_limit,
+            user_type,
+            last_updated: current_day.map_or(input.now, |day| day.last_updated),
+            reset_at: input.window.reset_at,
+        };
+        return Decision::Denied { day };
+    }
+
+    let day = DailyUsage {
+        user_id: input.user_id.clone(),
+        date: input.window.date,
+        tokens_used: tokens_used + input.tokens,
+        token_limit,
+        user_type,
+        last_updated: input.now,
+        reset_at: input.window.reset_at,
+    };
+    let month = next_month(current_month, &input, user_type);
+    Decision::Admitted { day, month }
+}
+
+/// The month document after adding the request's tokens to today's entry, continuing whatever
+/// the stored document holds (a backfill, another writer) rather than replacing it.
+fn next_month(
+    current: Option<&MonthlyUsage>,
+    input: &DecisionInput<'_>,
+    user_type: UserType,
+) -> MonthlyUsage {
+    let mut daily_usage = current.map(|m| m.daily_usage.clone()).unwrap_or_default();
+    *daily_usage.entry(input.window.day_key()).or_insert(0) += input.tokens;
+    fill_missing_days(&mut daily_usage);
+
+    let total: i64 = daily_usage.values().sum();
+    // BTreeMap iterates days in order, so the first maximum found is the earliest.
+    let (peak_day, peak_tokens) = daily_usage.iter().fold(
+        (String::new(), i64::MIN),
+        |(best_day, best), (day, &tokens)| {
+            if tokens > best {
+                (day.clone(), tokens)
+            } else {
+                (best_day, best)
+            }
+        },
+    );
+
+    MonthlyUsage {
+        user_id: input.user_id.clone(),
+        year: input.window.year(),
+        month: input.window.month(),
+        total_monthly_tokens: total,
+        average_daily_usage: total as f64 / daily_usage.len() as f64,
+        peak_usage_date: peak_day,
+        peak_usage_tokens: peak_tokens,
+        daily_usage,
+        user_type,
+        created_at: current.map_or(input.now, |m| m.created_at),
+        updated_at: input.now,
+    }
+}
+
+/// Adds a zero entry for every day between the first and the last day present.
+fn fill_missing_days(daily_usage: &mut std::collections::BTreeMap<String, i64>) {
+    let days: Vec<u32> = daily_usage.keys().filter_map(|k| k.parse().ok()).collect();
+    if let (Some(&first), Some(&last)) = (days.iter().min(), days.iter().max()) {
+        for day in first..=last {
+            daily_usage.entry(format!("{day:02}")).or_insert(0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::NaiveDate;
+    use chrono_tz::Tz;
+
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        trial: 10_000,
+        subscribed: 100_000,
+    };
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn alice() -> UserId {
+        UserId::parse("alice").unwrap()
+    }
+
+    struct Case {
+        user: UserId,
+        window: DayWindow,
+        now: DateTime<Utc>,
+    }
+
+    impl Case {
+        fn at(now: &str) -> Self {
+            let now = at(now);
+            Self {
+                user: alice(),
+                window: DayWindow::containing(now, Tz::UTC),
+                now,
+            }
+        }
+
+        fn input(&self, tokens: i64, user_type: Option<UserType>) -> DecisionInput<'_> {
+            DecisionInput {
+                user_id: &self.user,
+                tokens,
+                user_type,
+                window: &self.window,
+                limits: &LIMITS,
+                now: self.now,
+            }
+        }
+    }
+
+    fn admitted(decision: Decision) -> (DailyUsage, MonthlyUsage) {
+        match decision {
+            Decision::Admitted { day, month } => (day, month),
+            Decision::Denied { day } => panic!("denied: {day:?}"),
+        }
+    }
+
+    /// Records `tokens` on each (timestamp, tokens) in order, carrying the documents along.
+    fn replay(requests: &[(&str, i64)]) -> (Option<DailyUsage>, MonthlyUsage) {
+        let mut day: Option<DailyUsage> = None;
+        let mut month: Option<MonthlyUsage> = None;
+        for &(now, tokens) in requests {
+            let case = Case::at(now);
+            let current_day = day.filter(|d| d.date == case.window.date);
+            let (new_day, new_month) = admitted(decide(
+                current_day.as_ref(),
+                month.as_ref(),
+                case.input(tokens, Some(UserType::Trial)),
+            ));
+            day = Some(new_day);
+            month = Some(new_month);
+        }
+        (day, month.unwrap())
+    }
+
+    #[test]
+    fn first_use_creates_both_documents() {
+        let case = Case::at("2024-01-15T14:30:00Z");
+        let (day, month) = admitted(decide(None, None, case.input(1250, Some(UserType::Trial))));
+        assert_eq!(
+            day,
+            DailyUsage {
+                user_id: alice(),
+                date: NaiveDate::from_ymd_opt(2024, 1, 15).unwrap(),
+                tokens_used: 1250,
+                token_limit: 10_000,
+                user_type: UserType::Trial,
+                last_updated: case.now,
+                reset_at: at("2024-01-16T00:00:00Z"),
+            }
+        );
+        assert_eq!(day.remaining(), 8750);
+        assert_eq!(month.daily_usage, BTreeMap::from([("15".to_owned(), 1250)]));
+        assert_eq!((month.year, month.month), (2024, 1));
+        assert_eq!(month.total_monthly_tokens, 1250);
+        assert_eq!(month.average_daily_usage, 1250.0);
+        assert_eq!(
+            (month.peak_usage_date.as_str(), month.peak_usage_tokens),
+            ("15", 1250)
+        );
+        assert_eq!((month.created_at, month.updated_at), (case.now, case.now));
+    }
+
+    #[test]
+    fn exactly_the_limit_is_admitted_and_one_more_is_denied() {
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let (day, _) = admitted(decide(None, None, case.input(9_999, Some(UserType::Trial))));
+        let (day, month) = admitted(decide(Some(&day), None, case.input(1, None)));
+        assert_eq!(day.tokens_used, 10_000);
+        assert_eq!(day.remaining(), 0);
+
+        let denied = decide(
+            Some(&day),
+            Some(&month),
+            case.input(1, Some(UserType::Trial)),
+        );
+        assert_eq!(denied, Decision::Denied { day: day.clone() });
+    }
+
+    #[test]
+    fn a_single_request_above_the_limit_is_denied_with_zero_figures() {
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let decision = decide(None, None, case.input(10_001, Some(UserType::Trial)));
+        let Decision::Denied { day } = decision else {
+            panic!("admitted")
+        };
+        assert_eq!(
+            (day.tokens_used, day.token_limit, day.remaining()),
+            (0, 10_000, 10_000)
+        );
+    }
+
+    #[test]
+    fn an_upgrade_mid_day_raises_the_limit_at_once() {
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let (day, month) = admitted(decide(
+            None,
+            None,
+            case.input(10_000, Some(UserType::Trial)),
+        ));
+        assert!(matches!(
+            decide(
+                Some(&day),
+                Some(&month),
+                case.input(500, Some(UserType::Trial))
+            ),
+            Decision::Denied { .. }
+        ));
+        let (day, month) = admitted(decide(
+            Some(&day),
+            Some(&month),
+            case.input(500, Some(UserType::Subscribed)),
+        ));
+        assert_eq!((day.tokens_used, day.token_limit), (10_500, 100_000));
+        assert_eq!(day.user_type, UserType::Subscribed);
+        assert_eq!(month.user_type, UserType::Subscribed);
+    }
+
+    #[test]
+    fn a_downgrade_mid_day_denies_and_reports_nothing_remaining() {
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let (day, month) = admitted(decide(
+            None,
+            None,
+            case.input(50_000, Some(UserType::Subscribed)),
+        ));
+        let Decision::Denied { day } = decide(
+            Some(&day),
+            Some(&month),
+            case.input(1, Some(UserType::Trial)),
+        ) else {
+            panic!("admitted")
+        };
+        assert_eq!(
+            (day.tokens_used, day.token_limit, day.remaining()),
+            (50_000, 10_000, 0)
+        );
+    }
+
+    #[test]
+    fn without_a_caller_type_the_stored_type_applies() {
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let (day, month) = admitted(decide(
+            None,
+            None,
+            case.input(20_000, Some(UserType::Subscribed)),
+        ));
+        let (day, _) = admitted(decide(Some(&day), Some(&month), case.input(1, None)));
+        assert_eq!(
+            (day.user_type, day.token_limit),
+            (UserType::Subscribed, 100_000)
+        );
+        let (fresh, _) = admitted(decide(None, None, case.input(1, None)));
+        assert_eq!(fresh.user_type, UserType::Trial);
+    }
+
+    #[test]
+    fn overflowing_totals_are_denied_not_wrapped() {
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let limits = Limits {
+            trial: i64::MAX,
+            subscribed: i64::MAX,
+        };
+        let mut input = case.input(i64::MAX, Some(UserType::Trial));
+        input.limits = &limits;
+        let (day, month) = admitted(decide(None, None, input));
+        input.tokens = 1;
+        assert!(matches!(
+            decide(Some(&day), Some(&month), input),
+            Decision::Denied { .. }
+        ));
+    }
+
+    #[test]
+    fn month_fills_skipped_days_with_zero_and_averages_over_every_entry() {
+        let (_, month) = replay(&[
+            ("2024-01-01T09:00:00Z", 850),
+            ("2024-01-02T09:00:00Z", 1200),
+            ("2024-01-04T09:00:00Z", 2100),
+            ("2024-01-05T09:00:00Z", 1000),
+            ("2024-01-05T21:00:00Z", 750),
+        ]);
+        let expected: BTreeMap<String, i64> = [
+            ("01", 850),
+            ("02", 1200),
+            ("03", 0),
+            ("04", 2100),
+            ("05", 1750),
+        ]
+        .into_iter()
+        .map(|(d, t)| (d.to_owned(), t))
+        .collect();
+        assert_eq!(month.daily_usage, expected);
+        assert_eq!(month.total_monthly_tokens, 5900);
+        assert_eq!(month.average_daily_usage, 1180.0);
+        assert_eq!(
+            (month.peak_usage_date.as_str(), month.peak_usage_tokens),
+            ("04", 2100)
+        );
+        assert_eq!(month.created_at, at("2024-01-01T09:00:00Z"));
+        assert_eq!(month.updated_at, at("2024-01-05T21:00:00Z"));
+    }
+
+    #[test]
+    fn the_average_is_a_fraction_when_it_does_not_divide() {
+        let (_, month) = replay(&[("2024-01-01T09:00:00Z", 1), ("2024-01-03T09:00:00Z", 1)]);
+        assert_eq!(month.total_monthly_tokens, 2);
+        assert!((month.average_daily_usage - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_peak_tie_goes_to_the_earliest_day() {
+        let (_, month) = replay(&[
+            ("2024-01-10T09:00:00Z", 500),
+            ("2024-01-11T09:00:00Z", 700),
+            ("2024-01-12T09:00:00Z", 700),
+        ]);
+        assert_eq!(
+            (month.peak_usage_date.as_str(), month.peak_usage_tokens),
+            ("11", 700)
+        );
+    }
+
+    #[test]
+    fn a_new_month_starts_a_new_document_and_a_new_day() {
+        let (day, month) = replay(&[("2024-01-31T23:00:00Z", 900)]);
+        let case = Case::at("2024-02-01T00:00:00Z");
+        assert_ne!(day.as_ref().unwrap().date, case.window.date);
+        let (day, february) = admitted(decide(None, None, case.input(100, Some(UserType::Trial))));
+        assert_eq!(month.month, 1);
+        assert_eq!((february.year, february.month), (2024, 2));
+        assert_eq!(
+            february.daily_usage,
+            BTreeMap::from([("01".to_owned(), 100)])
+        );
+        assert_eq!(day.tokens_used, 100);
+    }
+
+    #[test]
+    fn leap_day_counts_in_february() {
+        let (day, month) = replay(&[("2024-02-28T12:00:00Z", 10), ("2024-02-29T12:00:00Z", 20)]);
+        assert_eq!(
+            day.unwrap().date,
+            NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()
+        );
+        assert_eq!(month.daily_usage.get("29"), Some(&20));
+        assert_eq!(month.daily_usage.len(), 2);
+    }
+
+    #[test]
+    fn a_pre_existing_month_document_is_continued() {
+        let created = at("2023-12-01T00:00:00Z");
+        let backfilled = MonthlyUsage {
+            user_id: alice(),
+            year: 2024,
+            month: 1,
+            daily_usage: BTreeMap::from([("02".to_owned(), 3000), ("03".to_owned(), 100)]),
+            // Totals written by someone else are recomputed from the days, not trusted.
+            total_monthly_tokens: 1,
+            average_daily_usage: 0.0,
+            peak_usage_date: "03".to_owned(),
+            peak_usage_tokens: 100,
+            user_type: UserType::Trial,
+            created_at: created,
+            updated_at: created,
+        };
+        let case = Case::at("2024-01-06T12:00:00Z");
+        let (_, month) = admitted(decide(
+            None,
+            Some(&backfilled),
+            case.input(400, Some(UserType::Trial)),
+        ));
+        let days: Vec<(&str, i64)> = month
+            .daily_usage
+            .iter()
+            .map(|(d, t)| (d.as_str(), *t))
+            .collect();
+        assert_eq!(
+            days,
+            [("02", 3000), ("03", 100), ("04", 0), ("05", 0), ("06", 400)]
+        );
+        assert_eq!(month.total_monthly_tokens, 3500);
+        assert_eq!(month.average_daily_usage, 700.0);
+        assert_eq!(
+            (month.peak_usage_date.as_str(), month.peak_usage_tokens),
+            ("02", 3000)
+        );
+        assert_eq!(month.created_at, created);
+    }
+
+    #[test]
+    fn dates_follow_the_reset_time_zone() {
+        let ny = chrono_tz::America::New_York;
+        let now = at("2024-03-01T03:00:00Z");
+        let window = DayWindow::containing(now, ny);
+        let user = alice();
+        let input = DecisionInput {
+            user_id: &user,
+            tokens: 5,
+            user_type: Some(UserType::Trial),
+            window: &window,
+            limits: &LIMITS,
+            now,
+        };
+        let (day, month) = admitted(decide(None, None, input));
+        // Still February 29th in New York.
+        assert_eq!(day.date, NaiveDate::from_ymd_opt(2024, 2, 29).unwrap());
+        assert_eq!((month.month, month.daily_usage.get("29")), (2, Some(&5)));
+        assert_eq!(day.reset_at, at("2024-03-01T05:00:00Z"));
+    }
+}

@@ -1,0 +1,145 @@
+//! Idempotency keys: a retried `POST /usage` answers as the first one did and counts once.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{DailyUsage, UserId};
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, scoped to one user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+pub struct InvalidIdempotencyKey;
+
+impl IdempotencyKey {
+    /// How long a key is remembered.
+    pub const LIFETIME: Duration = Duration::hours(24);
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidIdempotencyKey> {
+        let visible = raw.bytes().all(|b| b.is_ascii_graphic());
+        if raw.is_empty() || raw.len() > 255 || !visible {
+            return Err(InvalidIdempotencyKey);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What makes two requests "the same body": the user counted and the tokens asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fingerprint(String);
+
+impl Fingerprint {
+    pub fn of(user_id: &UserId, tokens: i64) -> Self {
+        Self(format!("tokens={tokens};userId={user_id}"))
+    }
+
+    pub fn from_stored(raw: String) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A remembered admitted request and the answer it got.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotencyRecord {
+    pub fingerprint: Fingerprint,
+    pub response: DailyUsage,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdempotencyCheck {
+    /// Never seen (or expired): decide and record as usual.
+    New,
+    /// Seen with the same body: answer as before, record nothing.
+    Replay(DailyUsage),
+    /// Seen with another body: refuse.
+    Reused,
+}
+
+impl IdempotencyCheck {
+    pub fn of(
+        stored: Option<&IdempotencyRecord>,
+        fingerprint: &Fingerprint,
+        now: DateTime<Utc>,
+    ) -> Self {
+        match stored {
+            Some(record) if record.expires_at > now => {
+                if record.fingerprint == *fingerprint {
+                    Self::Replay(record.response.clone())
+                } else {
+                    Self::Reused
+                }
+            }
+            _ => Self::New,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::NaiveDate;
+
+    use super::*;
+    use crate::usage::UserType;
+
+    #[test]
+    fn keys_are_visible_ascii_up_to_255() {
+        assert!(IdempotencyKey::parse("a").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+        assert!(IdempotencyKey::parse("req-42:~!").is_ok());
+        for bad in ["", " ", "has space", "tab\t", "é", &"k".repeat(256)] {
+            assert!(IdempotencyKey::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_live_record_replays_or_refuses_and_an_expired_one_is_forgotten() {
+        let now = DateTime::parse_from_rfc3339("2024-01-15T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let alice = UserId::parse("alice").unwrap();
+        let response = DailyUsage {
+            user_id: alice.clone(),
+            date: NaiveDate::from_ymd_opt(2024, 1, 15).unwrap(),
+            tokens_used: 10,
+            token_limit: 100,
+            user_type: UserType::Trial,
+            last_updated: now,
+            reset_at: now,
+        };
+        let record = IdempotencyRecord {
+            fingerprint: Fingerprint::of(&alice, 10),
+            response: response.clone(),
+            expires_at: now + IdempotencyKey::LIFETIME,
+        };
+        let same = Fingerprint::of(&alice, 10);
+        let other = Fingerprint::of(&alice, 11);
+        assert_eq!(
+            IdempotencyCheck::of(None, &same, now),
+            IdempotencyCheck::New
+        );
+        assert_eq!(
+            IdempotencyCheck::of(Some(&record), &same, now),
+            IdempotencyCheck::Replay(response)
+        );
+        assert_eq!(
+            IdempotencyCheck::of(Some(&record), &other, now),
+            IdempotencyCheck::Reused
+        );
+        let later = now + IdempotencyKey::LIFETIME;
+        assert_eq!(
+            IdempotencyCheck::of(Some(&record), &other, later),
+            IdempotencyCheck::New
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! The usage domain: who is counted, the documents that count them, and the pure decision.
+
+mod decision;
+mod idempotency;
+mod service;
+mod window;
+
+pub use decision::{Decision, DecisionInput, decide};
+pub use idempotency::{
+    Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, InvalidIdempotencyKey,
+};
+pub use service::UsageService;
+pub use window::DayWindow;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A Firebase uid that can name a Firestore document (`{uid}_{date}`, `{uid}_{yyyy}_{mm}`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserId(String);
+
+/// Why a string is not a usable [`UserId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidUserId {
+    #[error("a user id must be 1 to 128 characters long")]
+    Length,
+    #[error("a user id cannot contain '/', be '.' or '..', or look like '__name__'")]
+    NotADocumentName,
+}
+
+impl UserId {
+    pub const MAX_CHARS: usize = 128;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidUserId> {
+        let chars = raw.chars().count();
+        if chars == 0 || chars > Self::MAX_CHARS {
+            return Err(InvalidUserId::Length);
+        }
+        let reserved = raw.len() >= 4 && raw.starts_with("__") && raw.ends_with("__");
+        if raw.contains('/') || raw == "." || raw == ".." || reserved {
+            return Err(InvalidUserId::NotADocumentName);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = InvalidUserId;
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(&raw)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(id: UserId) -> Self {
+        id.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The plan a user is on; it decides the daily limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserType {
+    Trial,
+    Subscribed,
+}
+
+impl UserType {
+    /// The user type named by a token claim: absent or unknown means `trial`.
+    pub fn from_claim(claim: Option<&str>) -> Self {
+        match claim {
+            Some("subscribed") => Self::Subscribed,
+            _ => Self::Trial,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trial => "trial",
+            Self::Subscribed => "subscribed",
+        }
+    }
+}
+
+/// The daily limit of each user type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub trial: i64,
+    pub subscribed: i64,
+}
+
+impl Limits {
+    pub fn for_type(&self, user_type: UserType) -> i64 {
+        match user_type {
+            UserType::Trial => self.trial,
+            UserType::Subscribed => self.subscribed,
+        }
+    }
+}
+
+/// `daily_token_usage/{userId}_{date}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DailyUsage {
+    pub user_id: UserId,
+    pub date: NaiveDate,
+    pub tokens_used: i64,
+    pub token_limit: i64,
+    pub user_type: UserType,
+    pub last_updated: DateTime<Utc>,
+    pub reset_at: DateTime<Utc>,
+}
+
+impl DailyUsage {
+    pub fn document_id(user_id: &UserId, date: NaiveDate) -> String {
+        format!("{user_id}_{}", date.format("%Y-%m-%d"))
+    }
+
+    pub fn remaining(&self) -> i64 {
+        (self.token_limit - self.tokens_used).max(0)
+    }
+
+    /// Whole seconds until the limit resets, at least 1: the `Retry-After` of a denial.
+    pub fn seconds_until_reset(&self, now: DateTime<Utc>) -> i64 {
+        let millis = (self.reset_at - now).num_milliseconds();
+        ((millis + 999) / 1000).max(1)
+    }
+}
+
+/// `token_usage_history/{userId}_{yyyy}_{mm}`: one user's month, aggregated from the days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonthlyUsage {
+    pub user_id: UserId,
+    pub year: i32,
+    pub month: u32,
+    /// Day of month as `"DD"` -> tokens; every day from the first used to the latest.
+    pub daily_usage: BTreeMap<String, i64>,
+    pub total_monthly_tokens: i64,
+    pub average_daily_usage: f64,
+    pub peak_usage_date: String,
+    pub peak_usage_tokens: i64,
+    pub user_type: UserType,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl MonthlyUsage {
+    pub fn document_id(user_id: &UserId, year: i32, month: u32) -> String {
+        format!("{user_id}_{year:04}_{month:02}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_that_cannot_name_a_document_are_refused() {
+        for bad in ["", ".", "..", "a/b", "__x__", "____"] {
+            assert!(UserId::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(UserId::parse(&"é".repeat(129)).is_err());
+        for good in ["abc123", "__x", "x__", "__", "___", "a.b", &"é".repeat(128)] {
+            assert!(UserId::parse(good).is_ok(), "{good:?} was refused");
+        }
+    }
+
+    #[test]
+    fn document_ids_follow_the_schema() {
+        let uid = UserId::parse("user123").unwrap();
+        let date = NaiveDate::from_ymd_opt(2024, 1, 15).unwrap();
+        assert_eq!(DailyUsage::document_id(&uid, date), "user123_2024-01-15");
+        assert_eq!(MonthlyUsage::document_id(&uid, 2024, 1), "user123_2024_01");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let day = DailyUsage {
+            user_id: UserId::parse("alice").unwrap(),
+            date: NaiveDate::from_ymd_opt(2024, 1, 15).unwrap(),
+            tokens_used: 0,
+            token_limit: 1,
+            user_type: UserType::Trial,
+            last_updated: at("2024-01-15T00:00:00Z"),
+            reset_at: at("2024-01-16T00:00:00Z"),
+        };
+        assert_eq!(day.seconds_until_reset(at("2024-01-15T23:59:59.200Z")), 1);
+        assert_eq!(day.seconds_until_reset(at("2024-01-15T23:00:00Z")), 3600);
+        assert_eq!(day.seconds_until_reset(at("2024-01-16T00:00:01Z")), 1);
+    }
+
+    #[test]
+    fn unknown_or_absent_user_type_claims_mean_trial() {
+        assert_eq!(UserType::from_claim(None), UserType::Trial);
+        assert_eq!(UserType::from_claim(Some("gold")), UserType::Trial);
+        assert_eq!(
+            UserType::from_claim(Some("subscribed")),
+            UserType::Subscribed
+        );
+    }
+}

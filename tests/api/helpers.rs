@@ -1,0 +1,299 @@
+//! A real service on a real port, a real JWK endpoint, and real RS256 tokens.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::Parser;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use token_limits::app::Application;
+use token_limits::config::{Cli, Command, Config};
+
+pub const PROJECT: &str = "token-limits-test";
+pub const KEY_1: TestKey = TestKey {
+    kid: "test-key-1",
+    private_pem: include_str!("../fixtures/test-key-1.pem"),
+    jwk: include_str!("../fixtures/test-key-1.jwk.json"),
+};
+pub const KEY_2: TestKey = TestKey {
+    kid: "test-key-2",
+    private_pem: include_str!("../fixtures/test-key-2.pem"),
+    jwk: include_str!("../fixtures/test-key-2.jwk.json"),
+};
+
+#[derive(Clone, Copy)]
+pub struct TestKey {
+    pub kid: &'static str,
+    pub private_pem: &'static str,
+    pub jwk: &'static str,
+}
+
+impl TestKey {
+    pub fn jwk_value(&self) -> Value {
+        serde_json::from_str(self.jwk).unwrap()
+    }
+
+    /// Signs `claims` with this key, naming `kid` in the header.
+    pub fn sign_as(&self, kid: Option<&str>, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = kid.map(str::to_owned);
+        let key = EncodingKey::from_rsa_pem(self.private_pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_as(Some(self.kid), claims)
+    }
+}
+
+pub fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Valid ID token claims for `uid`, as Firebase Auth issues them.
+pub fn claims(uid: &str) -> Value {
+    let now = now_secs();
+    json!({
+        "iss": format!("https://securetoken.google.com/{PROJECT}"),
+        "aud": PROJECT,
+        "sub": uid,
+        "user_id": uid,
+        "iat": now - 10,
+        "auth_time": now - 60,
+        "exp": now + 3600,
+        "firebase": {"sign_in_provider": "password", "identities": {}},
+    })
+}
+
+pub fn token(uid: &str) -> String {
+    KEY_1.sign(&claims(uid))
+}
+
+pub fn token_with(uid: &str, extra: Value) -> String {
+    let mut claims = claims(uid);
+    for (name, value) in extra.as_object().unwrap() {
+        claims[name] = value.clone();
+    }
+    KEY_1.sign(&claims)
+}
+
+pub fn admin_token(uid: &str) -> String {
+    token_with(uid, json!({"admin": true}))
+}
+
+/// A local JWK endpoint that counts its fetches and can rotate keys, change its
+/// `Cache-Control` max-age, fail, or answer slowly.
+#[derive(Clone)]
+pub struct JwksServer {
+    pub url: String,
+    state: Arc<JwksState>,
+}
+
+struct JwksState {
+    keys: RwLock<Vec<TestKey>>,
+    fetches: AtomicUsize,
+    max_age_secs: AtomicU64,
+    failing: std::sync::atomic::AtomicBool,
+    delay_ms: AtomicU64,
+}
+
+impl JwksServer {
+    pub async fn start(keys: &[TestKey]) -> Self {
+        let state = Arc::new(JwksState {
+            keys: RwLock::new(keys.to_vec()),
+            fetches: AtomicUsize::new(0),
+            max_age_secs: AtomicU64::new(3600),
+            failing: Default::default(),
+            delay_ms: AtomicU64::new(0),
+        });
+        let served = state.clone();
+        let app = Router::new().route(
+            "/jwks",
+            get(move || {
+                let state = served.clone();
+                async move {
+                    state.fetches.fetch_add(1, Ordering::SeqCst);
+                    let delay = state.delay_ms.load(Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    if state.failing.load(Ordering::SeqCst) {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                    }
+                    let keys: Vec<Value> = state
+                        .keys
+                        .read()
+                        .unwrap()
+                        .iter()
+                        .map(TestKey::jwk_value)
+                        .collect();
+                    let max_age = state.max_age_secs.load(Ordering::SeqCst);
+                    (
+                        [(
+                            header::CACHE_CONTROL,
+                            format!("public, max-age={max_age}, must-revalidate"),
+                        )],
+                        axum::Json(json!({"keys": keys})),
+                    )
+                        .into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, state }
+    }
+
+    pub fn serve(&self, keys: &[TestKey]) {
+        *self.state.keys.write().unwrap() = keys.to_vec();
+    }
+
+    pub fn set_max_age(&self, secs: u64) {
+        self.state.max_age_secs.store(secs, Ordering::SeqCst);
+    }
+
+    pub fn set_failing(&self, failing: bool) {
+        self.state.failing.store(failing, Ordering::SeqCst);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        self.state
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.state.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// The configuration the tests start from: loopback, port 0, a fresh SQLite file, our JWKs.
+pub fn test_config(jwks_url: &str, sqlite_path: &std::path::Path, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "token-limits".to_owned(),
+        "serve".to_owned(),
+        "--host=127.0.0.1".to_owned(),
+        "--port=0".to_owned(),
+        format!("--sqlite-path={}", sqlite_path.display()),
+        format!("--firebase-project-id={PROJECT}"),
+        format!("--firebase-jwks-url={jwks_url}"),
+    ];
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    match Cli::try_parse_from(args).unwrap().command {
+        Some(Command::Serve(config)) => config,
+        _ => unreachable!("serve was asked for"),
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub jwks: JwksServer,
+    _dir: TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[], |_| {}).await
+}
+
+/// Starts the service with extra flags and a last chance to adjust its configuration.
+pub async fn spawn_app_with(extra: &[&str], adjust: impl FnOnce(&mut Config)) -> TestApp {
+    spawn_app_on(JwksServer::start(&[KEY_1]).await, extra, adjust).await
+}
+
+/// Starts the service against a JWK endpoint prepared by the test.
+pub async fn spawn_app_on(
+    jwks: JwksServer,
+    extra: &[&str],
+    adjust: impl FnOnce(&mut Config),
+) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(&jwks.url, &dir.path().join("usage.db"), extra);
+    adjust(&mut config);
+    let app = Application::build(config).await.unwrap();
+    let base = format!("http://{}", app.local_addr().unwrap());
+    tokio::spawn(async move { app.run().await.unwrap() });
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        jwks,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_usage(&self, token: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/usage"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_usage_keyed(&self, token: &str, key: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/usage"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The caller's usage object for today.
+    pub async fn today(&self, token: &str) -> Value {
+        let response = self.get(token, "/usage/today").await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    pub async fn history(&self, token: &str) -> Vec<Value> {
+        let response = self.get(token, "/usage/history?months=24").await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        body["items"].as_array().unwrap().clone()
+    }
+}
+
+/// Asserts the contract's error shape and code, and returns the body.
+pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    let content_type = response.headers()[header::CONTENT_TYPE.as_str()]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "content type {content_type}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "body: {body}"
+    );
+    body
+}

@@ -1,0 +1,239 @@
+//! The binary as an operator runs it: configuration errors, `dev-token`, and a restart on the
+//! same SQLite file.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_token-limits");
+
+/// The binary with a clean environment apart from what the test sets.
+fn command() -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+#[test]
+fn help_lists_the_subcommands_and_flags() {
+    let output = command().arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        "serve",
+        "dev-token",
+        "--port",
+        "[env: PORT=]",
+        "RESET_TIMEZONE",
+        "STORE",
+    ] {
+        assert!(help.contains(expected), "help lacks {expected}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_configuration_stops_with_one_line_naming_the_variable() {
+    let cases = [
+        ("PORT", "eighty"),
+        ("RESET_TIMEZONE", "Mars/Olympus_Mons"),
+        ("STORE", "postgres"),
+        ("DAILY_LIMIT_TRIAL", "-1"),
+        ("MAX_TOKENS_PER_REQUEST", "0"),
+        ("CORS_ALLOWED_ORIGINS", "admin.example.com"),
+        ("FIREBASE_JWKS_URL", "not a url"),
+        ("FIREBASE_PROJECT_ID", "Bad_Project"),
+        ("LOG_FORMAT", "xml"),
+        ("HOST", "localhost:80"),
+    ];
+    for (variable, value) in cases {
+        let output = command().env(variable, value).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{variable}={value}");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{variable}: {stderr}");
+        assert!(stderr.contains(variable), "{variable}: {stderr}");
+    }
+}
+
+#[test]
+fn dev_token_refuses_a_production_project() {
+    let output = command()
+        .args(["dev-token", "--uid", "alice"])
+        .env("FIREBASE_PROJECT_ID", "my-production-app")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+}
+
+fn dev_token(args: &[&str]) -> String {
+    let output = command().arg("dev-token").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A running `token-limits` process and the lines it logs.
+struct Server {
+    child: Child,
+    base: String,
+    logs: mpsc::Receiver<String>,
+    start_up: Vec<String>,
+}
+
+impl Server {
+    fn start(sqlite_path: &std::path::Path, rust_log: &str) -> Self {
+        let mut child = command()
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("SQLITE_PATH", sqlite_path)
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", rust_log)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (sender, logs) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut start_up = Vec::new();
+        let address = loop {
+            let line = logs
+                .recv_timeout(Duration::from_secs(20))
+                .expect("no start-up log");
+            let entry = serde_json::from_str::<Value>(&line).unwrap_or_default();
+            start_up.push(line);
+            if entry["message"] == "serving" {
+                break entry["address"].as_str().unwrap().to_owned();
+            }
+        };
+        Self {
+            child,
+            base: format!("http://{address}"),
+            logs,
+            start_up,
+        }
+    }
+
+    fn stop(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.start_up
+            .into_iter()
+            .chain(self.logs.try_iter())
+            .collect()
+    }
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+#[test]
+fn a_restart_on_the_same_file_keeps_every_figure() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let alice = dev_token(&["--uid", "alice"]);
+    let bob = dev_token(&["--uid", "bob", "--user-type", "subscribed"]);
+
+    let server = Server::start(&db, "info");
+    for (token, tokens) in [(&alice, 1234), (&alice, 766), (&bob, 50_000)] {
+        let response = client()
+            .post(format!("{}/usage", server.base))
+            .bearer_auth(token)
+            .json(&json!({"tokens": tokens}))
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let read = |base: &str, token: &str, path: &str| -> Value {
+        client()
+            .get(format!("{base}{path}"))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let before: Vec<Value> = [&alice, &bob]
+        .iter()
+        .flat_map(|t| {
+            [
+                read(&server.base, t, "/usage/today"),
+                read(&server.base, t, "/usage/history"),
+            ]
+        })
+        .collect();
+    assert_eq!(before[0]["tokensUsed"], 2000);
+    assert_eq!(before[2]["tokensUsed"], 50_000);
+    server.stop();
+
+    let server = Server::start(&db, "info");
+    let after: Vec<Value> = [&alice, &bob]
+        .iter()
+        .flat_map(|t| {
+            [
+                read(&server.base, t, "/usage/today"),
+                read(&server.base, t, "/usage/history"),
+            ]
+        })
+        .collect();
+    server.stop();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn logs_never_carry_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dev_token(&["--uid", "alice", "--admin"]);
+    let server = Server::start(&dir.path().join("usage.db"), "trace");
+    for path in ["/usage/today", "/usage/history?months=2", "/nowhere"] {
+        client()
+            .get(format!("{}{path}", server.base))
+            .bearer_auth(&token)
+            .send()
+            .unwrap();
+    }
+    client()
+        .post(format!("{}/usage", server.base))
+        .bearer_auth(&token)
+        .json(&json!({"tokens": 5}))
+        .send()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = server.stop();
+    assert!(
+        logs.iter().any(|line| line.contains("/usage/today")),
+        "requests were not logged"
+    );
+    let payload = token.split('.').nth(1).unwrap();
+    for line in &logs {
+        assert!(
+            !line.contains(payload),
+            "a log line carries the token: {line}"
+        );
+    }
+}
+
+#[test]
+fn emulator_mode_warns_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("usage.db"), "info");
+    let logs = server.stop();
+    assert!(
+        logs.iter().any(|line| line.contains("emulator mode")),
+        "{logs:?}"
+    );
+}

@@ -1,0 +1,362 @@
+//! One suite of store behaviour, written once and run against every store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use token_limits::store::{RecordOutcome, RecordRequest, SqliteStore, UsageStore};
+use token_limits::usage::{
+    DailyUsage, DayWindow, Fingerprint, IdempotencyKey, Limits, MonthlyUsage, UserId, UserType,
+};
+
+const LIMITS: Limits = Limits {
+    trial: 1_000,
+    subscribed: 5_000,
+};
+
+/// A store under test, and a way to place a document as another writer (a backfill) would.
+trait Harness {
+    fn store(&self) -> Arc<dyn UsageStore>;
+    async fn put_month(&self, month: &MonthlyUsage);
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+}
+
+fn user(uid: &str) -> UserId {
+    UserId::parse(uid).unwrap()
+}
+
+fn request(uid: &str, tokens: i64, user_type: Option<UserType>, now: &str) -> RecordRequest {
+    let now = at(now);
+    RecordRequest {
+        user_id: user(uid),
+        tokens,
+        user_type,
+        window: DayWindow::containing(now, Tz::UTC),
+        limits: LIMITS,
+        now,
+        idempotency: None,
+    }
+}
+
+fn keyed(mut request: RecordRequest, key: &str) -> RecordRequest {
+    let fingerprint = Fingerprint::of(&request.user_id, request.tokens);
+    request.idempotency = Some((IdempotencyKey::parse(key).unwrap(), fingerprint));
+    request
+}
+
+async fn record(store: &dyn UsageStore, request: RecordRequest) -> RecordOutcome {
+    store.record(request).await.unwrap()
+}
+
+fn admitted(outcome: RecordOutcome) -> DailyUsage {
+    match outcome {
+        RecordOutcome::Admitted(day) => day,
+        other => panic!("not admitted: {other:?}"),
+    }
+}
+
+async fn first_use_creates_the_day_and_the_month(h: &impl Harness) {
+    let store = h.store();
+    let now = "2024-01-15T14:30:00Z";
+    let day = admitted(record(&*store, request("alice", 250, Some(UserType::Trial), now)).await);
+    assert_eq!(
+        (day.tokens_used, day.token_limit, day.user_type),
+        (250, 1_000, UserType::Trial)
+    );
+    assert_eq!(day.last_updated, at(now));
+    assert_eq!(day.reset_at, at("2024-01-16T00:00:00Z"));
+    assert_eq!(
+        store.day(&user("alice"), day.date).await.unwrap(),
+        Some(day)
+    );
+    let months = store.months(&user("alice"), 12).await.unwrap();
+    assert_eq!(months.len(), 1);
+    assert_eq!(
+        months[0].daily_usage,
+        BTreeMap::from([("15".to_owned(), 250)])
+    );
+    assert_eq!(
+        (months[0].created_at, months[0].updated_at),
+        (at(now), at(now))
+    );
+}
+
+async fn usage_accumulates(h: &impl Harness) {
+    let store = h.store();
+    for (tokens, now) in [
+        (100, "2024-01-15T01:00:00Z"),
+        (200, "2024-01-15T02:00:00Z"),
+        (300, "2024-01-15T03:00:00Z"),
+    ] {
+        record(
+            &*store,
+            request("alice", tokens, Some(UserType::Trial), now),
+        )
+        .await;
+    }
+    let day = store
+        .day(&user("alice"), at("2024-01-15T00:00:00Z").date_naive())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (day.tokens_used, day.last_updated),
+        (600, at("2024-01-15T03:00:00Z"))
+    );
+    let month = &store.months(&user("alice"), 1).await.unwrap()[0];
+    assert_eq!(month.total_monthly_tokens, 600);
+    assert_eq!(month.created_at, at("2024-01-15T01:00:00Z"));
+    assert!(store.day(&user("bob"), day.date).await.unwrap().is_none());
+}
+
+async fn the_limit_is_exact_and_a_denial_writes_nothing(h: &impl Harness) {
+    let store = h.store();
+    let now = "2024-01-15T10:00:00Z";
+    let date = at(now).date_naive();
+    match record(&*store, request("alice", 1_001, Some(UserType::Trial), now)).await {
+        RecordOutcome::Denied(day) => assert_eq!((day.tokens_used, day.token_limit), (0, 1_000)),
+        other => panic!("{other:?}"),
+    }
+    assert!(store.day(&user("alice"), date).await.unwrap().is_none());
+    assert!(store.months(&user("alice"), 12).await.unwrap().is_empty());
+
+    admitted(record(&*store, request("alice", 999, Some(UserType::Trial), now)).await);
+    let full = admitted(record(&*store, request("alice", 1, Some(UserType::Trial), now)).await);
+    assert_eq!(full.tokens_used, 1_000);
+    let later = "2024-01-15T11:00:00Z";
+    match record(&*store, request("alice", 1, Some(UserType::Trial), later)).await {
+        RecordOutcome::Denied(day) => assert_eq!(day, full),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.day(&user("alice"), date).await.unwrap(), Some(full));
+    assert_eq!(
+        store.months(&user("alice"), 1).await.unwrap()[0].total_monthly_tokens,
+        1_000
+    );
+}
+
+async fn an_upgrade_mid_day_raises_the_stored_limit(h: &impl Harness) {
+    let store = h.store();
+    let now = "2024-01-15T10:00:00Z";
+    admitted(record(&*store, request("alice", 1_000, Some(UserType::Trial), now)).await);
+    assert!(matches!(
+        record(&*store, request("alice", 10, Some(UserType::Trial), now)).await,
+        RecordOutcome::Denied(_)
+    ));
+    let day = admitted(
+        record(
+            &*store,
+            request("alice", 10, Some(UserType::Subscribed), now),
+        )
+        .await,
+    );
+    assert_eq!(
+        (day.tokens_used, day.token_limit, day.user_type),
+        (1_010, 5_000, UserType::Subscribed)
+    );
+    let stored = store.day(&user("alice"), day.date).await.unwrap().unwrap();
+    assert_eq!(stored.user_type, UserType::Subscribed);
+    // Acting without a type (an admin for the user) keeps the stored plan.
+    let day = admitted(record(&*store, request("alice", 2_000, None, now)).await);
+    assert_eq!(day.token_limit, 5_000);
+}
+
+async fn an_idempotency_key_replays_and_refuses_reuse(h: &impl Harness) {
+    let store = h.store();
+    let now = "2024-01-15T10:00:00Z";
+    let first = admitted(
+        record(
+            &*store,
+            keyed(request("alice", 300, Some(UserType::Trial), now), "k1"),
+        )
+        .await,
+    );
+    let later = "2024-01-15T10:05:00Z";
+    let again = record(
+        &*store,
+        keyed(request("alice", 300, Some(UserType::Trial), later), "k1"),
+    )
+    .await;
+    assert_eq!(again, RecordOutcome::Replayed(first.clone()));
+    let reused = record(
+        &*store,
+        keyed(request("alice", 301, Some(UserType::Trial), later), "k1"),
+    )
+    .await;
+    assert_eq!(reused, RecordOutcome::KeyReused);
+    assert_eq!(
+        store.day(&user("alice"), first.date).await.unwrap(),
+        Some(first.clone())
+    );
+    // Another user's key space is their own.
+    admitted(
+        record(
+            &*store,
+            keyed(request("bob", 300, Some(UserType::Trial), later), "k1"),
+        )
+        .await,
+    );
+    // A day later the key is forgotten.
+    let tomorrow = "2024-01-16T10:00:01Z";
+    let fresh = admitted(
+        record(
+            &*store,
+            keyed(request("alice", 300, Some(UserType::Trial), tomorrow), "k1"),
+        )
+        .await,
+    );
+    assert_eq!(fresh.tokens_used, 300);
+    assert_eq!(
+        store.months(&user("alice"), 1).await.unwrap()[0].total_monthly_tokens,
+        600
+    );
+}
+
+async fn a_pre_existing_month_document_is_continued(h: &impl Harness) {
+    let store = h.store();
+    let created = at("2023-12-20T08:00:00Z");
+    let backfilled = MonthlyUsage {
+        user_id: user("alice"),
+        year: 2024,
+        month: 1,
+        daily_usage: BTreeMap::from([("02".to_owned(), 700), ("03".to_owned(), 100)]),
+        total_monthly_tokens: 800,
+        average_daily_usage: 400.0,
+        peak_usage_date: "02".to_owned(),
+        peak_usage_tokens: 700,
+        user_type: UserType::Trial,
+        created_at: created,
+        updated_at: created,
+    };
+    h.put_month(&backfilled).await;
+    let now = "2024-01-06T12:00:00Z";
+    admitted(record(&*store, request("alice", 900, Some(UserType::Trial), now)).await);
+    let month = &store.months(&user("alice"), 1).await.unwrap()[0];
+    let days: Vec<(&str, i64)> = month
+        .daily_usage
+        .iter()
+        .map(|(d, t)| (d.as_str(), *t))
+        .collect();
+    assert_eq!(
+        days,
+        [("02", 700), ("03", 100), ("04", 0), ("05", 0), ("06", 900)]
+    );
+    assert_eq!(month.total_monthly_tokens, 1_700);
+    assert_eq!(month.average_daily_usage, 340.0);
+    assert_eq!(
+        (month.peak_usage_date.as_str(), month.peak_usage_tokens),
+        ("06", 900)
+    );
+    assert_eq!((month.created_at, month.updated_at), (created, at(now)));
+}
+
+async fn history_is_newest_first_and_limited(h: &impl Harness) {
+    let store = h.store();
+    for now in [
+        "2023-11-05T10:00:00Z",
+        "2024-01-05T10:00:00Z",
+        "2023-12-05T10:00:00Z",
+        "2024-02-05T10:00:00Z",
+    ] {
+        admitted(record(&*store, request("alice", 10, Some(UserType::Trial), now)).await);
+    }
+    admitted(
+        record(
+            &*store,
+            request("bob", 10, Some(UserType::Trial), "2024-03-05T10:00:00Z"),
+        )
+        .await,
+    );
+    let months: Vec<(i32, u32)> = store
+        .months(&user("alice"), 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| (m.year, m.month))
+        .collect();
+    assert_eq!(months, [(2024, 2), (2024, 1), (2023, 12)]);
+    assert_eq!(store.months(&user("alice"), 24).await.unwrap().len(), 4);
+    assert!(store.months(&user("carol"), 24).await.unwrap().is_empty());
+}
+
+async fn it_answers_ping(h: &impl Harness) {
+    h.store().ping().await.unwrap();
+}
+
+/// Runs every case of the suite against a fresh harness each.
+macro_rules! conformance_suite {
+    ($store:ident, $harness:expr) => {
+        mod $store {
+            use super::*;
+
+            conformance_suite!(@cases $harness;
+                first_use_creates_the_day_and_the_month,
+                usage_accumulates,
+                the_limit_is_exact_and_a_denial_writes_nothing,
+                an_upgrade_mid_day_raises_the_stored_limit,
+                an_idempotency_key_replays_and_refuses_reuse,
+                a_pre_existing_month_document_is_continued,
+                history_is_newest_first_and_limited,
+                it_answers_ping,
+            );
+        }
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let harness = $harness.await;
+                super::$case(&harness).await;
+            }
+        )*
+    };
+}
+
+struct Sqlite {
+    dir: tempfile::TempDir,
+    store: Arc<SqliteStore>,
+}
+
+impl Sqlite {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("usage.db")).unwrap());
+        Self { dir, store }
+    }
+}
+
+impl Harness for Sqlite {
+    fn store(&self) -> Arc<dyn UsageStore> {
+        self.store.clone()
+    }
+
+    /// Writes the row with a connection of its own, as another process would.
+    async fn put_month(&self, month: &MonthlyUsage) {
+        let connection = rusqlite::Connection::open(self.dir.path().join("usage.db")).unwrap();
+        connection
+            .execute(
+                "INSERT INTO token_usage_history VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                rusqlite::params![
+                    MonthlyUsage::document_id(&month.user_id, month.year, month.month),
+                    month.user_id.as_str(),
+                    month.year,
+                    month.month,
+                    serde_json::to_string(&month.daily_usage).unwrap(),
+                    month.total_monthly_tokens,
+                    month.average_daily_usage,
+                    month.peak_usage_date,
+                    month.peak_usage_tokens,
+                    month.user_type.as_str(),
+                    month.created_at,
+                    month.updated_at,
+                ],
+            )
+            .unwrap();
+    }
+}
+
+conformance_suite!(sqlite, Sqlite::new());
