@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use crate::auth::{TokenVerifier, VerifierSettings};
 use crate::config::{Config, StoreKind};
 use crate::http::{AppState, EdgeSettings, router};
-use crate::store::{SqliteStore, StoreError, UsageStore};
+use crate::store::{FirestoreSettings, FirestoreStore, SqliteStore, StoreError, UsageStore};
 use crate::usage::UsageService;
 
 /// How long one fetch of the signing keys may take.
@@ -17,6 +17,8 @@ const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error("{0}")]
+    Config(String),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot build the key fetcher: {0}")]
@@ -36,8 +38,18 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        config.validate().map_err(StartupError::Config)?;
         let store: Arc<dyn UsageStore> = match config.store {
             StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.sqlite_path)?),
+            StoreKind::Firestore => Arc::new(
+                FirestoreStore::connect(FirestoreSettings {
+                    project_id: config.firestore_project().to_owned(),
+                    database_id: config.firestore_database.clone(),
+                    emulator_host: config.firestore_emulator_host.clone(),
+                    deadline: config.store_deadline(),
+                })
+                .await?,
+            ),
         };
         let verifier = Arc::new(TokenVerifier::new(VerifierSettings {
             project_id: config.firebase_project_id.clone(),

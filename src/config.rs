@@ -52,6 +52,18 @@ pub struct Config {
     #[arg(long, env = "SQLITE_PATH", default_value = "token-limits.db")]
     pub sqlite_path: PathBuf,
 
+    /// The Google Cloud project of the Firestore database [default: FIREBASE_PROJECT_ID].
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT", value_parser = parse_project_id)]
+    pub google_cloud_project: Option<String>,
+
+    /// The Firestore database.
+    #[arg(long, env = "FIRESTORE_DATABASE", default_value = "(default)")]
+    pub firestore_database: String,
+
+    /// `host:port` of a Firestore emulator to use instead of the real service.
+    #[arg(long, env = "FIRESTORE_EMULATOR_HOST")]
+    pub firestore_emulator_host: Option<String>,
+
     /// The Firebase project whose ID tokens are accepted.
     #[arg(long, env = "FIREBASE_PROJECT_ID", default_value = "demo-token-limits", value_parser = parse_project_id)]
     pub firebase_project_id: String,
@@ -109,6 +121,8 @@ pub struct Config {
 pub enum StoreKind {
     /// The embedded SQLite file.
     Sqlite,
+    /// Google Cloud Firestore, shared by every instance.
+    Firestore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,6 +170,33 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// How long a store may keep retrying one request: half the request timeout, so that a
+    /// contended or unreachable store is answered 503 well before the request times out.
+    pub fn store_deadline(&self) -> Duration {
+        self.request_timeout() / 2
+    }
+
+    pub fn firestore_project(&self) -> &str {
+        self.google_cloud_project
+            .as_deref()
+            .unwrap_or(&self.firebase_project_id)
+    }
+
+    /// Checks what no single flag can: the combinations.
+    pub fn validate(&self) -> Result<(), String> {
+        let production_firestore =
+            self.store == StoreKind::Firestore && self.firestore_emulator_host.is_none();
+        if self.emulator_mode() && production_firestore {
+            return Err(format!(
+                "FIREBASE_PROJECT_ID={} (or FIREBASE_AUTH_EMULATOR_HOST) accepts unsigned emulator \
+                 tokens, which must never write to a production Firestore: set \
+                 FIRESTORE_EMULATOR_HOST or a real FIREBASE_PROJECT_ID",
+                self.firebase_project_id
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -242,6 +283,53 @@ mod tests {
         ] {
             assert!(parse_project_id(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    fn serve(args: &[&str]) -> Config {
+        let mut argv = vec!["token-limits", "serve"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Some(Command::Serve(config)) => config,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn emulator_tokens_never_meet_a_production_firestore() {
+        let refused = serve(&["--store=firestore"]);
+        assert!(
+            refused
+                .validate()
+                .unwrap_err()
+                .contains("FIRESTORE_EMULATOR_HOST")
+        );
+        assert!(
+            serve(&[
+                "--store=firestore",
+                "--firestore-emulator-host=127.0.0.1:8686"
+            ])
+            .validate()
+            .is_ok()
+        );
+        assert!(
+            serve(&["--store=firestore", "--firebase-project-id=my-real-app"])
+                .validate()
+                .is_ok()
+        );
+        assert!(serve(&["--store=sqlite"]).validate().is_ok());
+    }
+
+    #[test]
+    fn the_firestore_project_defaults_to_the_firebase_project() {
+        assert_eq!(
+            serve(&["--firebase-project-id=my-real-app"]).firestore_project(),
+            "my-real-app"
+        );
+        let explicit = serve(&[
+            "--firebase-project-id=my-real-app",
+            "--google-cloud-project=gcp-project-1",
+        ]);
+        assert_eq!(explicit.firestore_project(), "gcp-project-1");
     }
 
     #[test]

@@ -1,11 +1,19 @@
-//! One suite of store behaviour, written once and run against every store.
+//! One suite of store behaviour, written once and run against every store: the embedded
+//! SQLite file and Firestore on the real emulator.
+
+#[path = "support/emulator.rs"]
+mod emulator;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use token_limits::store::{RecordOutcome, RecordRequest, SqliteStore, UsageStore};
+use serde_json::{Value, json};
+use token_limits::store::{
+    FirestoreSettings, FirestoreStore, RecordOutcome, RecordRequest, SqliteStore, UsageStore,
+};
 use token_limits::usage::{
     DailyUsage, DayWindow, Fingerprint, IdempotencyKey, Limits, MonthlyUsage, UserId, UserType,
 };
@@ -360,3 +368,281 @@ impl Harness for Sqlite {
 }
 
 conformance_suite!(sqlite, Sqlite::new());
+
+/// A Firestore store on the shared emulator, in a project of its own.
+struct Firestore {
+    emulator: &'static emulator::Emulator,
+    project: String,
+    store: Arc<FirestoreStore>,
+}
+
+impl Firestore {
+    async fn new() -> Self {
+        let emulator = emulator::shared().await;
+        let project = emulator::unique_project("store");
+        emulator.clear(&project).await;
+        let store = FirestoreStore::connect(FirestoreSettings {
+            project_id: project.clone(),
+            database_id: "(default)".to_owned(),
+            emulator_host: Some(emulator.host()),
+            deadline: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        Self {
+            emulator,
+            project,
+            store: Arc::new(store),
+        }
+    }
+
+    /// Writes a document through the emulator's REST API: another client than ours.
+    async fn put_raw(&self, path: &str, fields: Value) {
+        let response = reqwest::Client::new()
+            .patch(self.emulator.document_url(&self.project, path))
+            .bearer_auth("owner")
+            .json(&json!({ "fields": fields }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+
+    /// Reads a document through the emulator's REST API: its fields as Firestore sees them.
+    async fn get_raw(&self, path: &str) -> serde_json::Map<String, Value> {
+        let response = reqwest::Client::new()
+            .get(self.emulator.document_url(&self.project, path))
+            .bearer_auth("owner")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        let document: Value = response.json().await.unwrap();
+        document["fields"].as_object().unwrap().clone()
+    }
+}
+
+fn rest_timestamp(at: DateTime<Utc>) -> Value {
+    json!({ "timestampValue": at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true) })
+}
+
+impl Harness for Firestore {
+    fn store(&self) -> Arc<dyn UsageStore> {
+        self.store.clone()
+    }
+
+    async fn put_month(&self, month: &MonthlyUsage) {
+        let days: serde_json::Map<String, Value> = month
+            .daily_usage
+            .iter()
+            .map(|(day, tokens)| (day.clone(), json!({ "integerValue": tokens.to_string() })))
+            .collect();
+        let id = MonthlyUsage::document_id(&month.user_id, month.year, month.month);
+        let fields = json!({
+            "userId": { "stringValue": month.user_id.as_str() },
+            "year": { "integerValue": month.year.to_string() },
+            "month": { "integerValue": month.month.to_string() },
+            "dailyUsage": { "mapValue": { "fields": days } },
+            "totalMonthlyTokens": { "integerValue": month.total_monthly_tokens.to_string() },
+            "averageDailyUsage": { "doubleValue": month.average_daily_usage },
+            "peakUsageDate": { "stringValue": month.peak_usage_date },
+            "peakUsageTokens": { "integerValue": month.peak_usage_tokens.to_string() },
+            "userType": { "stringValue": month.user_type.as_str() },
+            "createdAt": rest_timestamp(month.created_at),
+            "updatedAt": rest_timestamp(month.updated_at),
+        });
+        self.put_raw(&format!("token_usage_history/{id}"), fields)
+            .await;
+    }
+}
+
+conformance_suite!(firestore, Firestore::new());
+
+/// Firestore-only checks: the raw documents, others' fields, and the cost of a request.
+mod firestore_documents {
+    use super::*;
+
+    fn value_type(field: &Value) -> &str {
+        field.as_object().unwrap().keys().next().unwrap()
+    }
+
+    #[tokio::test]
+    async fn raw_documents_carry_exactly_the_schema_fields_and_types() {
+        let h = Firestore::new().await;
+        let now = "2024-01-15T14:30:00.250Z";
+        admitted(record(&*h.store, request("alice", 250, Some(UserType::Trial), now)).await);
+
+        let day = h.get_raw("daily_token_usage/alice_2024-01-15").await;
+        let types: BTreeMap<&str, &str> = day
+            .iter()
+            .map(|(name, field)| (name.as_str(), value_type(field)))
+            .collect();
+        assert_eq!(
+            types,
+            BTreeMap::from([
+                ("userId", "stringValue"),
+                ("date", "stringValue"),
+                ("tokensUsed", "integerValue"),
+                ("tokenLimit", "integerValue"),
+                ("userType", "stringValue"),
+                ("lastUpdated", "timestampValue"),
+                ("resetAt", "timestampValue"),
+            ])
+        );
+        assert_eq!(day["date"]["stringValue"], "2024-01-15");
+        assert_eq!(day["tokensUsed"]["integerValue"], "250");
+        assert_eq!(day["resetAt"]["timestampValue"], "2024-01-16T00:00:00Z");
+        assert_eq!(
+            day["lastUpdated"]["timestampValue"],
+            "2024-01-15T14:30:00.250Z"
+        );
+
+        let month = h.get_raw("token_usage_history/alice_2024_01").await;
+        let types: BTreeMap<&str, &str> = month
+            .iter()
+            .map(|(name, field)| (name.as_str(), value_type(field)))
+            .collect();
+        assert_eq!(
+            types,
+            BTreeMap::from([
+                ("userId", "stringValue"),
+                ("year", "integerValue"),
+                ("month", "integerValue"),
+                ("dailyUsage", "mapValue"),
+                ("totalMonthlyTokens", "integerValue"),
+                ("averageDailyUsage", "doubleValue"),
+                ("peakUsageDate", "stringValue"),
+                ("peakUsageTokens", "integerValue"),
+                ("userType", "stringValue"),
+                ("createdAt", "timestampValue"),
+                ("updatedAt", "timestampValue"),
+            ])
+        );
+        assert_eq!(
+            month["dailyUsage"]["mapValue"]["fields"]["15"]["integerValue"],
+            "250"
+        );
+        assert_eq!(month["averageDailyUsage"]["doubleValue"], 250.0);
+        assert_eq!(month["peakUsageDate"]["stringValue"], "15");
+    }
+
+    #[tokio::test]
+    async fn fields_written_by_others_are_kept() {
+        let h = Firestore::new().await;
+        h.put_raw(
+            "daily_token_usage/alice_2024-01-15",
+            json!({
+                "userId": { "stringValue": "alice" },
+                "date": { "stringValue": "2024-01-15" },
+                "tokensUsed": { "integerValue": "400" },
+                "tokenLimit": { "integerValue": "1000" },
+                "userType": { "stringValue": "trial" },
+                "lastUpdated": { "timestampValue": "2024-01-15T08:00:00Z" },
+                "resetAt": { "timestampValue": "2024-01-16T00:00:00Z" },
+                "clientPlatform": { "stringValue": "flutter" },
+            }),
+        )
+        .await;
+        let now = "2024-01-15T14:30:00Z";
+        let day =
+            admitted(record(&*h.store, request("alice", 100, Some(UserType::Trial), now)).await);
+        assert_eq!(day.tokens_used, 500);
+        let raw = h.get_raw("daily_token_usage/alice_2024-01-15").await;
+        assert_eq!(raw["clientPlatform"]["stringValue"], "flutter");
+        assert_eq!(raw["tokensUsed"]["integerValue"], "500");
+    }
+
+    #[tokio::test]
+    async fn a_request_costs_two_rpcs_when_admitted_and_one_otherwise() {
+        let h = Firestore::new().await;
+        let now = "2024-01-15T10:00:00Z";
+        let before = h.store.operation_counts();
+        admitted(record(&*h.store, request("alice", 600, Some(UserType::Trial), now)).await);
+        let admitted_cost = h.store.operation_counts() - before;
+        assert_eq!(
+            (
+                admitted_cost.rpcs,
+                admitted_cost.document_reads,
+                admitted_cost.document_writes
+            ),
+            (2, 2, 2)
+        );
+
+        let before = h.store.operation_counts();
+        let denied = record(&*h.store, request("alice", 600, Some(UserType::Trial), now)).await;
+        assert!(matches!(denied, RecordOutcome::Denied(_)));
+        let denied_cost = h.store.operation_counts() - before;
+        assert_eq!(
+            (
+                denied_cost.rpcs,
+                denied_cost.document_reads,
+                denied_cost.document_writes
+            ),
+            (1, 2, 0)
+        );
+
+        let before = h.store.operation_counts();
+        admitted(
+            record(
+                &*h.store,
+                keyed(request("alice", 10, Some(UserType::Trial), now), "k"),
+            )
+            .await,
+        );
+        let keyed_cost = h.store.operation_counts() - before;
+        assert_eq!(
+            (
+                keyed_cost.rpcs,
+                keyed_cost.document_reads,
+                keyed_cost.document_writes
+            ),
+            (2, 3, 3)
+        );
+
+        let before = h.store.operation_counts();
+        let replayed = record(
+            &*h.store,
+            keyed(request("alice", 10, Some(UserType::Trial), now), "k"),
+        )
+        .await;
+        assert!(matches!(replayed, RecordOutcome::Replayed(_)));
+        let replay_cost = h.store.operation_counts() - before;
+        assert_eq!(
+            (
+                replay_cost.rpcs,
+                replay_cost.document_reads,
+                replay_cost.document_writes
+            ),
+            (1, 3, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_with_any_visible_character_are_stored() {
+        let h = Firestore::new().await;
+        let now = "2024-01-15T10:00:00Z";
+        for key in ["a/b", "..", "__x__", "~!@#$%^&*()"] {
+            admitted(
+                record(
+                    &*h.store,
+                    keyed(request("alice", 1, Some(UserType::Trial), now), key),
+                )
+                .await,
+            );
+            let again = record(
+                &*h.store,
+                keyed(request("alice", 1, Some(UserType::Trial), now), key),
+            )
+            .await;
+            assert!(matches!(again, RecordOutcome::Replayed(_)), "{key}");
+        }
+    }
+}

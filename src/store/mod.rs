@@ -1,8 +1,11 @@
 //! Where usage documents live. The trait speaks the domain; each store runs one transaction
 //! per request and calls the pure decision inside it.
 
+mod firestore;
+pub mod queries;
 mod sqlite;
 
+pub use self::firestore::{FirestoreSettings, FirestoreStore, OperationCounts};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;

@@ -212,6 +212,11 @@ pub async fn spawn_app_on(
     extra: &[&str],
     adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
+    // The service's logs, shown with a failing test's output (`RUST_LOG` filters them).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&jwks.url, &dir.path().join("usage.db"), extra);
     adjust(&mut config);

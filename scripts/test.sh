@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every test: the Rust suites (which start their own Firestore emulators), then the security
+# rules tests in Node (which start theirs). Needs Rust, Java 17, Node 20 and the Google Cloud
+# CLI's cloud-firestore-emulator component.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo test --locked
+bash scripts/test-rules.sh

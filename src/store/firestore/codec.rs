@@ -1,0 +1,421 @@
+//! The schema's documents as Firestore values: integers as integers, `averageDailyUsage` a
+//! double, timestamps as timestamps, `dailyUsage` a map keyed `"DD"`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
+use firestore::gcloud_sdk::google::firestore::v1::{Document, MapValue, Value};
+use firestore::gcloud_sdk::prost_types::Timestamp;
+
+use crate::usage::{DailyUsage, Fingerprint, IdempotencyRecord, MonthlyUsage, UserId, UserType};
+
+pub type Fields = HashMap<String, Value>;
+
+/// The fields of a day document this service writes; others' fields are left alone.
+pub const DAY_FIELDS: &[&str] = &[
+    "userId",
+    "date",
+    "tokensUsed",
+    "tokenLimit",
+    "userType",
+    "lastUpdated",
+    "resetAt",
+];
+
+/// The fields of a month document this service writes.
+pub const MONTH_FIELDS: &[&str] = &[
+    "userId",
+    "year",
+    "month",
+    "dailyUsage",
+    "totalMonthlyTokens",
+    "averageDailyUsage",
+    "peakUsageDate",
+    "peakUsageTokens",
+    "userType",
+    "createdAt",
+    "updatedAt",
+];
+
+pub const IDEMPOTENCY_FIELDS: &[&str] = &[
+    "userId",
+    "key",
+    "fingerprint",
+    "response",
+    "createdAt",
+    "expiresAt",
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("document {document}: field {field} {problem}")]
+pub struct DecodeError {
+    document: String,
+    field: String,
+    problem: &'static str,
+}
+
+pub fn day_fields(day: &DailyUsage) -> Fields {
+    Fields::from([
+        ("userId".to_owned(), string(day.user_id.as_str())),
+        (
+            "date".to_owned(),
+            string(&day.date.format("%Y-%m-%d").to_string()),
+        ),
+        ("tokensUsed".to_owned(), integer(day.tokens_used)),
+        ("tokenLimit".to_owned(), integer(day.token_limit)),
+        ("userType".to_owned(), string(day.user_type.as_str())),
+        ("lastUpdated".to_owned(), timestamp(day.last_updated)),
+        ("resetAt".to_owned(), timestamp(day.reset_at)),
+    ])
+}
+
+pub fn day_from(document: &Document) -> Result<DailyUsage, DecodeError> {
+    decode_day(&Reader::new(&document.name, &document.fields))
+}
+
+fn decode_day(doc: &Reader<'_>) -> Result<DailyUsage, DecodeError> {
+    Ok(DailyUsage {
+        user_id: doc.user_id("userId")?,
+        date: doc.date("date")?,
+        tokens_used: doc.integer("tokensUsed")?,
+        token_limit: doc.integer("tokenLimit")?,
+        user_type: doc.user_type("userType")?,
+        last_updated: doc.timestamp("lastUpdated")?,
+        reset_at: doc.timestamp("resetAt")?,
+    })
+}
+
+pub fn month_fields(month: &MonthlyUsage) -> Fields {
+    let daily_usage = month
+        .daily_usage
+        .iter()
+        .map(|(day, tokens)| (day.clone(), integer(*tokens)))
+        .collect();
+    Fields::from([
+        ("userId".to_owned(), string(month.user_id.as_str())),
+        ("year".to_owned(), integer(i64::from(month.year))),
+        ("month".to_owned(), integer(i64::from(month.month))),
+        ("dailyUsage".to_owned(), map(daily_usage)),
+        (
+            "totalMonthlyTokens".to_owned(),
+            integer(month.total_monthly_tokens),
+        ),
+        (
+            "averageDailyUsage".to_owned(),
+            double(month.average_daily_usage),
+        ),
+        ("peakUsageDate".to_owned(), string(&month.peak_usage_date)),
+        (
+            "peakUsageTokens".to_owned(),
+            integer(month.peak_usage_tokens),
+        ),
+        ("userType".to_owned(), string(month.user_type.as_str())),
+        ("createdAt".to_owned(), timestamp(month.created_at)),
+        ("updatedAt".to_owned(), timestamp(month.updated_at)),
+    ])
+}
+
+pub fn month_from(document: &Document) -> Result<MonthlyUsage, DecodeError> {
+    let doc = Reader::new(&document.name, &document.fields);
+    Ok(MonthlyUsage {
+        user_id: doc.user_id("userId")?,
+        year: doc
+            .integer("year")?
+            .try_into()
+            .map_err(|_| doc.error("year", "is out of range"))?,
+        month: doc
+            .integer("month")?
+            .try_into()
+            .map_err(|_| doc.error("month", "is out of range"))?,
+        daily_usage: doc.integer_map("dailyUsage")?,
+        total_monthly_tokens: doc.integer("totalMonthlyTokens")?,
+        average_daily_usage: doc.double("averageDailyUsage")?,
+        peak_usage_date: doc.string("peakUsageDate")?.to_owned(),
+        peak_usage_tokens: doc.integer("peakUsageTokens")?,
+        user_type: doc.user_type("userType")?,
+        created_at: doc.timestamp("createdAt")?,
+        updated_at: doc.timestamp("updatedAt")?,
+    })
+}
+
+pub fn idempotency_fields(
+    user_id: &UserId,
+    key: &str,
+    record: &IdempotencyRecord,
+    now: DateTime<Utc>,
+) -> Fields {
+    Fields::from([
+        ("userId".to_owned(), string(user_id.as_str())),
+        ("key".to_owned(), string(key)),
+        (
+            "fingerprint".to_owned(),
+            string(record.fingerprint.as_str()),
+        ),
+        ("response".to_owned(), map(day_fields(&record.response))),
+        ("createdAt".to_owned(), timestamp(now)),
+        ("expiresAt".to_owned(), timestamp(record.expires_at)),
+    ])
+}
+
+pub fn idempotency_from(document: &Document) -> Result<IdempotencyRecord, DecodeError> {
+    let doc = Reader::new(&document.name, &document.fields);
+    let response = doc.map("response")?;
+    Ok(IdempotencyRecord {
+        fingerprint: Fingerprint::from_stored(doc.string("fingerprint")?.to_owned()),
+        response: decode_day(&Reader::new(&document.name, response))?,
+        expires_at: doc.timestamp("expiresAt")?,
+    })
+}
+
+fn value(value_type: ValueType) -> Value {
+    Value {
+        value_type: Some(value_type),
+    }
+}
+
+fn string(text: &str) -> Value {
+    value(ValueType::StringValue(text.to_owned()))
+}
+
+fn integer(number: i64) -> Value {
+    value(ValueType::IntegerValue(number))
+}
+
+fn double(number: f64) -> Value {
+    value(ValueType::DoubleValue(number))
+}
+
+fn map(fields: Fields) -> Value {
+    value(ValueType::MapValue(MapValue { fields }))
+}
+
+pub fn timestamp(at: DateTime<Utc>) -> Value {
+    value(ValueType::TimestampValue(to_timestamp(at)))
+}
+
+pub fn to_timestamp(at: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Typed access to a document's fields, naming the document and field in every error.
+struct Reader<'a> {
+    document: &'a str,
+    fields: &'a Fields,
+}
+
+impl<'a> Reader<'a> {
+    fn new(document: &'a str, fields: &'a Fields) -> Self {
+        Self { document, fields }
+    }
+
+    fn error(&self, field: &str, problem: &'static str) -> DecodeError {
+        DecodeError {
+            document: self.document.to_owned(),
+            field: field.to_owned(),
+            problem,
+        }
+    }
+
+    fn get(&self, field: &str) -> Result<&'a ValueType, DecodeError> {
+        self.fields
+            .get(field)
+            .and_then(|value| value.value_type.as_ref())
+            .ok_or_else(|| self.error(field, "is missing"))
+    }
+
+    fn string(&self, field: &str) -> Result<&'a str, DecodeError> {
+        match self.get(field)? {
+            ValueType::StringValue(text) => Ok(text),
+            _ => Err(self.error(field, "is not a string")),
+        }
+    }
+
+    fn integer(&self, field: &str) -> Result<i64, DecodeError> {
+        match self.get(field)? {
+            ValueType::IntegerValue(number) => Ok(*number),
+            _ => Err(self.error(field, "is not an integer")),
+        }
+    }
+
+    /// Another writer (a JavaScript client, say) may store a whole average as an integer.
+    fn double(&self, field: &str) -> Result<f64, DecodeError> {
+        match self.get(field)? {
+            ValueType::DoubleValue(number) => Ok(*number),
+            ValueType::IntegerValue(number) => Ok(*number as f64),
+            _ => Err(self.error(field, "is not a number")),
+        }
+    }
+
+    fn timestamp(&self, field: &str) -> Result<DateTime<Utc>, DecodeError> {
+        match self.get(field)? {
+            ValueType::TimestampValue(at) => {
+                let nanos =
+                    u32::try_from(at.nanos).map_err(|_| self.error(field, "is out of range"))?;
+                DateTime::from_timestamp(at.seconds, nanos)
+                    .ok_or_else(|| self.error(field, "is out of range"))
+            }
+            _ => Err(self.error(field, "is not a timestamp")),
+        }
+    }
+
+    fn map(&self, field: &str) -> Result<&'a Fields, DecodeError> {
+        match self.get(field)? {
+            ValueType::MapValue(map) => Ok(&map.fields),
+            _ => Err(self.error(field, "is not a map")),
+        }
+    }
+
+    fn integer_map(&self, field: &str) -> Result<BTreeMap<String, i64>, DecodeError> {
+        let entries = self.map(field)?;
+        let inner = Reader::new(self.document, entries);
+        entries
+            .keys()
+            .map(|day| Ok((day.clone(), inner.integer(day)?)))
+            .collect()
+    }
+
+    fn date(&self, field: &str) -> Result<NaiveDate, DecodeError> {
+        NaiveDate::parse_from_str(self.string(field)?, "%Y-%m-%d")
+            .map_err(|_| self.error(field, "is not a YYYY-MM-DD date"))
+    }
+
+    fn user_id(&self, field: &str) -> Result<UserId, DecodeError> {
+        UserId::parse(self.string(field)?).map_err(|_| self.error(field, "is not a valid user id"))
+    }
+
+    /// Like a token claim, an unknown user type reads as `trial`.
+    fn user_type(&self, field: &str) -> Result<UserType, DecodeError> {
+        Ok(UserType::from_claim(Some(self.string(field)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn document(fields: Fields) -> Document {
+        Document {
+            name: "projects/p/databases/(default)/documents/c/d".to_owned(),
+            fields,
+            ..Default::default()
+        }
+    }
+
+    fn sample_day() -> DailyUsage {
+        DailyUsage {
+            user_id: UserId::parse("alice").unwrap(),
+            date: NaiveDate::from_ymd_opt(2024, 1, 15).unwrap(),
+            tokens_used: 1250,
+            token_limit: 10_000,
+            user_type: UserType::Trial,
+            last_updated: at("2024-01-15T14:30:00.123Z"),
+            reset_at: at("2024-01-16T00:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn a_day_round_trips_with_schema_types() {
+        let day = sample_day();
+        let fields = day_fields(&day);
+        assert!(matches!(
+            fields["tokensUsed"].value_type,
+            Some(ValueType::IntegerValue(1250))
+        ));
+        assert!(matches!(
+            fields["lastUpdated"].value_type,
+            Some(ValueType::TimestampValue(_))
+        ));
+        assert!(
+            matches!(&fields["date"].value_type, Some(ValueType::StringValue(d)) if d == "2024-01-15")
+        );
+        assert_eq!(day_from(&document(fields)).unwrap(), day);
+    }
+
+    #[test]
+    fn a_month_round_trips_and_its_average_is_a_double() {
+        let month = MonthlyUsage {
+            user_id: UserId::parse("alice").unwrap(),
+            year: 2024,
+            month: 1,
+            daily_usage: BTreeMap::from([("01".to_owned(), 850), ("02".to_owned(), 0)]),
+            total_monthly_tokens: 850,
+            average_daily_usage: 425.0,
+            peak_usage_date: "01".to_owned(),
+            peak_usage_tokens: 850,
+            user_type: UserType::Subscribed,
+            created_at: at("2024-01-01T00:00:00Z"),
+            updated_at: at("2024-01-02T00:00:00Z"),
+        };
+        let fields = month_fields(&month);
+        assert!(matches!(
+            fields["averageDailyUsage"].value_type,
+            Some(ValueType::DoubleValue(_))
+        ));
+        assert!(matches!(
+            fields["year"].value_type,
+            Some(ValueType::IntegerValue(2024))
+        ));
+        assert_eq!(month_from(&document(fields)).unwrap(), month);
+    }
+
+    #[test]
+    fn a_whole_average_written_as_an_integer_is_read() {
+        let mut fields = month_fields(&MonthlyUsage {
+            user_id: UserId::parse("alice").unwrap(),
+            year: 2024,
+            month: 1,
+            daily_usage: BTreeMap::from([("01".to_owned(), 10)]),
+            total_monthly_tokens: 10,
+            average_daily_usage: 10.0,
+            peak_usage_date: "01".to_owned(),
+            peak_usage_tokens: 10,
+            user_type: UserType::Trial,
+            created_at: at("2024-01-01T00:00:00Z"),
+            updated_at: at("2024-01-01T00:00:00Z"),
+        });
+        fields.insert("averageDailyUsage".to_owned(), integer(10));
+        assert_eq!(
+            month_from(&document(fields)).unwrap().average_daily_usage,
+            10.0
+        );
+    }
+
+    #[test]
+    fn a_malformed_document_names_its_field() {
+        let mut fields = day_fields(&sample_day());
+        fields.insert("tokensUsed".to_owned(), string("many"));
+        let error = day_from(&document(fields)).unwrap_err().to_string();
+        assert!(
+            error.contains("tokensUsed") && error.contains("not an integer"),
+            "{error}"
+        );
+        let mut fields = day_fields(&sample_day());
+        fields.remove("resetAt");
+        assert!(
+            day_from(&document(fields))
+                .unwrap_err()
+                .to_string()
+                .contains("resetAt is missing")
+        );
+    }
+
+    #[test]
+    fn an_idempotency_record_round_trips() {
+        let user = UserId::parse("alice").unwrap();
+        let record = IdempotencyRecord {
+            fingerprint: Fingerprint::of(&user, 1250),
+            response: sample_day(),
+            expires_at: at("2024-01-16T14:30:00.123Z"),
+        };
+        let fields = idempotency_fields(&user, "k-1", &record, at("2024-01-15T14:30:00.123Z"));
+        assert_eq!(idempotency_from(&document(fields)).unwrap(), record);
+    }
+}

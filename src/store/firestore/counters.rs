@@ -1,0 +1,85 @@
+//! Counts of Firestore operations, so that the cost of a request can be measured and exported.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Cumulative counts since start-up.
+#[derive(Debug, Default)]
+pub struct FirestoreCounters {
+    rpcs: AtomicU64,
+    document_reads: AtomicU64,
+    document_writes: AtomicU64,
+    commit_attempts: AtomicU64,
+    contention_retries: AtomicU64,
+    transient_retries: AtomicU64,
+}
+
+/// A snapshot of [`FirestoreCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OperationCounts {
+    /// Calls to Firestore.
+    pub rpcs: u64,
+    /// Documents read (billed reads), found or not.
+    pub document_reads: u64,
+    /// Documents written by successful commits.
+    pub document_writes: u64,
+    /// Commits sent, successful or not.
+    pub commit_attempts: u64,
+    /// Attempts repeated because another writer changed a document first.
+    pub contention_retries: u64,
+    /// Attempts repeated after a transient failure (unavailable, deadline, throttled).
+    pub transient_retries: u64,
+}
+
+impl FirestoreCounters {
+    pub fn rpc(&self) {
+        self.rpcs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn reads(&self, documents: u64) {
+        self.document_reads.fetch_add(documents, Ordering::Relaxed);
+    }
+
+    pub fn commit_attempt(&self) {
+        self.rpcs.fetch_add(1, Ordering::Relaxed);
+        self.commit_attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn committed(&self, documents: u64) {
+        self.document_writes.fetch_add(documents, Ordering::Relaxed);
+    }
+
+    pub fn contention_retry(&self) {
+        self.contention_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn transient_retry(&self) {
+        self.transient_retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> OperationCounts {
+        OperationCounts {
+            rpcs: self.rpcs.load(Ordering::Relaxed),
+            document_reads: self.document_reads.load(Ordering::Relaxed),
+            document_writes: self.document_writes.load(Ordering::Relaxed),
+            commit_attempts: self.commit_attempts.load(Ordering::Relaxed),
+            contention_retries: self.contention_retries.load(Ordering::Relaxed),
+            transient_retries: self.transient_retries.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::ops::Sub for OperationCounts {
+    type Output = Self;
+
+    /// The operations between two snapshots.
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            rpcs: self.rpcs - earlier.rpcs,
+            document_reads: self.document_reads - earlier.document_reads,
+            document_writes: self.document_writes - earlier.document_writes,
+            commit_attempts: self.commit_attempts - earlier.commit_attempts,
+            contention_retries: self.contention_retries - earlier.contention_retries,
+            transient_retries: self.transient_retries - earlier.transient_retries,
+        }
+    }
+}

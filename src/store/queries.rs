@@ -1,0 +1,129 @@
+//! Every Firestore query shape the service and the schema issue, declared once as data.
+//!
+//! The Firestore store builds its queries from these constants, and `tests/index_coverage.rs`
+//! checks each one against `firestore.indexes.json`: the emulator does not enforce indexes, so
+//! that test is what catches a query whose composite index is missing before production does.
+//! A new query goes here first, with its index in `firestore.indexes.json`.
+
+use Direction::{Ascending, Descending};
+
+/// The direction of one `orderBy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ascending,
+    Descending,
+}
+
+/// One query: equality filters on `equality` (values supplied when it runs, in this order),
+/// then ordered by `order`. Field names are the documents' own, as in the schema.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryShape {
+    pub name: &'static str,
+    pub collection: &'static str,
+    pub equality: &'static [&'static str],
+    pub order: &'static [(&'static str, Direction)],
+}
+
+pub const DAILY_COLLECTION: &str = "daily_token_usage";
+pub const HISTORY_COLLECTION: &str = "token_usage_history";
+
+/// A user's months, newest first (`GET /usage/history`, and the schema's user history query).
+pub const USER_HISTORY: QueryShape = QueryShape {
+    name: "user history",
+    collection: HISTORY_COLLECTION,
+    equality: &["userId"],
+    order: &[("year", Descending), ("month", Descending)],
+};
+
+/// One day's documents, most tokens first, ties by user (`GET /admin/usage/daily`).
+pub const DAILY_REPORT: QueryShape = QueryShape {
+    name: "daily report",
+    collection: DAILY_COLLECTION,
+    equality: &["date"],
+    order: &[("tokensUsed", Descending), ("userId", Ascending)],
+};
+
+/// [`DAILY_REPORT`] for one user type (`GET /admin/usage/daily?userType=`).
+pub const DAILY_REPORT_BY_TYPE: QueryShape = QueryShape {
+    name: "daily report by user type",
+    collection: DAILY_COLLECTION,
+    equality: &["date", "userType"],
+    order: &[("tokensUsed", Descending), ("userId", Ascending)],
+};
+
+/// One month's aggregates, most tokens first, ties by user (`GET /admin/usage/monthly`).
+pub const MONTHLY_REPORT: QueryShape = QueryShape {
+    name: "monthly report",
+    collection: HISTORY_COLLECTION,
+    equality: &["year", "month"],
+    order: &[("totalMonthlyTokens", Descending), ("userId", Ascending)],
+};
+
+/// [`MONTHLY_REPORT`] for one user type (`GET /admin/usage/monthly?userType=`).
+pub const MONTHLY_REPORT_BY_TYPE: QueryShape = QueryShape {
+    name: "monthly report by user type",
+    collection: HISTORY_COLLECTION,
+    equality: &["year", "month", "userType"],
+    order: &[("totalMonthlyTokens", Descending), ("userId", Ascending)],
+};
+
+/// The documents of one day, counted and summed by an aggregation query
+/// (`GET /admin/reports/summary`).
+pub const DAILY_SUMMARY: QueryShape = QueryShape {
+    name: "daily summary",
+    collection: DAILY_COLLECTION,
+    equality: &["date"],
+    order: &[],
+};
+
+/// [`DAILY_SUMMARY`] for one user type.
+pub const DAILY_SUMMARY_BY_TYPE: QueryShape = QueryShape {
+    name: "daily summary by user type",
+    collection: DAILY_COLLECTION,
+    equality: &["date", "userType"],
+    order: &[],
+};
+
+/// The schema's admin query: all users' usage for one date, most tokens first.
+pub const SCHEMA_DAILY_BY_TOKENS: QueryShape = QueryShape {
+    name: "schema: one date by tokensUsed",
+    collection: DAILY_COLLECTION,
+    equality: &["date"],
+    order: &[("tokensUsed", Descending)],
+};
+
+/// The schema's admin query: one month's aggregates for one user type.
+pub const SCHEMA_MONTHLY_BY_TYPE: QueryShape = QueryShape {
+    name: "schema: one month by user type",
+    collection: HISTORY_COLLECTION,
+    equality: &["userType", "year", "month"],
+    order: &[],
+};
+
+/// The queries the service itself runs.
+pub const SERVICE: &[QueryShape] = &[
+    USER_HISTORY,
+    DAILY_REPORT,
+    DAILY_REPORT_BY_TYPE,
+    MONTHLY_REPORT,
+    MONTHLY_REPORT_BY_TYPE,
+    DAILY_SUMMARY,
+    DAILY_SUMMARY_BY_TYPE,
+];
+
+/// The schema's "Query Patterns", which apps may run directly against Firestore.
+pub const SCHEMA_PATTERNS: &[QueryShape] =
+    &[USER_HISTORY, SCHEMA_DAILY_BY_TOKENS, SCHEMA_MONTHLY_BY_TYPE];
+
+/// Every distinct query: the service's and the schema's, each once.
+pub const ALL: &[QueryShape] = &[
+    USER_HISTORY,
+    DAILY_REPORT,
+    DAILY_REPORT_BY_TYPE,
+    MONTHLY_REPORT,
+    MONTHLY_REPORT_BY_TYPE,
+    DAILY_SUMMARY,
+    DAILY_SUMMARY_BY_TYPE,
+    SCHEMA_DAILY_BY_TOKENS,
+    SCHEMA_MONTHLY_BY_TYPE,
+];

@@ -1,0 +1,107 @@
+// Every collection but the two usage collections is the service's alone: no client, not even an
+// admin, reads or writes it. The idempotency records are the one the service keeps today.
+
+import assert from 'node:assert/strict';
+import { after, before, beforeEach, describe, test } from 'node:test';
+import { assertFails, assertSucceeds } from '@firebase/rules-unit-testing';
+import {
+  Timestamp, collection, deleteDoc, doc, getDoc, getDocs, query, setDoc, where,
+} from 'firebase/firestore';
+import { ADMIN, ADMIN_CLAIMS, ALICE, DATE, day, dayId, startTestEnvironment } from './environment.mjs';
+
+const IDEMPOTENCY_KEYS = 'idempotency_keys';
+// `{userId}_k{hex of the key}`; the key here is "message-42".
+const ALICE_KEY_ID = `${ALICE}_k${Buffer.from('message-42').toString('hex')}`;
+
+let testEnv;
+
+before(async () => {
+  testEnv = await startTestEnvironment();
+});
+
+beforeEach(async () => {
+  await testEnv.clearFirestore();
+});
+
+after(async () => {
+  await testEnv?.cleanup();
+});
+
+const asUser = (uid, claims) => testEnv.authenticatedContext(uid, claims).firestore();
+const asAdmin = () => asUser(ADMIN, ADMIN_CLAIMS);
+const asAnonymous = () => testEnv.unauthenticatedContext().firestore();
+
+function idempotencyRecord(userId) {
+  return {
+    userId,
+    key: 'message-42',
+    fingerprint: 'sha256:5d41402abc4b2a76b9719d911017c592',
+    response: { status: 200, body: { tokensUsed: 1750, allowed: true } },
+    createdAt: Timestamp.fromDate(new Date('2024-01-15T14:30:00Z')),
+    expiresAt: Timestamp.fromDate(new Date('2024-01-16T14:30:00Z')),
+  };
+}
+
+async function seed(collectionName, id, data) {
+  await testEnv.withSecurityRulesDisabled((context) =>
+    setDoc(doc(context.firestore(), collectionName, id), data));
+}
+
+describe('idempotency records', () => {
+  beforeEach(async () => {
+    await seed(IDEMPOTENCY_KEYS, ALICE_KEY_ID, idempotencyRecord(ALICE));
+  });
+
+  test('the service, with server credentials, reads a record', async () => {
+    await testEnv.withSecurityRulesDisabled(async (context) => {
+      const record = doc(context.firestore(), IDEMPOTENCY_KEYS, ALICE_KEY_ID);
+      const snapshot = await assertSucceeds(getDoc(record));
+      assert.equal(snapshot.data().userId, ALICE);
+    });
+  });
+
+  test('the user the record belongs to cannot read it', async () => {
+    await assertFails(getDoc(doc(asUser(ALICE), IDEMPOTENCY_KEYS, ALICE_KEY_ID)));
+  });
+
+  test('the user the record belongs to cannot list their records', async () => {
+    const records = collection(asUser(ALICE), IDEMPOTENCY_KEYS);
+    await assertFails(getDocs(query(records, where('userId', '==', ALICE))));
+  });
+
+  test('the user the record belongs to cannot write or delete it', async () => {
+    const record = doc(asUser(ALICE), IDEMPOTENCY_KEYS, ALICE_KEY_ID);
+    await assertFails(setDoc(record, idempotencyRecord(ALICE)));
+    await assertFails(deleteDoc(record));
+  });
+
+  test('an admin cannot read, list or write records', async () => {
+    const db = asAdmin();
+    await assertFails(getDoc(doc(db, IDEMPOTENCY_KEYS, ALICE_KEY_ID)));
+    await assertFails(getDocs(collection(db, IDEMPOTENCY_KEYS)));
+    await assertFails(setDoc(doc(db, IDEMPOTENCY_KEYS, ALICE_KEY_ID), idempotencyRecord(ALICE)));
+  });
+
+  test('an unauthenticated client cannot read a record', async () => {
+    await assertFails(getDoc(doc(asAnonymous(), IDEMPOTENCY_KEYS, ALICE_KEY_ID)));
+  });
+});
+
+describe('any other path', () => {
+  test('a collection the rules do not name is closed to users and admins', async () => {
+    await seed('users', ALICE, { userId: ALICE });
+    await assertFails(getDoc(doc(asUser(ALICE), 'users', ALICE)));
+    await assertFails(getDoc(doc(asAdmin(), 'users', ALICE)));
+    await assertFails(setDoc(doc(asAdmin(), 'users', ALICE), { userId: ALICE }));
+  });
+
+  test("a subcollection under a user's own day is closed to them", async () => {
+    const eventPath = [dayId(ALICE), 'events', 'first'];
+    await seed('daily_token_usage', dayId(ALICE), day(ALICE));
+    await testEnv.withSecurityRulesDisabled((context) => setDoc(
+      doc(context.firestore(), 'daily_token_usage', ...eventPath), { userId: ALICE, date: DATE }));
+    await assertFails(getDoc(doc(asUser(ALICE), 'daily_token_usage', ...eventPath)));
+    await assertFails(setDoc(doc(asUser(ALICE), 'daily_token_usage', ...eventPath),
+      { userId: ALICE, date: DATE }));
+  });
+});

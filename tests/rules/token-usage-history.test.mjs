@@ -1,0 +1,221 @@
+// token_usage_history: a user reads only their own months, an admin reads all, and only an
+// admin writes, and only well-formed monthly aggregates.
+
+import assert from 'node:assert/strict';
+import { after, before, beforeEach, describe, test } from 'node:test';
+import { assertFails, assertSucceeds } from '@firebase/rules-unit-testing';
+import {
+  Timestamp, collection, deleteDoc, deleteField, doc, getDoc, getDocs, limit, orderBy, query,
+  setDoc, updateDoc, where,
+} from 'firebase/firestore';
+import {
+  ADMIN, ADMIN_CLAIMS, ALICE, BOB, month, monthId, startTestEnvironment,
+} from './environment.mjs';
+
+const MONTHS = 'token_usage_history';
+
+let testEnv;
+
+before(async () => {
+  testEnv = await startTestEnvironment();
+});
+
+beforeEach(async () => {
+  await testEnv.clearFirestore();
+});
+
+after(async () => {
+  await testEnv?.cleanup();
+});
+
+const asUser = (uid, claims) => testEnv.authenticatedContext(uid, claims).firestore();
+const asAdmin = () => asUser(ADMIN, ADMIN_CLAIMS);
+const asAnonymous = () => testEnv.unauthenticatedContext().firestore();
+
+function without(data, field) {
+  const copy = { ...data };
+  delete copy[field];
+  return copy;
+}
+
+async function seed(id, data) {
+  await testEnv.withSecurityRulesDisabled((context) =>
+    setDoc(doc(context.firestore(), MONTHS, id), data));
+}
+
+describe('reading one month', () => {
+  test('a user reads their own month', async () => {
+    await seed(monthId(ALICE), month(ALICE));
+    const snapshot = await assertSucceeds(getDoc(doc(asUser(ALICE), MONTHS, monthId(ALICE))));
+    assert.equal(snapshot.data().totalMonthlyTokens, 5900);
+  });
+
+  test('a user reads their own month before it exists and sees it missing', async () => {
+    const snapshot = await assertSucceeds(getDoc(doc(asUser(ALICE), MONTHS, monthId(ALICE))));
+    assert.equal(snapshot.exists(), false);
+  });
+
+  test("a user cannot read another user's month", async () => {
+    await seed(monthId(BOB), month(BOB));
+    await assertFails(getDoc(doc(asUser(ALICE), MONTHS, monthId(BOB))));
+  });
+
+  test("a user cannot probe another user's missing month", async () => {
+    await assertFails(getDoc(doc(asUser(ALICE), MONTHS, monthId(BOB))));
+  });
+
+  test('a month whose id names the user but whose userId does not is not theirs', async () => {
+    await seed(monthId(ALICE), month(BOB));
+    await assertFails(getDoc(doc(asUser(ALICE), MONTHS, monthId(ALICE))));
+  });
+
+  test('an unauthenticated client cannot read a month', async () => {
+    await seed(monthId(ALICE), month(ALICE));
+    await assertFails(getDoc(doc(asAnonymous(), MONTHS, monthId(ALICE))));
+  });
+
+  test("an admin reads any user's month", async () => {
+    await seed(monthId(BOB), month(BOB));
+    const snapshot = await assertSucceeds(getDoc(doc(asAdmin(), MONTHS, monthId(BOB))));
+    assert.equal(snapshot.data().userId, BOB);
+  });
+});
+
+describe('querying months', () => {
+  beforeEach(async () => {
+    await seed(monthId(ALICE, 2023, 12), month(ALICE, { year: 2023, month: 12 }));
+    await seed(monthId(ALICE), month(ALICE));
+    await seed(monthId(BOB), month(BOB, { userType: 'subscribed' }));
+  });
+
+  test("a user runs the schema's history query on their own months", async () => {
+    const months = collection(asUser(ALICE), MONTHS);
+    const snapshot = await assertSucceeds(getDocs(query(months, where('userId', '==', ALICE),
+      orderBy('year', 'desc'), orderBy('month', 'desc'), limit(3))));
+    assert.deepEqual(snapshot.docs.map((d) => d.id), [monthId(ALICE), monthId(ALICE, 2023, 12)]);
+  });
+
+  test('a user cannot list all months', async () => {
+    await assertFails(getDocs(collection(asUser(ALICE), MONTHS)));
+  });
+
+  test("a user cannot list another user's months", async () => {
+    const months = collection(asUser(ALICE), MONTHS);
+    await assertFails(getDocs(query(months, where('userId', '==', BOB))));
+  });
+
+  test('an unauthenticated client cannot list months', async () => {
+    const months = collection(asAnonymous(), MONTHS);
+    await assertFails(getDocs(query(months, where('userId', '==', ALICE))));
+  });
+
+  test('an admin lists all months', async () => {
+    const snapshot = await assertSucceeds(getDocs(collection(asAdmin(), MONTHS)));
+    assert.equal(snapshot.size, 3);
+  });
+
+  test("an admin runs the schema's query: one month by user type", async () => {
+    const months = collection(asAdmin(), MONTHS);
+    const snapshot = await assertSucceeds(getDocs(query(months, where('userType', '==', 'trial'),
+      where('year', '==', 2024), where('month', '==', 1))));
+    assert.deepEqual(snapshot.docs.map((d) => d.id), [monthId(ALICE)]);
+  });
+});
+
+describe('users never write months', () => {
+  test('a user cannot create their own month, even well-formed', async () => {
+    await assertFails(setDoc(doc(asUser(ALICE), MONTHS, monthId(ALICE)), month(ALICE)));
+  });
+
+  test('a user cannot change their own month', async () => {
+    await seed(monthId(ALICE), month(ALICE));
+    await assertFails(updateDoc(doc(asUser(ALICE), MONTHS, monthId(ALICE)),
+      { totalMonthlyTokens: 0 }));
+  });
+
+  test('a user cannot delete their own month', async () => {
+    await seed(monthId(ALICE), month(ALICE));
+    await assertFails(deleteDoc(doc(asUser(ALICE), MONTHS, monthId(ALICE))));
+  });
+
+  test("a user cannot write another user's month", async () => {
+    await assertFails(setDoc(doc(asUser(ALICE), MONTHS, monthId(BOB)), month(BOB)));
+  });
+
+  test('an unauthenticated client cannot write a month', async () => {
+    await assertFails(setDoc(doc(asAnonymous(), MONTHS, monthId(ALICE)), month(ALICE)));
+  });
+
+  test('an admin claim that is not the boolean true grants no writes', async () => {
+    const notAdmin = asUser(ALICE, { admin: 'true' });
+    await assertFails(setDoc(doc(notAdmin, MONTHS, monthId(BOB)), month(BOB)));
+  });
+});
+
+describe('admins write well-formed months', () => {
+  test('an admin creates a month', async () => {
+    const db = asAdmin();
+    await assertSucceeds(setDoc(doc(db, MONTHS, monthId(BOB)), month(BOB)));
+    const snapshot = await getDoc(doc(db, MONTHS, monthId(BOB)));
+    assert.equal(snapshot.data().peakUsageTokens, 2100);
+  });
+
+  test('an admin creates a month whose average is a whole number', async () => {
+    // JavaScript sends 1180.0 as an integer; the rules accept any number there.
+    await assertSucceeds(setDoc(doc(asAdmin(), MONTHS, monthId(BOB)),
+      month(BOB, { averageDailyUsage: 1180 })));
+  });
+
+  test('an admin updates a month', async () => {
+    await seed(monthId(BOB), month(BOB));
+    await assertSucceeds(updateDoc(doc(asAdmin(), MONTHS, monthId(BOB)), {
+      'dailyUsage.06': 100,
+      totalMonthlyTokens: 6000,
+      averageDailyUsage: 1000,
+      updatedAt: Timestamp.fromDate(new Date('2024-01-06T12:00:00Z')),
+    }));
+  });
+
+  test('an admin deletes a month', async () => {
+    await seed(monthId(BOB), month(BOB));
+    await assertSucceeds(deleteDoc(doc(asAdmin(), MONTHS, monthId(BOB))));
+  });
+
+  const malformedMonths = [
+    ['an unknown field', month(BOB, { note: 'manual fix' })],
+    ['a missing field', without(month(BOB), 'peakUsageDate')],
+    ['year as a string', month(BOB, { year: '2024' })],
+    ['month 13', month(BOB, { month: 13 })],
+    ['a fractional token total', month(BOB, { totalMonthlyTokens: 5900.5 })],
+    ['a negative token total', month(BOB, { totalMonthlyTokens: -1, peakUsageTokens: -1 })],
+    ['an unknown user type', month(BOB, { userType: 'premium' })],
+    ['a day 32 in dailyUsage', month(BOB, { dailyUsage: { 32: 10 } })],
+    ['a peak day that is not DD', month(BOB, { peakUsageDate: '4' })],
+    ['updatedAt as a string', month(BOB, { updatedAt: '2024-01-05T23:59:59Z' })],
+  ];
+
+  for (const [what, data] of malformedMonths) {
+    test(`an admin is denied a month with ${what}`, async () => {
+      await assertFails(setDoc(doc(asAdmin(), MONTHS, monthId(BOB)), data));
+    });
+  }
+
+  test('an admin is denied a month whose id does not match its user, year and month',
+    async () => {
+      const db = asAdmin();
+      await assertFails(setDoc(doc(db, MONTHS, monthId(BOB, 2024, 2)), month(BOB)));
+      await assertFails(setDoc(doc(db, MONTHS, monthId(ALICE)), month(BOB)));
+    });
+
+  test('an admin is denied removing a required field', async () => {
+    await seed(monthId(BOB), month(BOB));
+    await assertFails(updateDoc(doc(asAdmin(), MONTHS, monthId(BOB)),
+      { userType: deleteField() }));
+  });
+
+  test('an admin is denied rewriting createdAt', async () => {
+    await seed(monthId(BOB), month(BOB));
+    await assertFails(updateDoc(doc(asAdmin(), MONTHS, monthId(BOB)),
+      { createdAt: Timestamp.fromDate(new Date('2023-12-01T00:00:00Z')) }));
+  });
+});
