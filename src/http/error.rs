@@ -76,15 +76,19 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-pub struct ErrorBody<'a> {
-    pub code: &'a str,
+/// What went wrong: a stable snake_case code and a sentence for people.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    #[schema(example = "invalid_request")]
+    pub code: String,
+    #[schema(example = "tokens must be an integer from 1 to 1000000")]
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct ErrorEnvelope<'a> {
-    error: ErrorBody<'a>,
+/// The body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
 }
 
 /// A JSON error response with the contract's shape.
@@ -92,7 +96,10 @@ pub fn error_response(status: StatusCode, code: &str, message: String) -> Respon
     let mut response = (
         status,
         axum::Json(ErrorEnvelope {
-            error: ErrorBody { code, message },
+            error: ErrorBody {
+                code: code.to_owned(),
+                message,
+            },
         }),
     )
         .into_response();

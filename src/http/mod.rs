@@ -1,8 +1,11 @@
 //! The HTTP edge: the router, its layers, and one module per resource.
 
+mod admin;
+mod docs;
 mod error;
 mod extract;
 mod ops;
+mod page_token;
 mod usage;
 
 pub use error::ApiError;
@@ -11,13 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Extension};
 use axum::http::{HeaderName, Method, Request, StatusCode, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::TokenVerifier;
 use crate::usage::UsageService;
@@ -40,10 +45,20 @@ pub struct EdgeSettings {
     pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
 }
 
-pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
-    let mut app = Router::new()
+/// The routes and their OpenAPI description, made from the same declarations so that the two
+/// cannot drift apart.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(usage::router())
+        .merge(admin::router())
         .merge(ops::router())
+        .split_for_parts()
+}
+
+pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
+    let (routes, document) = routes();
+    let mut app = routes
+        .layer(Extension(Arc::new(document)))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)

@@ -1,28 +1,56 @@
 //! Liveness and readiness, for Cloud Run and load balancers; no authentication.
 
-use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::{Value, json};
+use std::sync::Arc;
 
+use axum::Json;
+use axum::extract::{Extension, State};
+use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::ErrorEnvelope;
 use super::{ApiError, AppState};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json))
 }
 
-/// 200 while the process serves.
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[derive(Serialize, utoipa::ToSchema)]
+struct Status {
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
-/// 200 when the store answers, else 503.
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// Liveness: 200 while the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Serving", body = Status)))]
+async fn healthz() -> Json<Status> {
+    Json(Status { status: "ok" })
+}
+
+/// Readiness: 200 when the store answers, else 503.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The store answers", body = Status),
+        (status = 503, description = "The store does not answer", body = ErrorEnvelope,
+         headers(("Retry-After" = u64))),
+    ))]
+async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     state.usage.ready().await.map_err(|error| {
         tracing::warn!(%error, "store not ready");
         ApiError::Unavailable
     })?;
-    Ok(Json(json!({"status": "ready"})))
+    Ok(Json(Status { status: "ready" }))
+}
+
+/// This OpenAPI 3.1 description of the service.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json")))]
+async fn openapi_json(
+    Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(document.as_ref().clone())
 }

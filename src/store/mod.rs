@@ -40,6 +40,57 @@ pub enum RecordOutcome {
     KeyReused,
 }
 
+/// Where a page of a report resumes: just after the item with this figure and user. Reports
+/// are ordered by their figure, largest first, then by user id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor {
+    pub figure: i64,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// 1 to 500 items.
+    pub limit: u32,
+    /// `None` for the first page.
+    pub after: Option<PageCursor>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<PageCursor>,
+}
+
+impl<T> Page<T> {
+    /// A page from up to `limit + 1` items in report order: the extra one only says that
+    /// another page follows.
+    pub fn from_overfetch(
+        mut items: Vec<T>,
+        limit: u32,
+        cursor: impl Fn(&T) -> PageCursor,
+    ) -> Self {
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next = if more { items.last().map(cursor) } else { None };
+        Self { items, next }
+    }
+}
+
+/// How many users used tokens on a day, and how many tokens, for one user type or all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub active_users: i64,
+    pub total_tokens: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DailySummary {
+    pub trial: UsageTotals,
+    pub subscribed: UsageTotals,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Worth retrying later: the store is unreachable, busy or contended (503).
@@ -65,6 +116,27 @@ pub trait UsageStore: Send + Sync {
 
     /// The user's month documents, newest first, at most `limit`.
     async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError>;
+
+    /// One day's documents, most tokens first (ties by user id), optionally of one user type.
+    async fn daily_report(
+        &self,
+        date: NaiveDate,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<DailyUsage>, StoreError>;
+
+    /// One month's aggregates, most tokens first (ties by user id), optionally of one type.
+    async fn monthly_report(
+        &self,
+        year: i32,
+        month: u32,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<MonthlyUsage>, StoreError>;
+
+    /// Active users and tokens of one day per user type, counted by the store (aggregation
+    /// queries), never by reading every document.
+    async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError>;
 
     /// Answers when the store can serve requests.
     async fn ping(&self) -> Result<(), StoreError>;

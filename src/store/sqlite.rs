@@ -8,7 +8,10 @@ use chrono::NaiveDate;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::Mutex;
 
-use super::{RecordOutcome, RecordRequest, StoreError, UsageStore};
+use super::{
+    DailySummary, Page, PageCursor, PageRequest, RecordOutcome, RecordRequest, StoreError,
+    UsageStore, UsageTotals,
+};
 use crate::usage::{
     DailyUsage, Decision, DecisionInput, Fingerprint, IdempotencyCheck, IdempotencyKey,
     IdempotencyRecord, MonthlyUsage, UserId, UserType, decide,
@@ -26,7 +29,8 @@ CREATE TABLE IF NOT EXISTS daily_token_usage (
     reset_at     TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS daily_by_user_date ON daily_token_usage (user_id, date DESC);
-CREATE INDEX IF NOT EXISTS daily_by_date_tokens ON daily_token_usage (date, tokens_used DESC, user_id);
+CREATE INDEX IF NOT EXISTS daily_by_date_tokens
+    ON daily_token_usage (date, tokens_used DESC, user_id);
 
 CREATE TABLE IF NOT EXISTS token_usage_history (
     id                   TEXT PRIMARY KEY,
@@ -43,6 +47,8 @@ CREATE TABLE IF NOT EXISTS token_usage_history (
     updated_at           TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS history_by_user ON token_usage_history (user_id, year DESC, month DESC);
+CREATE INDEX IF NOT EXISTS history_by_month_tokens
+    ON token_usage_history (year, month, total_monthly_tokens DESC, user_id);
 
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     user_id     TEXT NOT NULL,
@@ -125,10 +131,135 @@ impl UsageStore for SqliteStore {
         .await
     }
 
+    async fn daily_report(
+        &self,
+        date: NaiveDate,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<DailyUsage>, StoreError> {
+        let page = page.clone();
+        self.with_connection(move |connection| {
+            let (after_figure, after_user) = cursor_params(&page);
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {DAY_COLUMNS} FROM daily_token_usage
+                 WHERE date = ?1 AND (?2 IS NULL OR user_type = ?2)
+                   AND (?3 IS NULL OR tokens_used < ?3 OR (tokens_used = ?3 AND user_id > ?4))
+                 ORDER BY tokens_used DESC, user_id ASC LIMIT ?5"
+            ))?;
+            let items = statement
+                .query_map(
+                    params![
+                        date,
+                        user_type.map(UserType::as_str),
+                        after_figure,
+                        after_user,
+                        page.limit + 1
+                    ],
+                    day_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Page::from_overfetch(items, page.limit, |day| PageCursor {
+                figure: day.tokens_used,
+                user_id: day.user_id.clone(),
+            }))
+        })
+        .await
+    }
+
+    async fn monthly_report(
+        &self,
+        year: i32,
+        month: u32,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<MonthlyUsage>, StoreError> {
+        let page = page.clone();
+        self.with_connection(move |connection| {
+            let (after_figure, after_user) = cursor_params(&page);
+            let mut statement = connection.prepare_cached(
+                "SELECT * FROM token_usage_history
+                 WHERE year = ?1 AND month = ?2 AND (?3 IS NULL OR user_type = ?3)
+                   AND (?4 IS NULL OR total_monthly_tokens < ?4
+                        OR (total_monthly_tokens = ?4 AND user_id > ?5))
+                 ORDER BY total_monthly_tokens DESC, user_id ASC LIMIT ?6",
+            )?;
+            let items = statement
+                .query_map(
+                    params![
+                        year,
+                        month,
+                        user_type.map(UserType::as_str),
+                        after_figure,
+                        after_user,
+                        page.limit + 1
+                    ],
+                    month_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Page::from_overfetch(items, page.limit, |month| {
+                PageCursor {
+                    figure: month.total_monthly_tokens,
+                    user_id: month.user_id.clone(),
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
+        self.with_connection(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT user_type = 'subscribed', COUNT(*), COALESCE(SUM(tokens_used), 0)
+                 FROM daily_token_usage WHERE date = ?1 GROUP BY 1",
+            )?;
+            let mut summary = DailySummary::default();
+            let rows = statement.query_map([date], |row| {
+                Ok((
+                    row.get::<_, bool>(0)?,
+                    UsageTotals {
+                        active_users: row.get(1)?,
+                        total_tokens: row.get(2)?,
+                    },
+                ))
+            })?;
+            for row in rows {
+                match row? {
+                    (true, totals) => summary.subscribed = totals,
+                    (false, totals) => summary.trial = totals,
+                }
+            }
+            Ok(summary)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_connection(|connection| connection.query_row("SELECT 1", [], |_| Ok(())))
             .await
     }
+}
+
+/// The resume point of a page as SQL parameters (both NULL on the first page).
+fn cursor_params(page: &PageRequest) -> (Option<i64>, Option<String>) {
+    page.after
+        .as_ref()
+        .map(|after| (after.figure, after.user_id.to_string()))
+        .unzip()
+}
+
+const DAY_COLUMNS: &str =
+    "user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at";
+
+fn day_from_row(row: &Row<'_>) -> rusqlite::Result<DailyUsage> {
+    Ok(DailyUsage {
+        user_id: user_id_from(row, 0)?,
+        date: row.get(1)?,
+        tokens_used: row.get(2)?,
+        token_limit: row.get(3)?,
+        user_type: user_type_from(row, 4)?,
+        last_updated: row.get(5)?,
+        reset_at: row.get(6)?,
+    })
 }
 
 fn record(connection: &mut Connection, request: &RecordRequest) -> rusqlite::Result<RecordOutcome> {
@@ -177,21 +308,10 @@ fn record(connection: &mut Connection, request: &RecordRequest) -> rusqlite::Res
 
 fn read_day(connection: &Connection, id: &str) -> rusqlite::Result<Option<DailyUsage>> {
     connection
-        .prepare_cached(
-            "SELECT user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at
-             FROM daily_token_usage WHERE id = ?1",
-        )?
-        .query_row([id], |row| {
-            Ok(DailyUsage {
-                user_id: user_id_from(row, 0)?,
-                date: row.get(1)?,
-                tokens_used: row.get(2)?,
-                token_limit: row.get(3)?,
-                user_type: user_type_from(row, 4)?,
-                last_updated: row.get(5)?,
-                reset_at: row.get(6)?,
-            })
-        })
+        .prepare_cached(&format!(
+            "SELECT {DAY_COLUMNS} FROM daily_token_usage WHERE id = ?1"
+        ))?
+        .query_row([id], day_from_row)
         .optional()
 }
 

@@ -8,7 +8,9 @@ use chrono_tz::Tz;
 use super::{
     DailyUsage, DayWindow, Fingerprint, IdempotencyKey, Limits, MonthlyUsage, UserId, UserType,
 };
-use crate::store::{RecordOutcome, RecordRequest, StoreError, UsageStore};
+use crate::store::{
+    DailySummary, Page, PageRequest, RecordOutcome, RecordRequest, StoreError, UsageStore,
+};
 
 pub struct UsageService {
     store: Arc<dyn UsageStore>,
@@ -78,6 +80,31 @@ impl UsageService {
         months: u32,
     ) -> Result<Vec<MonthlyUsage>, StoreError> {
         self.store.months(user_id, months).await
+    }
+
+    pub async fn daily_report(
+        &self,
+        date: chrono::NaiveDate,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<DailyUsage>, StoreError> {
+        self.store.daily_report(date, user_type, page).await
+    }
+
+    pub async fn monthly_report(
+        &self,
+        year: i32,
+        month: u32,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<MonthlyUsage>, StoreError> {
+        self.store
+            .monthly_report(year, month, user_type, page)
+            .await
+    }
+
+    pub async fn daily_summary(&self, date: chrono::NaiveDate) -> Result<DailySummary, StoreError> {
+        self.store.daily_summary(date).await
     }
 
     pub async fn ready(&self) -> Result<(), StoreError> {

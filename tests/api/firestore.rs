@@ -21,6 +21,11 @@ async fn instance(emulator_host: &str, project: &str, extra: &[&str]) -> TestApp
     .await
 }
 
+/// One instance of the service on the shared emulator, in a project of its own.
+pub async fn firestore_app() -> TestApp {
+    instances(1).await.remove(0)
+}
+
 async fn instances(count: usize) -> Vec<TestApp> {
     let emulator = emulator::shared().await;
     let project = emulator::unique_project("multi");

@@ -1,13 +1,16 @@
 //! Black-box tests of the HTTP API: the real router on a real port, the embedded store on a
-//! real file, and tokens checked against keys fetched over HTTP.
+//! real file or Firestore on the real emulator, and tokens checked against keys fetched over
+//! HTTP.
 
 #[path = "../support/emulator.rs"]
 mod emulator;
 
+mod admin;
 mod auth;
 mod bodies;
 mod concurrency;
 mod edge;
 mod firestore;
 mod helpers;
+mod openapi;
 mod usage;

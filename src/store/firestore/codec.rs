@@ -178,7 +178,7 @@ fn string(text: &str) -> Value {
     value(ValueType::StringValue(text.to_owned()))
 }
 
-fn integer(number: i64) -> Value {
+pub fn integer(number: i64) -> Value {
     value(ValueType::IntegerValue(number))
 }
 

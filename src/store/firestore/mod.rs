@@ -24,25 +24,32 @@ use chrono::NaiveDate;
 use firestore::gcloud_sdk::GoogleAuthMiddleware;
 use firestore::gcloud_sdk::google::firestore::v1::firestore_client::FirestoreClient;
 use firestore::gcloud_sdk::google::firestore::v1::precondition::ConditionType;
+use firestore::gcloud_sdk::google::firestore::v1::structured_aggregation_query::{
+    Aggregation, aggregation,
+};
 use firestore::gcloud_sdk::google::firestore::v1::structured_query::{
     CollectionSelector, CompositeFilter, Direction as OrderDirection, FieldFilter, FieldReference,
     Filter, Order, composite_filter, field_filter, filter,
 };
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use firestore::gcloud_sdk::google::firestore::v1::{
-    BatchGetDocumentsRequest, CommitRequest, Document, DocumentMask, GetDocumentRequest,
-    Precondition, RunQueryRequest, StructuredQuery, Value, Write, batch_get_documents_response,
-    run_query_request, write,
+    BatchGetDocumentsRequest, CommitRequest, Cursor, Document, DocumentMask, GetDocumentRequest,
+    Precondition, RunAggregationQueryRequest, RunQueryRequest, StructuredAggregationQuery,
+    StructuredQuery, Value, Write, batch_get_documents_response, run_aggregation_query_request,
+    run_query_request, structured_aggregation_query, write,
 };
 use firestore::gcloud_sdk::google_cloud_auth::credentials::Credentials;
 use firestore::gcloud_sdk::tonic::{self, Code, Status};
 use firestore::{FirestoreDb, FirestoreDbOptions};
 
 use super::queries::{self, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape};
-use super::{RecordOutcome, RecordRequest, StoreError, UsageStore};
+use super::{
+    DailySummary, Page, PageCursor, PageRequest, RecordOutcome, RecordRequest, StoreError,
+    UsageStore, UsageTotals,
+};
 use crate::usage::{
     DailyUsage, Decision, DecisionInput, IdempotencyCheck, IdempotencyKey, IdempotencyRecord,
-    MonthlyUsage, UserId, decide,
+    MonthlyUsage, UserId, UserType, decide,
 };
 
 /// The service's own collection: idempotency records, deleted by a TTL policy on `expiresAt`.
@@ -320,19 +327,104 @@ impl FirestoreStore {
         }
     }
 
+    /// Counts the documents of a query and sums their `tokensUsed`, in Firestore.
+    async fn totals(
+        &self,
+        shape: &QueryShape,
+        equals: &[Value],
+    ) -> Result<UsageTotals, StoreError> {
+        let field = FieldReference {
+            field_path: "tokensUsed".to_owned(),
+        };
+        let aggregations = vec![
+            Aggregation {
+                alias: "users".to_owned(),
+                operator: Some(aggregation::Operator::Count(aggregation::Count {
+                    up_to: None,
+                })),
+            },
+            Aggregation {
+                alias: "tokens".to_owned(),
+                operator: Some(aggregation::Operator::Sum(aggregation::Sum {
+                    field: Some(field),
+                })),
+            },
+        ];
+        let request = RunAggregationQueryRequest {
+            parent: format!("{}/documents", self.database),
+            query_type: Some(
+                run_aggregation_query_request::QueryType::StructuredAggregationQuery(
+                    StructuredAggregationQuery {
+                        aggregations,
+                        query_type: Some(structured_aggregation_query::QueryType::StructuredQuery(
+                            structured_query(shape, equals),
+                        )),
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        self.counters.rpc();
+        let read = async {
+            let mut stream = self
+                .client()
+                .run_aggregation_query(self.request(request))
+                .await?
+                .into_inner();
+            let mut fields = HashMap::new();
+            while let Some(response) = stream.message().await? {
+                fields.extend(
+                    response
+                        .result
+                        .map(|result| result.aggregate_fields)
+                        .unwrap_or_default(),
+                );
+            }
+            Ok::<_, Status>(fields)
+        };
+        let fields = read
+            .await
+            .map_err(|status| read_failure(status).into_store_error())?;
+        // An aggregation is billed one read per 1,000 index entries it scans, and at least one.
+        self.counters.reads(1);
+        let number = |alias: &str| match fields
+            .get(alias)
+            .and_then(|value| value.value_type.as_ref())
+        {
+            Some(ValueType::IntegerValue(number)) => Ok(*number),
+            Some(ValueType::DoubleValue(number)) => Ok(*number as i64),
+            _ => Err(StoreError::Internal(format!(
+                "aggregation result {alias} is missing"
+            ))),
+        };
+        Ok(UsageTotals {
+            active_users: number("users")?,
+            total_tokens: number("tokens")?,
+        })
+    }
+
     /// Runs a query of a declared shape with the given equality values, in its order.
     async fn query(
         &self,
         shape: &QueryShape,
         equals: &[Value],
-        limit: i32,
+        limit: u32,
+        start_after: Option<&PageCursor>,
     ) -> Result<Vec<Document>, StoreError> {
+        let mut query = structured_query(shape, equals);
+        query.limit = Some(i32::try_from(limit).unwrap_or(i32::MAX));
+        // The order is (figure desc, userId asc): resume after the last item's values.
+        query.start_at = start_after.map(|after| Cursor {
+            values: vec![
+                codec::integer(after.figure),
+                string_value(after.user_id.as_str()),
+            ],
+            before: false,
+        });
         self.counters.rpc();
         let request = RunQueryRequest {
             parent: format!("{}/documents", self.database),
-            query_type: Some(run_query_request::QueryType::StructuredQuery(
-                structured_query(shape, equals, limit),
-            )),
+            query_type: Some(run_query_request::QueryType::StructuredQuery(query)),
             ..Default::default()
         };
         let read = async {
@@ -354,6 +446,16 @@ impl FirestoreStore {
         self.counters.reads(documents.len().max(1) as u64);
         Ok(documents)
     }
+}
+
+fn decode_all<T>(
+    documents: &[Document],
+    decode: impl Fn(&Document) -> Result<T, codec::DecodeError>,
+) -> Result<Vec<T>, StoreError> {
+    documents
+        .iter()
+        .map(|document| decode(document).map_err(|e| StoreError::Internal(e.to_string())))
+        .collect()
 }
 
 /// The documents one record touches.
@@ -392,7 +494,7 @@ fn update(
     }
 }
 
-fn structured_query(shape: &QueryShape, equals: &[Value], limit: i32) -> StructuredQuery {
+fn structured_query(shape: &QueryShape, equals: &[Value]) -> StructuredQuery {
     let field = |path: &str| {
         Some(FieldReference {
             field_path: path.to_owned(),
@@ -438,7 +540,6 @@ fn structured_query(shape: &QueryShape, equals: &[Value], limit: i32) -> Structu
         }],
         r#where,
         order_by,
-        limit: Some(limit),
         ..Default::default()
     }
 }
@@ -519,20 +620,85 @@ impl UsageStore for FirestoreStore {
     }
 
     async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError> {
-        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let equals = [string_value(user_id.as_str())];
         let documents = self
-            .query(
-                &queries::USER_HISTORY,
-                &[string_value(user_id.as_str())],
-                limit,
-            )
+            .query(&queries::USER_HISTORY, &equals, limit, None)
             .await?;
-        documents
-            .iter()
-            .map(|document| {
-                codec::month_from(document).map_err(|e| StoreError::Internal(e.to_string()))
-            })
-            .collect()
+        decode_all(&documents, codec::month_from)
+    }
+
+    async fn daily_report(
+        &self,
+        date: NaiveDate,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<DailyUsage>, StoreError> {
+        let mut equals = vec![string_value(&date.format("%Y-%m-%d").to_string())];
+        let shape = match user_type {
+            Some(user_type) => {
+                equals.push(string_value(user_type.as_str()));
+                &queries::DAILY_REPORT_BY_TYPE
+            }
+            None => &queries::DAILY_REPORT,
+        };
+        let documents = self
+            .query(shape, &equals, page.limit + 1, page.after.as_ref())
+            .await?;
+        let items = decode_all(&documents, codec::day_from)?;
+        Ok(Page::from_overfetch(items, page.limit, |day| PageCursor {
+            figure: day.tokens_used,
+            user_id: day.user_id.clone(),
+        }))
+    }
+
+    async fn monthly_report(
+        &self,
+        year: i32,
+        month: u32,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<MonthlyUsage>, StoreError> {
+        let mut equals = vec![
+            codec::integer(i64::from(year)),
+            codec::integer(i64::from(month)),
+        ];
+        let shape = match user_type {
+            Some(user_type) => {
+                equals.push(string_value(user_type.as_str()));
+                &queries::MONTHLY_REPORT_BY_TYPE
+            }
+            None => &queries::MONTHLY_REPORT,
+        };
+        let documents = self
+            .query(shape, &equals, page.limit + 1, page.after.as_ref())
+            .await?;
+        let items = decode_all(&documents, codec::month_from)?;
+        Ok(Page::from_overfetch(items, page.limit, |month| {
+            PageCursor {
+                figure: month.total_monthly_tokens,
+                user_id: month.user_id.clone(),
+            }
+        }))
+    }
+
+    /// Two aggregation queries: all users, and the subscribed ones; the rest are trial, as
+    /// an unknown stored user type reads everywhere else.
+    async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
+        let day = string_value(&date.format("%Y-%m-%d").to_string());
+        let all = self
+            .totals(&queries::DAILY_SUMMARY, std::slice::from_ref(&day))
+            .await?;
+        let subscribed_type = string_value(UserType::Subscribed.as_str());
+        let subscribed = self
+            .totals(&queries::DAILY_SUMMARY_BY_TYPE, &[day, subscribed_type])
+            .await?;
+        Ok(DailySummary {
+            trial: UsageTotals {
+                active_users: all.active_users - subscribed.active_users,
+                total_tokens: all.total_tokens - subscribed.total_tokens,
+            },
+            subscribed,
+        })
     }
 
     /// Reads a document that never exists: an answer, even "not found", means reachable.

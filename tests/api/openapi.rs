@@ -1,0 +1,116 @@
+//! `/openapi.json` describes exactly the routes the router serves.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Every endpoint of the service and its methods.
+const ENDPOINTS: [(&str, &str); 10] = [
+    ("/usage", "post"),
+    ("/usage/today", "get"),
+    ("/usage/history", "get"),
+    ("/admin/usage/daily", "get"),
+    ("/admin/usage/monthly", "get"),
+    ("/admin/users/{user_id}/usage", "get"),
+    ("/admin/reports/summary", "get"),
+    ("/healthz", "get"),
+    ("/readyz", "get"),
+    ("/openapi.json", "get"),
+];
+
+async fn document(app: &TestApp) -> Value {
+    let response = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn operations(document: &Value) -> BTreeMap<(String, String), Value> {
+    let mut operations = BTreeMap::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            operations.insert((path.clone(), method.clone()), operation.clone());
+        }
+    }
+    operations
+}
+
+#[tokio::test]
+async fn the_document_lists_exactly_the_served_endpoints() {
+    let app = spawn_app().await;
+    let document = document(&app).await;
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"));
+    let listed: Vec<(String, String)> = operations(&document).into_keys().collect();
+    let mut expected: Vec<(String, String)> = ENDPOINTS
+        .iter()
+        .map(|(p, m)| (p.to_string(), m.to_string()))
+        .collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    // Each listed operation is served: neither 404 nor 405 for its method.
+    for (path, method) in ENDPOINTS {
+        let url = app.url(&path.replace("{user_id}", "alice"));
+        let request = match method {
+            "post" => app.client.post(url).json(&serde_json::json!({"tokens": 1})),
+            _ => app.client.get(url),
+        };
+        let status = request
+            .bearer_auth(admin_token("dashboard"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status != 404 && status != 405, "{method} {path}: {status}");
+    }
+}
+
+#[tokio::test]
+async fn every_operation_documents_its_answers_and_security() {
+    let app = spawn_app().await;
+    let document = document(&app).await;
+    let scheme = &document["components"]["securitySchemes"]["bearer"];
+    assert_eq!(
+        (scheme["type"].as_str(), scheme["scheme"].as_str()),
+        (Some("http"), Some("bearer"))
+    );
+    assert!(document["components"]["schemas"]["ErrorEnvelope"].is_object());
+
+    for ((path, method), operation) in operations(&document) {
+        let responses = operation["responses"].as_object().unwrap();
+        assert!(responses.contains_key("200"), "{method} {path}");
+        let open = ["/healthz", "/readyz", "/openapi.json"].contains(&path.as_str());
+        if open {
+            continue;
+        }
+        assert_eq!(
+            operation["security"],
+            serde_json::json!([{"bearer": []}]),
+            "{method} {path}"
+        );
+        for status in ["400", "401", "500", "503"] {
+            let body = &responses[status]["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(
+                body, "#/components/schemas/ErrorEnvelope",
+                "{method} {path} {status}"
+            );
+        }
+        if path.starts_with("/admin") {
+            assert!(responses.contains_key("403"), "{method} {path}");
+        }
+    }
+    let record = &document["paths"]["/usage"]["post"];
+    assert!(record["requestBody"]["content"]["application/json"]["schema"].is_object());
+    for status in ["403", "413", "415", "422", "429"] {
+        assert!(
+            record["responses"][status].is_object(),
+            "POST /usage {status}"
+        );
+    }
+}
