@@ -172,11 +172,18 @@ async fn instances(emulator: &Emulator, project: &str) -> Vec<Arc<FirestoreStore
     stores
 }
 
+/// The operations one instance has sent so far.
+fn counts(store: &FirestoreStore) -> OperationCounts {
+    store
+        .operation_counts()
+        .expect("the Firestore store counts its operations")
+}
+
 /// The operations of all instances together.
 fn total_counts(stores: &[Arc<FirestoreStore>]) -> OperationCounts {
     stores
         .iter()
-        .map(|store| store.operation_counts())
+        .map(|store| counts(store))
         .fold(OperationCounts::default(), add_counts)
 }
 
@@ -486,13 +493,13 @@ async fn cost_per_request(emulator: &Emulator, moment: Moment) -> bool {
     ]);
     let mut sound = true;
     for case in CostCase::ALL {
-        let before = store.operation_counts();
+        let before = counts(&store);
         let mut samples = Vec::with_capacity(COST_REQUESTS);
         for index in 0..COST_REQUESTS {
             let request = case.request(&moment, &users, index);
             samples.push(timed_record(store.as_ref(), request).await);
         }
-        let counts = store.operation_counts() - before;
+        let counts = counts(&store) - before;
         let expected = samples
             .iter()
             .filter(|(_, answer)| case.expects(answer))
@@ -598,10 +605,10 @@ async fn throughput(emulator: &Emulator, sqlite: &Arc<dyn UsageStore>, moment: M
         "retries/rec",
     ]);
 
-    let before = firestore.operation_counts();
+    let before = counts(&firestore);
     let on_firestore = concurrent(firestore.clone(), moment, "load", LOAD).await;
     let records = on_firestore.samples.len();
-    let counts = per_record(firestore.operation_counts() - before, records);
+    let counts = per_record(counts(&firestore) - before, records);
     table.row(
         load_row("Firestore (emulator)", &on_firestore)
             .into_iter()

@@ -60,6 +60,19 @@ fn bad_configuration_stops_with_one_line_naming_the_variable() {
 }
 
 #[test]
+fn emulator_tokens_never_write_to_a_production_firestore() {
+    let output = command()
+        .env("STORE", "firestore")
+        .env("FIREBASE_PROJECT_ID", "demo-token-limits")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("FIRESTORE_EMULATOR_HOST"), "{stderr}");
+}
+
+#[test]
 fn dev_token_refuses_a_production_project() {
     let output = command()
         .args(["dev-token", "--uid", "alice"])

@@ -470,6 +470,12 @@ conformance_suite!(firestore, Firestore::new());
 mod firestore_documents {
     use super::*;
 
+    fn counts(h: &Firestore) -> token_limits::store::OperationCounts {
+        h.store
+            .operation_counts()
+            .expect("Firestore counts its operations")
+    }
+
     fn value_type(field: &Value) -> &str {
         field.as_object().unwrap().keys().next().unwrap()
     }
@@ -564,9 +570,9 @@ mod firestore_documents {
     async fn a_request_costs_two_rpcs_when_admitted_and_one_otherwise() {
         let h = Firestore::new().await;
         let now = "2024-01-15T10:00:00Z";
-        let before = h.store.operation_counts();
+        let before = counts(&h);
         admitted(record(&*h.store, request("alice", 600, Some(UserType::Trial), now)).await);
-        let admitted_cost = h.store.operation_counts() - before;
+        let admitted_cost = counts(&h) - before;
         assert_eq!(
             (
                 admitted_cost.rpcs,
@@ -576,10 +582,10 @@ mod firestore_documents {
             (2, 2, 2)
         );
 
-        let before = h.store.operation_counts();
+        let before = counts(&h);
         let denied = record(&*h.store, request("alice", 600, Some(UserType::Trial), now)).await;
         assert!(matches!(denied, RecordOutcome::Denied(_)));
-        let denied_cost = h.store.operation_counts() - before;
+        let denied_cost = counts(&h) - before;
         assert_eq!(
             (
                 denied_cost.rpcs,
@@ -589,7 +595,7 @@ mod firestore_documents {
             (1, 2, 0)
         );
 
-        let before = h.store.operation_counts();
+        let before = counts(&h);
         admitted(
             record(
                 &*h.store,
@@ -597,7 +603,7 @@ mod firestore_documents {
             )
             .await,
         );
-        let keyed_cost = h.store.operation_counts() - before;
+        let keyed_cost = counts(&h) - before;
         assert_eq!(
             (
                 keyed_cost.rpcs,
@@ -607,14 +613,14 @@ mod firestore_documents {
             (2, 3, 3)
         );
 
-        let before = h.store.operation_counts();
+        let before = counts(&h);
         let replayed = record(
             &*h.store,
             keyed(request("alice", 10, Some(UserType::Trial), now), "k"),
         )
         .await;
         assert!(matches!(replayed, RecordOutcome::Replayed(_)));
-        let replay_cost = h.store.operation_counts() - before;
+        let replay_cost = counts(&h) - before;
         assert_eq!(
             (
                 replay_cost.rpcs,

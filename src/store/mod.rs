@@ -140,4 +140,9 @@ pub trait UsageStore: Send + Sync {
 
     /// Answers when the store can serve requests.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Operations sent to a metered backend so far (Firestore); `None` for the embedded store.
+    fn operation_counts(&self) -> Option<OperationCounts> {
+        None
+    }
 }

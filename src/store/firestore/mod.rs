@@ -182,11 +182,6 @@ impl FirestoreStore {
         })
     }
 
-    /// Operations so far, for metrics and cost measurements.
-    pub fn operation_counts(&self) -> OperationCounts {
-        self.counters.snapshot()
-    }
-
     fn client(&self) -> FirestoreClient<GoogleAuthMiddleware> {
         self.db.client().get()
     }
@@ -699,6 +694,10 @@ impl UsageStore for FirestoreStore {
             },
             subscribed,
         })
+    }
+
+    fn operation_counts(&self) -> Option<OperationCounts> {
+        Some(self.counters.snapshot())
     }
 
     /// Reads a document that never exists: an answer, even "not found", means reachable.
