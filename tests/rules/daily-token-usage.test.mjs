@@ -2,39 +2,21 @@
 // writes at all (the service, with server credentials, is the only writer).
 
 import assert from 'node:assert/strict';
-import { after, before, beforeEach, describe, test } from 'node:test';
+import { beforeEach, describe, test } from 'node:test';
 import { assertFails, assertSucceeds } from '@firebase/rules-unit-testing';
 import {
   collection, deleteDoc, doc, getDoc, getDocs, orderBy, query, setDoc, updateDoc, where,
 } from 'firebase/firestore';
 import {
-  ADMIN, ADMIN_CLAIMS, ALICE, BOB, DATE, day, dayId, startTestEnvironment,
+  ADMIN, ADMIN_CLAIMS, ALICE, BOB, DATE, day, dayId, useTestEnvironment,
 } from './environment.mjs';
 
 const DAYS = 'daily_token_usage';
 
-let testEnv;
+const environment = useTestEnvironment();
+const { asUser, asAdmin, asAnonymous } = environment;
 
-before(async () => {
-  testEnv = await startTestEnvironment();
-});
-
-beforeEach(async () => {
-  await testEnv.clearFirestore();
-});
-
-after(async () => {
-  await testEnv?.cleanup();
-});
-
-const asUser = (uid, claims) => testEnv.authenticatedContext(uid, claims).firestore();
-const asAdmin = () => asUser(ADMIN, ADMIN_CLAIMS);
-const asAnonymous = () => testEnv.unauthenticatedContext().firestore();
-
-async function seed(id, data) {
-  await testEnv.withSecurityRulesDisabled((context) =>
-    setDoc(doc(context.firestore(), DAYS, id), data));
-}
+const seed = (id, data) => environment.seed(DAYS, id, data);
 
 describe('reading one day', () => {
   test('a user reads their own day', async () => {
@@ -201,8 +183,7 @@ describe('no client writes a day', () => {
   });
 
   test('the service, with server credentials, writes a day', async () => {
-    await testEnv.withSecurityRulesDisabled(async (context) => {
-      await assertSucceeds(setDoc(doc(context.firestore(), DAYS, dayId(ALICE)), day(ALICE)));
-    });
+    await environment.asService((firestore) =>
+      assertSucceeds(setDoc(doc(firestore, DAYS, dayId(ALICE)), day(ALICE))));
   });
 });

@@ -4,8 +4,9 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { after, before, beforeEach } from 'node:test';
 import { initializeTestEnvironment } from '@firebase/rules-unit-testing';
-import { Timestamp, setLogLevel } from 'firebase/firestore';
+import { Timestamp, doc, setDoc, setLogLevel } from 'firebase/firestore';
 
 export const PROJECT_ID = 'demo-rules-test';
 
@@ -15,7 +16,34 @@ setLogLevel('error');
 
 const RULES_PATH = resolve(dirname(fileURLToPath(import.meta.url)), '../../firestore.rules');
 
-export async function startTestEnvironment() {
+// Registers the calling test file's hooks: one test environment for the file, emptied before
+// every test. Each call of asUser/asAdmin/asAnonymous is a fresh context; asService and seed
+// work with the rules disabled, as the service's server credentials do.
+export function useTestEnvironment() {
+  let testEnv;
+  before(async () => {
+    testEnv = await startTestEnvironment();
+  });
+  beforeEach(async () => {
+    await testEnv.clearFirestore();
+  });
+  after(async () => {
+    await testEnv?.cleanup();
+  });
+  const asUser = (uid, claims) => testEnv.authenticatedContext(uid, claims).firestore();
+  const asService = (work) =>
+    testEnv.withSecurityRulesDisabled((context) => work(context.firestore()));
+  return {
+    asUser,
+    asAdmin: () => asUser(ADMIN, ADMIN_CLAIMS),
+    asAnonymous: () => testEnv.unauthenticatedContext().firestore(),
+    asService,
+    seed: (collectionName, id, data) =>
+      asService((firestore) => setDoc(doc(firestore, collectionName, id), data)),
+  };
+}
+
+async function startTestEnvironment() {
   const emulatorHost = process.env.FIRESTORE_EMULATOR_HOST;
   if (!emulatorHost) {
     throw new Error('FIRESTORE_EMULATOR_HOST is not set: run these tests with `npm test`');

@@ -2,50 +2,32 @@
 // admin, reads or writes it. The idempotency records are the one the service keeps today.
 
 import assert from 'node:assert/strict';
-import { after, before, beforeEach, describe, test } from 'node:test';
+import { beforeEach, describe, test } from 'node:test';
 import { assertFails, assertSucceeds } from '@firebase/rules-unit-testing';
 import {
   Timestamp, collection, deleteDoc, doc, getDoc, getDocs, query, setDoc, where,
 } from 'firebase/firestore';
-import { ADMIN, ADMIN_CLAIMS, ALICE, DATE, day, dayId, startTestEnvironment } from './environment.mjs';
+import { ADMIN, ADMIN_CLAIMS, ALICE, DATE, day, dayId, useTestEnvironment } from './environment.mjs';
 
 const IDEMPOTENCY_KEYS = 'idempotency_keys';
 // `{userId}_k{hex of the key}`; the key here is "message-42".
 const ALICE_KEY_ID = `${ALICE}_k${Buffer.from('message-42').toString('hex')}`;
 
-let testEnv;
-
-before(async () => {
-  testEnv = await startTestEnvironment();
-});
-
-beforeEach(async () => {
-  await testEnv.clearFirestore();
-});
-
-after(async () => {
-  await testEnv?.cleanup();
-});
-
-const asUser = (uid, claims) => testEnv.authenticatedContext(uid, claims).firestore();
-const asAdmin = () => asUser(ADMIN, ADMIN_CLAIMS);
-const asAnonymous = () => testEnv.unauthenticatedContext().firestore();
+const environment = useTestEnvironment();
+const { asUser, asAdmin, asAnonymous } = environment;
 
 function idempotencyRecord(userId) {
   return {
     userId,
     key: 'message-42',
-    fingerprint: 'sha256:5d41402abc4b2a76b9719d911017c592',
-    response: { status: 200, body: { tokensUsed: 1750, allowed: true } },
+    fingerprint: `tokens=500;userId=${userId}`,
+    response: day(userId),
     createdAt: Timestamp.fromDate(new Date('2024-01-15T14:30:00Z')),
     expiresAt: Timestamp.fromDate(new Date('2024-01-16T14:30:00Z')),
   };
 }
 
-async function seed(collectionName, id, data) {
-  await testEnv.withSecurityRulesDisabled((context) =>
-    setDoc(doc(context.firestore(), collectionName, id), data));
-}
+const { seed } = environment;
 
 describe('idempotency records', () => {
   beforeEach(async () => {
@@ -53,8 +35,8 @@ describe('idempotency records', () => {
   });
 
   test('the service, with server credentials, reads a record', async () => {
-    await testEnv.withSecurityRulesDisabled(async (context) => {
-      const record = doc(context.firestore(), IDEMPOTENCY_KEYS, ALICE_KEY_ID);
+    await environment.asService(async (firestore) => {
+      const record = doc(firestore, IDEMPOTENCY_KEYS, ALICE_KEY_ID);
       const snapshot = await assertSucceeds(getDoc(record));
       assert.equal(snapshot.data().userId, ALICE);
     });
@@ -98,8 +80,8 @@ describe('any other path', () => {
   test("a subcollection under a user's own day is closed to them", async () => {
     const eventPath = [dayId(ALICE), 'events', 'first'];
     await seed('daily_token_usage', dayId(ALICE), day(ALICE));
-    await testEnv.withSecurityRulesDisabled((context) => setDoc(
-      doc(context.firestore(), 'daily_token_usage', ...eventPath), { userId: ALICE, date: DATE }));
+    await environment.asService((firestore) => setDoc(
+      doc(firestore, 'daily_token_usage', ...eventPath), { userId: ALICE, date: DATE }));
     await assertFails(getDoc(doc(asUser(ALICE), 'daily_token_usage', ...eventPath)));
     await assertFails(setDoc(doc(asUser(ALICE), 'daily_token_usage', ...eventPath),
       { userId: ALICE, date: DATE }));

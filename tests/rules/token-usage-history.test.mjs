@@ -2,35 +2,20 @@
 // admin writes, and only well-formed monthly aggregates.
 
 import assert from 'node:assert/strict';
-import { after, before, beforeEach, describe, test } from 'node:test';
+import { beforeEach, describe, test } from 'node:test';
 import { assertFails, assertSucceeds } from '@firebase/rules-unit-testing';
 import {
   Timestamp, collection, deleteDoc, deleteField, doc, getDoc, getDocs, limit, orderBy, query,
   setDoc, updateDoc, where,
 } from 'firebase/firestore';
 import {
-  ADMIN, ADMIN_CLAIMS, ALICE, BOB, month, monthId, startTestEnvironment,
+  ADMIN, ADMIN_CLAIMS, ALICE, BOB, month, monthId, useTestEnvironment,
 } from './environment.mjs';
 
 const MONTHS = 'token_usage_history';
 
-let testEnv;
-
-before(async () => {
-  testEnv = await startTestEnvironment();
-});
-
-beforeEach(async () => {
-  await testEnv.clearFirestore();
-});
-
-after(async () => {
-  await testEnv?.cleanup();
-});
-
-const asUser = (uid, claims) => testEnv.authenticatedContext(uid, claims).firestore();
-const asAdmin = () => asUser(ADMIN, ADMIN_CLAIMS);
-const asAnonymous = () => testEnv.unauthenticatedContext().firestore();
+const environment = useTestEnvironment();
+const { asUser, asAdmin, asAnonymous } = environment;
 
 function without(data, field) {
   const copy = { ...data };
@@ -38,10 +23,7 @@ function without(data, field) {
   return copy;
 }
 
-async function seed(id, data) {
-  await testEnv.withSecurityRulesDisabled((context) =>
-    setDoc(doc(context.firestore(), MONTHS, id), data));
-}
+const seed = (id, data) => environment.seed(MONTHS, id, data);
 
 describe('reading one month', () => {
   test('a user reads their own month', async () => {
