@@ -157,7 +157,9 @@ fn describe(status: &Status) -> String {
 }
 
 impl FirestoreStore {
-    /// One client for the process; it connects lazily, so start-up does not wait on Firestore.
+    /// One client for the process. It connects now, so a Firestore that cannot be reached stops
+    /// the start with an error that says so; an outage later is answered 503 until the
+    /// connection is re-established by itself.
     pub async fn connect(settings: FirestoreSettings) -> Result<Self, StoreError> {
         let mut options = FirestoreDbOptions::new(settings.project_id.clone())
             .with_database_id(settings.database_id.clone());
