@@ -63,17 +63,42 @@ pub struct Page<T> {
     pub next: Option<PageCursor>,
 }
 
-impl<T> Page<T> {
+/// An item of a report: where a page that ends with it resumes.
+pub trait ReportItem {
+    fn cursor(&self) -> PageCursor;
+}
+
+/// The daily report is ordered by `tokensUsed`.
+impl ReportItem for DailyUsage {
+    fn cursor(&self) -> PageCursor {
+        PageCursor {
+            figure: self.tokens_used,
+            user_id: self.user_id.clone(),
+        }
+    }
+}
+
+/// The monthly report is ordered by `totalMonthlyTokens`.
+impl ReportItem for MonthlyUsage {
+    fn cursor(&self) -> PageCursor {
+        PageCursor {
+            figure: self.total_monthly_tokens,
+            user_id: self.user_id.clone(),
+        }
+    }
+}
+
+impl<T: ReportItem> Page<T> {
     /// A page from up to `limit + 1` items in report order: the extra one only says that
     /// another page follows.
-    pub fn from_overfetch(
-        mut items: Vec<T>,
-        limit: u32,
-        cursor: impl Fn(&T) -> PageCursor,
-    ) -> Self {
+    pub fn from_overfetch(mut items: Vec<T>, limit: u32) -> Self {
         let more = items.len() > limit as usize;
         items.truncate(limit as usize);
-        let next = if more { items.last().map(cursor) } else { None };
+        let next = if more {
+            items.last().map(T::cursor)
+        } else {
+            None
+        };
         Self { items, next }
     }
 }

@@ -9,8 +9,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavio
 use tokio::sync::Mutex;
 
 use super::{
-    DailySummary, Page, PageCursor, PageRequest, RecordOutcome, RecordRequest, StoreError,
-    UsageStore, UsageTotals,
+    DailySummary, Page, PageRequest, RecordOutcome, RecordRequest, StoreError, UsageStore,
+    UsageTotals,
 };
 use crate::usage::{
     DailyUsage, Decision, DecisionInput, Fingerprint, IdempotencyCheck, IdempotencyKey,
@@ -158,10 +158,7 @@ impl UsageStore for SqliteStore {
                     day_from_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Page::from_overfetch(items, page.limit, |day| PageCursor {
-                figure: day.tokens_used,
-                user_id: day.user_id.clone(),
-            }))
+            Ok(Page::from_overfetch(items, page.limit))
         })
         .await
     }
@@ -196,12 +193,7 @@ impl UsageStore for SqliteStore {
                     month_from_row,
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Page::from_overfetch(items, page.limit, |month| {
-                PageCursor {
-                    figure: month.total_monthly_tokens,
-                    user_id: month.user_id.clone(),
-                }
-            }))
+            Ok(Page::from_overfetch(items, page.limit))
         })
         .await
     }

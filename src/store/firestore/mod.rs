@@ -642,10 +642,7 @@ impl UsageStore for FirestoreStore {
             .query(shape, &equals, page.limit + 1, page.after.as_ref())
             .await?;
         let items = decode_all(&documents, codec::day_from)?;
-        Ok(Page::from_overfetch(items, page.limit, |day| PageCursor {
-            figure: day.tokens_used,
-            user_id: day.user_id.clone(),
-        }))
+        Ok(Page::from_overfetch(items, page.limit))
     }
 
     async fn monthly_report(
@@ -670,12 +667,7 @@ impl UsageStore for FirestoreStore {
             .query(shape, &equals, page.limit + 1, page.after.as_ref())
             .await?;
         let items = decode_all(&documents, codec::month_from)?;
-        Ok(Page::from_overfetch(items, page.limit, |month| {
-            PageCursor {
-                figure: month.total_monthly_tokens,
-                user_id: month.user_id.clone(),
-            }
-        }))
+        Ok(Page::from_overfetch(items, page.limit))
     }
 
     /// Two aggregation queries: all users, and the subscribed ones; the rest are trial, as
