@@ -476,8 +476,15 @@ mod firestore_documents {
             .expect("Firestore counts its operations")
     }
 
-    fn value_type(field: &Value) -> &str {
-        field.as_object().unwrap().keys().next().unwrap()
+    /// Each field's Firestore value type, as the REST API names it (`integerValue`, ...).
+    fn field_types(fields: &serde_json::Map<String, Value>) -> BTreeMap<&str, &str> {
+        fields
+            .iter()
+            .map(|(name, field)| {
+                let value_type = field.as_object().unwrap().keys().next().unwrap();
+                (name.as_str(), value_type.as_str())
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -487,12 +494,8 @@ mod firestore_documents {
         admitted(record(&*h.store, request("alice", 250, Some(UserType::Trial), now)).await);
 
         let day = h.get_raw("daily_token_usage/alice_2024-01-15").await;
-        let types: BTreeMap<&str, &str> = day
-            .iter()
-            .map(|(name, field)| (name.as_str(), value_type(field)))
-            .collect();
         assert_eq!(
-            types,
+            field_types(&day),
             BTreeMap::from([
                 ("userId", "stringValue"),
                 ("date", "stringValue"),
@@ -512,12 +515,8 @@ mod firestore_documents {
         );
 
         let month = h.get_raw("token_usage_history/alice_2024_01").await;
-        let types: BTreeMap<&str, &str> = month
-            .iter()
-            .map(|(name, field)| (name.as_str(), value_type(field)))
-            .collect();
         assert_eq!(
-            types,
+            field_types(&month),
             BTreeMap::from([
                 ("userId", "stringValue"),
                 ("year", "integerValue"),

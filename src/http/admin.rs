@@ -193,8 +193,10 @@ async fn user_usage(
         raw => required_number("months", raw, 1, 24)? as u32,
     };
     // The user's plan is not known here: their stored day shows it.
-    let today = state.usage.today(user_id.clone(), None).await?;
-    let history = state.usage.history(&user_id, months).await?;
+    let (today, history) = tokio::try_join!(
+        state.usage.today(user_id.clone(), None),
+        state.usage.history(&user_id, months),
+    )?;
     Ok(Json(UserUsage {
         today: today.into(),
         history,

@@ -674,13 +674,11 @@ impl UsageStore for FirestoreStore {
     /// an unknown stored user type reads everywhere else.
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
         let day = string_value(&date.format("%Y-%m-%d").to_string());
-        let all = self
-            .totals(&queries::DAILY_SUMMARY, std::slice::from_ref(&day))
-            .await?;
-        let subscribed_type = string_value(UserType::Subscribed.as_str());
-        let subscribed = self
-            .totals(&queries::DAILY_SUMMARY_BY_TYPE, &[day, subscribed_type])
-            .await?;
+        let subscribed_day = [day.clone(), string_value(UserType::Subscribed.as_str())];
+        let (all, subscribed) = tokio::try_join!(
+            self.totals(&queries::DAILY_SUMMARY, std::slice::from_ref(&day)),
+            self.totals(&queries::DAILY_SUMMARY_BY_TYPE, &subscribed_day),
+        )?;
         Ok(DailySummary {
             trial: UsageTotals {
                 active_users: all.active_users - subscribed.active_users,
