@@ -25,6 +25,11 @@ function without(data, field) {
 
 const seed = (id, data) => environment.seed(MONTHS, id, data);
 
+const DAYS = Array.from({ length: 31 }, (_, i) => String(i + 1).padStart(2, '0'));
+
+// The largest integer JavaScript sends exactly; still an int64 for the service.
+const LARGE = Number.MAX_SAFE_INTEGER;
+
 describe('reading one month', () => {
   test('a user reads their own month', async () => {
     await seed(monthId(ALICE), month(ALICE));
@@ -181,6 +186,75 @@ describe('admins write well-formed months', () => {
       await assertFails(setDoc(doc(asAdmin(), MONTHS, monthId(BOB)), data));
     });
   }
+
+  // Each day must decode as a non-negative integer, or the service cannot read the month.
+  const badDayValues = [
+    ['a fraction', 1.5],
+    ['negative', -1],
+    ['a string', '5'],
+    ['a boolean', true],
+    ['null', null],
+  ];
+
+  for (const [what, value] of badDayValues) {
+    test(`an admin is denied a month with a day's usage that is ${what}`, async () => {
+      const dailyUsage = { ...month(BOB).dailyUsage, 31: value };
+      await assertFails(setDoc(doc(asAdmin(), MONTHS, monthId(BOB)),
+        month(BOB, { dailyUsage })));
+    });
+
+    test(`an admin is denied updating a day's usage to ${what}`, async () => {
+      await seed(monthId(BOB), month(BOB));
+      await assertFails(updateDoc(doc(asAdmin(), MONTHS, monthId(BOB)),
+        { 'dailyUsage.02': value }));
+    });
+  }
+
+  test('an admin is denied a bad usage on any day of the month', async () => {
+    const db = asAdmin();
+    for (const day of DAYS) {
+      await assertFails(setDoc(doc(db, MONTHS, monthId(BOB)),
+        month(BOB, { dailyUsage: { [day]: 1.5 } })));
+    }
+  });
+
+  // Every day is checked by name, so a full month is the costliest write for the rules.
+  test('an admin creates and updates a month with usage on every day', async () => {
+    const db = asAdmin();
+    const dailyUsage = Object.fromEntries(DAYS.map((day) => [day, 100]));
+    await assertSucceeds(setDoc(doc(db, MONTHS, monthId(BOB)), month(BOB, {
+      dailyUsage, totalMonthlyTokens: 3100, averageDailyUsage: 100, peakUsageDate: '01',
+      peakUsageTokens: 100,
+    })));
+    await assertSucceeds(updateDoc(doc(db, MONTHS, monthId(BOB)), {
+      'dailyUsage.31': 200,
+      totalMonthlyTokens: 3200,
+      averageDailyUsage: 3200 / 31,
+      peakUsageDate: '31',
+      peakUsageTokens: 200,
+      updatedAt: Timestamp.fromDate(new Date('2024-01-31T23:59:59Z')),
+    }));
+  });
+
+  test('an admin creates a month with a zero day and a large day', async () => {
+    await assertSucceeds(setDoc(doc(asAdmin(), MONTHS, monthId(BOB)), month(BOB, {
+      dailyUsage: { '01': 0, '31': LARGE },
+      totalMonthlyTokens: LARGE,
+      averageDailyUsage: LARGE / 31,
+      peakUsageDate: '31',
+      peakUsageTokens: LARGE,
+    })));
+  });
+
+  test('an admin updates days to zero and to a large number', async () => {
+    await seed(monthId(BOB), month(BOB));
+    await assertSucceeds(updateDoc(doc(asAdmin(), MONTHS, monthId(BOB)), {
+      'dailyUsage.01': 0,
+      'dailyUsage.06': LARGE,
+      totalMonthlyTokens: LARGE,
+      updatedAt: Timestamp.fromDate(new Date('2024-01-06T12:00:00Z')),
+    }));
+  });
 
   test('an admin is denied a month whose id does not match its user, year and month',
     async () => {
