@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use token_limits::store::{
-    FirestoreSettings, FirestoreStore, OperationCounts, RecordOutcome, RecordRequest, SqliteStore,
-    StoreError, UsageStore,
+use token_limits::store::{FirestoreSettings, FirestoreStore, OperationCounts, SqliteStore};
+use token_limits::usage::{
+    DayWindow, Fingerprint, IdempotencyKey, Limits, RecordOutcome, RecordRequest, StoreError,
+    Tokens, UsageStore, UserId, UserType,
 };
-use token_limits::usage::{DayWindow, Fingerprint, IdempotencyKey, Limits, UserId, UserType};
 use tokio::task::JoinSet;
 
 use emulator::Emulator;
@@ -123,8 +123,8 @@ impl Moment {
     fn request(&self, user: &UserId, tokens: i64) -> RecordRequest {
         RecordRequest {
             user_id: user.clone(),
-            tokens,
-            user_type: Some(UserType::Trial),
+            tokens: Tokens::bounded(tokens, i64::MAX).expect("a positive token count"),
+            user_type: UserType::Trial,
             window: self.window,
             limits: LIMITS,
             now: self.now,
@@ -134,9 +134,10 @@ impl Moment {
 
     fn keyed_request(&self, user: &UserId, tokens: i64, key: &str) -> RecordRequest {
         let key = IdempotencyKey::parse(key).expect("a valid idempotency key");
+        let request = self.request(user, tokens);
         RecordRequest {
-            idempotency: Some((key, Fingerprint::of(user, tokens))),
-            ..self.request(user, tokens)
+            idempotency: Some((key, Fingerprint::of(user, request.tokens, None))),
+            ..request
         }
     }
 }
@@ -174,9 +175,7 @@ async fn instances(emulator: &Emulator, project: &str) -> Vec<Arc<FirestoreStore
 
 /// The operations one instance has sent so far.
 fn counts(store: &FirestoreStore) -> OperationCounts {
-    store
-        .operation_counts()
-        .expect("the Firestore store counts its operations")
+    store.operation_counts()
 }
 
 /// The operations of all instances together.
@@ -184,18 +183,7 @@ fn total_counts(stores: &[Arc<FirestoreStore>]) -> OperationCounts {
     stores
         .iter()
         .map(|store| counts(store))
-        .fold(OperationCounts::default(), add_counts)
-}
-
-fn add_counts(sum: OperationCounts, counts: OperationCounts) -> OperationCounts {
-    OperationCounts {
-        rpcs: sum.rpcs + counts.rpcs,
-        document_reads: sum.document_reads + counts.document_reads,
-        document_writes: sum.document_writes + counts.document_writes,
-        commit_attempts: sum.commit_attempts + counts.commit_attempts,
-        contention_retries: sum.contention_retries + counts.contention_retries,
-        transient_retries: sum.transient_retries + counts.transient_retries,
-    }
+        .fold(OperationCounts::default(), |sum, counts| sum + counts)
 }
 
 /// The emulator's JVM compiles its hot paths during the first few hundred calls: make them
@@ -230,7 +218,7 @@ type Sample = (Duration, Answer);
 
 async fn timed_record(store: &dyn UsageStore, request: RecordRequest) -> Sample {
     let started = Instant::now();
-    let answer = store.record(request).await;
+    let answer = store.record(request, Instant::now() + DEADLINE).await;
     (started.elapsed(), answer)
 }
 
@@ -766,7 +754,7 @@ async fn contention(emulator: &Emulator, moment: Moment) -> bool {
             counts,
             &stored,
         ));
-        all_counts = add_counts(all_counts, counts);
+        all_counts = all_counts + counts;
         all_samples.extend(run.samples);
     }
     let overall = if sound { "all ✓" } else { "✗" };

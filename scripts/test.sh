@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Every test: the Rust suites (which start their own Firestore emulators), the security-rules
-# tests in Node (which start theirs), and the contract test of the OpenAPI document against
-# the running service. Needs Rust, Java 17, Node 20, Python 3 and the Google Cloud CLI's
-# cloud-firestore-emulator component.
+# Every test: the Rust suites (which start their own Firestore and Firebase Auth emulators),
+# the security-rules tests in Node (which start theirs), and the contract test of the OpenAPI
+# document against the running service. Needs Rust, Java 17, Node 20, Python 3 and the Google
+# Cloud CLI's cloud-firestore-emulator component.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Auth emulator (firebase-tools, locked). Its install scripts only build an optional native
+# module that the Auth emulator does not use, and would compile it from source here.
+(cd tests/auth-emulator && npm ci --no-audit --no-fund --ignore-scripts)
 cargo test --locked
 bash scripts/test-rules.sh
 bash scripts/test-contract.sh

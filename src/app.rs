@@ -6,14 +6,18 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::{TokenVerifier, VerifierSettings};
+use crate::auth::{DirectorySettings, IdentityToolkitDirectory, TokenVerifier, VerifierSettings};
 use crate::config::{Config, StoreKind};
 use crate::http::{AppState, EdgeSettings, router};
-use crate::store::{FirestoreSettings, FirestoreStore, SqliteStore, StoreError, UsageStore};
-use crate::usage::UsageService;
+use crate::store::{FirestoreSettings, FirestoreStore, SqliteStore};
+use crate::usage::{
+    DirectoryError, OfflineDirectory, StoreError, UsageService, UsageStore, UserDirectory,
+};
 
 /// How long one fetch of the signing keys may take.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one lookup of a user's claims may take.
+const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -23,11 +27,34 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot build the key fetcher: {0}")]
     Verifier(#[from] reqwest::Error),
+    #[error("cannot reach the user directory: {0}")]
+    Directory(#[from] DirectoryError),
     #[error("cannot listen on {address}: {source}")]
     Listen {
         address: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// Where the plan of a user acted for is learned: the Auth emulator when one is named, none
+/// in an offline `demo-` project, else Firebase Auth itself.
+fn user_directory(config: &Config) -> Result<Arc<dyn UserDirectory>, DirectoryError> {
+    let emulator_host = config
+        .firebase_auth_emulator_host
+        .clone()
+        .or_else(|| config.auth_emulator_for_lookups.clone());
+    if emulator_host.is_none() && config.emulator_mode() {
+        return Ok(Arc::new(OfflineDirectory));
+    }
+    Ok(Arc::new(IdentityToolkitDirectory::new(
+        DirectorySettings {
+            project_id: config.firebase_project_id.clone(),
+            emulator_host,
+            user_type_claim: config.user_type_claim.clone(),
+            cache_for: config.user_type_cache(),
+            timeout: DIRECTORY_TIMEOUT,
+        },
+    )?))
 }
 
 /// A service bound to its port, ready to run.
@@ -55,7 +82,6 @@ impl Application {
             project_id: config.firebase_project_id.clone(),
             jwks_url: config.firebase_jwks_url.clone(),
             emulator_mode: config.emulator_mode(),
-            admin_claim: config.admin_claim.clone(),
             user_type_claim: config.user_type_claim.clone(),
             refetch_cooldown: config.jwks_refetch_cooldown,
             fetch_timeout: JWKS_FETCH_TIMEOUT,
@@ -77,8 +103,10 @@ impl Application {
         let state = AppState {
             usage: Arc::new(UsageService::new(
                 store,
-                config.limits(),
+                user_directory(&config)?,
+                config.limits,
                 config.reset_timezone,
+                config.store_deadline(),
             )),
             verifier,
             max_tokens_per_request: config.max_tokens_per_request,
@@ -87,7 +115,7 @@ impl Application {
             request_timeout: config.request_timeout(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
         };
-        let address = SocketAddr::new(config.host, config.port);
+        let address = SocketAddr::new(config.listen_host(), config.port);
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| StartupError::Listen { address, source })?;

@@ -1,14 +1,15 @@
 //! The command line and the configuration it carries, parsed and validated once at start-up.
 
-use std::net::IpAddr;
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
 use chrono_tz::Tz;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::usage::Limits;
+use crate::usage::{Limits, UserType};
 
 /// Google's JWK set for Firebase ID tokens.
 pub const GOOGLE_JWKS_URL: &str =
@@ -25,10 +26,36 @@ pub struct Cli {
     pub serve: Config,
 }
 
+impl Cli {
+    /// Parses `args` and the environment. An empty variable counts as unset, as firebase-admin
+    /// treats it: a `FIREBASE_AUTH_EMULATOR_HOST=` left in a deployment must not switch
+    /// anything on.
+    pub fn try_parse_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let matches = ignore_empty_env(Self::command()).try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+}
+
+fn ignore_empty_env(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .and_then(std::env::var_os)
+                .is_some_and(|value| value.is_empty());
+            if empty { arg.env(None::<&str>) } else { arg }
+        })
+        .mut_subcommands(ignore_empty_env)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the HTTP API (the default).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Print an unsigned emulator ID token for the configured `demo-` project, for local use.
     DevToken(DevTokenArgs),
 }
@@ -40,9 +67,9 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
 
-    /// Address to listen on.
-    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
-    pub host: IpAddr,
+    /// Address to listen on [default: 0.0.0.0, or 127.0.0.1 in emulator mode].
+    #[arg(long, env = "HOST")]
+    pub host: Option<IpAddr>,
 
     /// Where usage is stored.
     #[arg(long, env = "STORE", value_enum, default_value_t = StoreKind::Sqlite)]
@@ -76,13 +103,8 @@ pub struct Config {
     #[arg(long, env = "FIREBASE_AUTH_EMULATOR_HOST")]
     pub firebase_auth_emulator_host: Option<String>,
 
-    /// Daily token limit of `trial` users.
-    #[arg(long, env = "DAILY_LIMIT_TRIAL", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(0..))]
-    pub daily_limit_trial: i64,
-
-    /// Daily token limit of `subscribed` users.
-    #[arg(long, env = "DAILY_LIMIT_SUBSCRIBED", default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(0..))]
-    pub daily_limit_subscribed: i64,
+    #[command(flatten)]
+    pub limits: Limits,
 
     /// The IANA time zone in which a day starts and ends.
     #[arg(long, env = "RESET_TIMEZONE", default_value = "UTC")]
@@ -100,13 +122,13 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
 
-    /// The custom claim that makes a caller an admin when `true`.
-    #[arg(long, env = "ADMIN_CLAIM", default_value = "admin")]
-    pub admin_claim: String,
-
     /// The custom claim that names the caller's user type.
     #[arg(long, env = "USER_TYPE_CLAIM", default_value = "userType")]
     pub user_type_claim: String,
+
+    /// Seconds a user's plan, looked up when an admin acts for them, is remembered.
+    #[arg(long, env = "USER_TYPE_CACHE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub user_type_cache_secs: u64,
 
     /// Seconds a request may take before it is answered 503.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -115,6 +137,12 @@ pub struct Config {
     /// The least time between two key fetches caused by an unknown key id.
     #[arg(skip = Duration::from_secs(60))]
     pub jwks_refetch_cooldown: Duration,
+
+    /// `host:port` of a Firebase Auth emulator that user lookups go to while signed tokens are
+    /// still required: what tests need, and no setting of its own (with
+    /// `FIREBASE_AUTH_EMULATOR_HOST` set, lookups go there anyway).
+    #[arg(skip)]
+    pub auth_emulator_for_lookups: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -140,26 +168,31 @@ pub struct DevTokenArgs {
     #[arg(long)]
     pub admin: bool,
     /// Adds the user type claim.
-    #[arg(long, value_parser = ["trial", "subscribed"])]
-    pub user_type: Option<String>,
+    #[arg(long, value_parser = parse_user_type)]
+    pub user_type: Option<UserType>,
     /// The project the token is for; it must be a `demo-` project.
     #[arg(long, env = "FIREBASE_PROJECT_ID", default_value = "demo-token-limits", value_parser = parse_project_id)]
     pub firebase_project_id: String,
     /// Set when the Firebase Auth emulator is in use; then any project will do.
     #[arg(long, env = "FIREBASE_AUTH_EMULATOR_HOST")]
     pub firebase_auth_emulator_host: Option<String>,
-    #[arg(long, env = "ADMIN_CLAIM", default_value = "admin")]
-    pub admin_claim: String,
     #[arg(long, env = "USER_TYPE_CLAIM", default_value = "userType")]
     pub user_type_claim: String,
 }
 
 impl Config {
-    pub fn limits(&self) -> Limits {
-        Limits {
-            trial: self.daily_limit_trial,
-            subscribed: self.daily_limit_subscribed,
-        }
+    /// Loopback in emulator mode unless `HOST` says otherwise, so that a forgotten variable on
+    /// a shared network does not hand out admin tokens to anyone who can reach the port.
+    pub fn listen_host(&self) -> IpAddr {
+        self.host.unwrap_or(if self.emulator_mode() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        })
+    }
+
+    pub fn user_type_cache(&self) -> Duration {
+        Duration::from_secs(self.user_type_cache_secs)
     }
 
     /// Unsigned emulator tokens are accepted: Firebase's offline `demo-` projects, or an
@@ -220,6 +253,10 @@ fn parse_project_id(raw: &str) -> Result<String, String> {
     } else {
         Err("a project id is 6 to 30 lowercase letters, digits and hyphens".to_owned())
     }
+}
+
+fn parse_user_type(raw: &str) -> Result<UserType, String> {
+    UserType::parse(raw).ok_or_else(|| format!("a user type is one of {}", UserType::names()))
 }
 
 fn parse_http_url(raw: &str) -> Result<String, String> {
@@ -288,8 +325,8 @@ mod tests {
     fn serve(args: &[&str]) -> Config {
         let mut argv = vec!["token-limits", "serve"];
         argv.extend(args);
-        match Cli::try_parse_from(argv).unwrap().command {
-            Some(Command::Serve(config)) => config,
+        match Cli::try_parse_args(argv).unwrap().command {
+            Some(Command::Serve(config)) => *config,
             _ => unreachable!(),
         }
     }
@@ -330,6 +367,19 @@ mod tests {
             "--google-cloud-project=gcp-project-1",
         ]);
         assert_eq!(explicit.firestore_project(), "gcp-project-1");
+    }
+
+    #[test]
+    fn emulator_mode_listens_on_loopback_unless_told_otherwise() {
+        assert_eq!(serve(&[]).listen_host(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            serve(&["--firebase-project-id=my-real-app"]).listen_host(),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        );
+        assert_eq!(
+            serve(&["--host=0.0.0.0"]).listen_host(),
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        );
     }
 
     #[test]

@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use clap::error::ErrorKind;
 use token_limits::app::Application;
 use token_limits::auth::emulator_token;
@@ -8,7 +7,7 @@ use token_limits::config::{Cli, Command, Config, DevTokenArgs};
 use token_limits::telemetry;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error)
             if matches!(
@@ -31,7 +30,7 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         None => serve(cli.serve),
-        Some(Command::Serve(config)) => serve(config),
+        Some(Command::Serve(config)) => serve(*config),
         Some(Command::DevToken(args)) => dev_token(&args),
     };
     match outcome {
@@ -67,8 +66,7 @@ fn dev_token(args: &DevTokenArgs) -> anyhow::Result<()> {
         &args.firebase_project_id,
         &args.uid,
         args.admin,
-        args.user_type.as_deref(),
-        &args.admin_claim,
+        args.user_type,
         &args.user_type_claim,
         chrono::Utc::now(),
     );

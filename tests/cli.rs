@@ -83,6 +83,32 @@ fn dev_token_refuses_a_production_project() {
     assert!(output.stdout.is_empty());
 }
 
+#[test]
+fn an_empty_variable_counts_as_unset() {
+    // As firebase-admin reads it: an empty emulator host does not mean emulator mode.
+    let output = command()
+        .args(["dev-token", "--uid", "alice"])
+        .env("FIREBASE_PROJECT_ID", "my-production-app")
+        .env("FIREBASE_AUTH_EMULATOR_HOST", "")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("demo- projects"), "{stderr}");
+    // An empty value with a default takes the default instead of failing.
+    let output = command()
+        .args(["dev-token", "--uid", "alice"])
+        .env("FIREBASE_PROJECT_ID", "")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn dev_token(args: &[&str]) -> String {
     let output = command().arg("dev-token").args(args).output().unwrap();
     assert!(

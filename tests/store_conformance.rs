@@ -11,11 +11,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
-use token_limits::store::{
-    FirestoreSettings, FirestoreStore, RecordOutcome, RecordRequest, SqliteStore, UsageStore,
-};
+use std::time::Instant;
+
+use token_limits::store::{FirestoreSettings, FirestoreStore, SqliteStore};
 use token_limits::usage::{
-    DailyUsage, DayWindow, Fingerprint, IdempotencyKey, Limits, MonthlyUsage, UserId, UserType,
+    DailyUsage, DayWindow, Fingerprint, IdempotencyKey, Limits, MonthlyUsage, RecordOutcome,
+    RecordRequest, Tokens, UsageStore, UserId, UserType,
 };
 
 const LIMITS: Limits = Limits {
@@ -37,11 +38,11 @@ fn user(uid: &str) -> UserId {
     UserId::parse(uid).unwrap()
 }
 
-fn request(uid: &str, tokens: i64, user_type: Option<UserType>, now: &str) -> RecordRequest {
+fn request(uid: &str, tokens: i64, user_type: UserType, now: &str) -> RecordRequest {
     let now = at(now);
     RecordRequest {
         user_id: user(uid),
-        tokens,
+        tokens: Tokens::bounded(tokens, i64::MAX).unwrap(),
         user_type,
         window: DayWindow::containing(now, Tz::UTC),
         limits: LIMITS,
@@ -51,13 +52,14 @@ fn request(uid: &str, tokens: i64, user_type: Option<UserType>, now: &str) -> Re
 }
 
 fn keyed(mut request: RecordRequest, key: &str) -> RecordRequest {
-    let fingerprint = Fingerprint::of(&request.user_id, request.tokens);
+    let fingerprint = Fingerprint::of(&request.user_id, request.tokens, None);
     request.idempotency = Some((IdempotencyKey::parse(key).unwrap(), fingerprint));
     request
 }
 
 async fn record(store: &dyn UsageStore, request: RecordRequest) -> RecordOutcome {
-    store.record(request).await.unwrap()
+    let deadline = Instant::now() + Duration::from_secs(5);
+    store.record(request, deadline).await.unwrap()
 }
 
 fn admitted(outcome: RecordOutcome) -> DailyUsage {
@@ -70,7 +72,7 @@ fn admitted(outcome: RecordOutcome) -> DailyUsage {
 async fn first_use_creates_the_day_and_the_month(h: &impl Harness) {
     let store = h.store();
     let now = "2024-01-15T14:30:00Z";
-    let day = admitted(record(&*store, request("alice", 250, Some(UserType::Trial), now)).await);
+    let day = admitted(record(&*store, request("alice", 250, UserType::Trial, now)).await);
     assert_eq!(
         (day.tokens_used, day.token_limit, day.user_type),
         (250, 1_000, UserType::Trial)
@@ -100,11 +102,7 @@ async fn usage_accumulates(h: &impl Harness) {
         (200, "2024-01-15T02:00:00Z"),
         (300, "2024-01-15T03:00:00Z"),
     ] {
-        record(
-            &*store,
-            request("alice", tokens, Some(UserType::Trial), now),
-        )
-        .await;
+        record(&*store, request("alice", tokens, UserType::Trial, now)).await;
     }
     let day = store
         .day(&user("alice"), at("2024-01-15T00:00:00Z").date_naive())
@@ -125,18 +123,18 @@ async fn the_limit_is_exact_and_a_denial_writes_nothing(h: &impl Harness) {
     let store = h.store();
     let now = "2024-01-15T10:00:00Z";
     let date = at(now).date_naive();
-    match record(&*store, request("alice", 1_001, Some(UserType::Trial), now)).await {
+    match record(&*store, request("alice", 1_001, UserType::Trial, now)).await {
         RecordOutcome::Denied(day) => assert_eq!((day.tokens_used, day.token_limit), (0, 1_000)),
         other => panic!("{other:?}"),
     }
     assert!(store.day(&user("alice"), date).await.unwrap().is_none());
     assert!(store.months(&user("alice"), 12).await.unwrap().is_empty());
 
-    admitted(record(&*store, request("alice", 999, Some(UserType::Trial), now)).await);
-    let full = admitted(record(&*store, request("alice", 1, Some(UserType::Trial), now)).await);
+    admitted(record(&*store, request("alice", 999, UserType::Trial, now)).await);
+    let full = admitted(record(&*store, request("alice", 1, UserType::Trial, now)).await);
     assert_eq!(full.tokens_used, 1_000);
     let later = "2024-01-15T11:00:00Z";
-    match record(&*store, request("alice", 1, Some(UserType::Trial), later)).await {
+    match record(&*store, request("alice", 1, UserType::Trial, later)).await {
         RecordOutcome::Denied(day) => assert_eq!(day, full),
         other => panic!("{other:?}"),
     }
@@ -150,27 +148,27 @@ async fn the_limit_is_exact_and_a_denial_writes_nothing(h: &impl Harness) {
 async fn an_upgrade_mid_day_raises_the_stored_limit(h: &impl Harness) {
     let store = h.store();
     let now = "2024-01-15T10:00:00Z";
-    admitted(record(&*store, request("alice", 1_000, Some(UserType::Trial), now)).await);
+    admitted(record(&*store, request("alice", 1_000, UserType::Trial, now)).await);
     assert!(matches!(
-        record(&*store, request("alice", 10, Some(UserType::Trial), now)).await,
+        record(&*store, request("alice", 10, UserType::Trial, now)).await,
         RecordOutcome::Denied(_)
     ));
-    let day = admitted(
-        record(
-            &*store,
-            request("alice", 10, Some(UserType::Subscribed), now),
-        )
-        .await,
-    );
+    let day = admitted(record(&*store, request("alice", 10, UserType::Subscribed, now)).await);
     assert_eq!(
         (day.tokens_used, day.token_limit, day.user_type),
         (1_010, 5_000, UserType::Subscribed)
     );
     let stored = store.day(&user("alice"), day.date).await.unwrap().unwrap();
     assert_eq!(stored.user_type, UserType::Subscribed);
-    // Acting without a type (an admin for the user) keeps the stored plan.
-    let day = admitted(record(&*store, request("alice", 2_000, None, now)).await);
+    // The plan of the request applies, whatever the stored day says.
+    let day = admitted(record(&*store, request("alice", 2_000, UserType::Subscribed, now)).await);
     assert_eq!(day.token_limit, 5_000);
+    match record(&*store, request("alice", 1, UserType::Trial, now)).await {
+        RecordOutcome::Denied(day) => {
+            assert_eq!((day.token_limit, day.user_type), (1_000, UserType::Trial))
+        }
+        other => panic!("a downgrade kept the stored plan: {other:?}"),
+    }
 }
 
 async fn an_idempotency_key_replays_and_refuses_reuse(h: &impl Harness) {
@@ -179,20 +177,20 @@ async fn an_idempotency_key_replays_and_refuses_reuse(h: &impl Harness) {
     let first = admitted(
         record(
             &*store,
-            keyed(request("alice", 300, Some(UserType::Trial), now), "k1"),
+            keyed(request("alice", 300, UserType::Trial, now), "k1"),
         )
         .await,
     );
     let later = "2024-01-15T10:05:00Z";
     let again = record(
         &*store,
-        keyed(request("alice", 300, Some(UserType::Trial), later), "k1"),
+        keyed(request("alice", 300, UserType::Trial, later), "k1"),
     )
     .await;
     assert_eq!(again, RecordOutcome::Replayed(first.clone()));
     let reused = record(
         &*store,
-        keyed(request("alice", 301, Some(UserType::Trial), later), "k1"),
+        keyed(request("alice", 301, UserType::Trial, later), "k1"),
     )
     .await;
     assert_eq!(reused, RecordOutcome::KeyReused);
@@ -204,7 +202,7 @@ async fn an_idempotency_key_replays_and_refuses_reuse(h: &impl Harness) {
     admitted(
         record(
             &*store,
-            keyed(request("bob", 300, Some(UserType::Trial), later), "k1"),
+            keyed(request("bob", 300, UserType::Trial, later), "k1"),
         )
         .await,
     );
@@ -213,7 +211,7 @@ async fn an_idempotency_key_replays_and_refuses_reuse(h: &impl Harness) {
     let fresh = admitted(
         record(
             &*store,
-            keyed(request("alice", 300, Some(UserType::Trial), tomorrow), "k1"),
+            keyed(request("alice", 300, UserType::Trial, tomorrow), "k1"),
         )
         .await,
     );
@@ -242,7 +240,7 @@ async fn a_pre_existing_month_document_is_continued(h: &impl Harness) {
     };
     h.put_month(&backfilled).await;
     let now = "2024-01-06T12:00:00Z";
-    admitted(record(&*store, request("alice", 900, Some(UserType::Trial), now)).await);
+    admitted(record(&*store, request("alice", 900, UserType::Trial, now)).await);
     let month = &store.months(&user("alice"), 1).await.unwrap()[0];
     let days: Vec<(&str, i64)> = month
         .daily_usage
@@ -270,12 +268,12 @@ async fn history_is_newest_first_and_limited(h: &impl Harness) {
         "2023-12-05T10:00:00Z",
         "2024-02-05T10:00:00Z",
     ] {
-        admitted(record(&*store, request("alice", 10, Some(UserType::Trial), now)).await);
+        admitted(record(&*store, request("alice", 10, UserType::Trial, now)).await);
     }
     admitted(
         record(
             &*store,
-            request("bob", 10, Some(UserType::Trial), "2024-03-05T10:00:00Z"),
+            request("bob", 10, UserType::Trial, "2024-03-05T10:00:00Z"),
         )
         .await,
     );
@@ -289,6 +287,60 @@ async fn history_is_newest_first_and_limited(h: &impl Harness) {
     assert_eq!(months, [(2024, 2), (2024, 1), (2023, 12)]);
     assert_eq!(store.months(&user("alice"), 24).await.unwrap().len(), 4);
     assert!(store.months(&user("carol"), 24).await.unwrap().is_empty());
+}
+
+/// Every figure of a summary is of one instant: while users upgrade, each summary shows each
+/// user once, on one side, with the tokens of that side.
+async fn a_summary_is_one_instant_while_users_upgrade(h: &impl Harness) {
+    const USERS: usize = 30;
+    let store = h.store();
+    let now = "2024-01-15T10:00:00Z";
+    let date = at(now).date_naive();
+    let users: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
+    for uid in &users {
+        admitted(record(&*store, request(uid, 100, UserType::Trial, now)).await);
+    }
+    let upgrades = tokio::spawn({
+        let (store, users) = (store.clone(), users.clone());
+        async move {
+            let mut running = tokio::task::JoinSet::new();
+            for uid in users {
+                let store = store.clone();
+                running.spawn(async move {
+                    let upgrade = request(&uid, 100, UserType::Subscribed, now);
+                    admitted(record(&*store, upgrade).await);
+                });
+            }
+            running.join_all().await;
+        }
+    });
+    let mut summaries = Vec::new();
+    while !upgrades.is_finished() {
+        summaries.push(store.daily_summary(date).await.unwrap());
+    }
+    upgrades.await.unwrap();
+    summaries.push(store.daily_summary(date).await.unwrap());
+    for summary in &summaries {
+        let trial = summary.by_type[&UserType::Trial];
+        let subscribed = summary.by_type[&UserType::Subscribed];
+        assert_eq!(
+            trial.active_users + subscribed.active_users,
+            USERS as i64,
+            "{summary:?}"
+        );
+        assert_eq!(trial.total_tokens, 100 * trial.active_users, "{summary:?}");
+        assert_eq!(
+            subscribed.total_tokens,
+            200 * subscribed.active_users,
+            "{summary:?}"
+        );
+    }
+    let last = summaries.last().unwrap();
+    assert_eq!(
+        last.by_type[&UserType::Subscribed].active_users,
+        USERS as i64
+    );
+    assert_eq!(last.all().total_tokens, 200 * USERS as i64);
 }
 
 async fn it_answers_ping(h: &impl Harness) {
@@ -309,6 +361,7 @@ macro_rules! conformance_suite {
                 an_idempotency_key_replays_and_refuses_reuse,
                 a_pre_existing_month_document_is_continued,
                 history_is_newest_first_and_limited,
+                a_summary_is_one_instant_while_users_upgrade,
                 it_answers_ping,
             );
         }
@@ -471,9 +524,7 @@ mod firestore_documents {
     use super::*;
 
     fn counts(h: &Firestore) -> token_limits::store::OperationCounts {
-        h.store
-            .operation_counts()
-            .expect("Firestore counts its operations")
+        h.store.operation_counts()
     }
 
     /// Each field's Firestore value type, as the REST API names it (`integerValue`, ...).
@@ -491,7 +542,7 @@ mod firestore_documents {
     async fn raw_documents_carry_exactly_the_schema_fields_and_types() {
         let h = Firestore::new().await;
         let now = "2024-01-15T14:30:00.250Z";
-        admitted(record(&*h.store, request("alice", 250, Some(UserType::Trial), now)).await);
+        admitted(record(&*h.store, request("alice", 250, UserType::Trial, now)).await);
 
         let day = h.get_raw("daily_token_usage/alice_2024-01-15").await;
         assert_eq!(
@@ -557,8 +608,7 @@ mod firestore_documents {
         )
         .await;
         let now = "2024-01-15T14:30:00Z";
-        let day =
-            admitted(record(&*h.store, request("alice", 100, Some(UserType::Trial), now)).await);
+        let day = admitted(record(&*h.store, request("alice", 100, UserType::Trial, now)).await);
         assert_eq!(day.tokens_used, 500);
         let raw = h.get_raw("daily_token_usage/alice_2024-01-15").await;
         assert_eq!(raw["clientPlatform"]["stringValue"], "flutter");
@@ -570,7 +620,7 @@ mod firestore_documents {
         let h = Firestore::new().await;
         let now = "2024-01-15T10:00:00Z";
         let before = counts(&h);
-        admitted(record(&*h.store, request("alice", 600, Some(UserType::Trial), now)).await);
+        admitted(record(&*h.store, request("alice", 600, UserType::Trial, now)).await);
         let admitted_cost = counts(&h) - before;
         assert_eq!(
             (
@@ -582,7 +632,7 @@ mod firestore_documents {
         );
 
         let before = counts(&h);
-        let denied = record(&*h.store, request("alice", 600, Some(UserType::Trial), now)).await;
+        let denied = record(&*h.store, request("alice", 600, UserType::Trial, now)).await;
         assert!(matches!(denied, RecordOutcome::Denied(_)));
         let denied_cost = counts(&h) - before;
         assert_eq!(
@@ -598,7 +648,7 @@ mod firestore_documents {
         admitted(
             record(
                 &*h.store,
-                keyed(request("alice", 10, Some(UserType::Trial), now), "k"),
+                keyed(request("alice", 10, UserType::Trial, now), "k"),
             )
             .await,
         );
@@ -615,7 +665,7 @@ mod firestore_documents {
         let before = counts(&h);
         let replayed = record(
             &*h.store,
-            keyed(request("alice", 10, Some(UserType::Trial), now), "k"),
+            keyed(request("alice", 10, UserType::Trial, now), "k"),
         )
         .await;
         assert!(matches!(replayed, RecordOutcome::Replayed(_)));
@@ -638,13 +688,13 @@ mod firestore_documents {
             admitted(
                 record(
                     &*h.store,
-                    keyed(request("alice", 1, Some(UserType::Trial), now), key),
+                    keyed(request("alice", 1, UserType::Trial, now), key),
                 )
                 .await,
             );
             let again = record(
                 &*h.store,
-                keyed(request("alice", 1, Some(UserType::Trial), now), key),
+                keyed(request("alice", 1, UserType::Trial, now), key),
             )
             .await;
             assert!(matches!(again, RecordOutcome::Replayed(_)), "{key}");

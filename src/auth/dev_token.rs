@@ -4,7 +4,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
+use super::ADMIN_CLAIM;
 use super::verifier::issuer;
+use crate::usage::UserType;
 
 /// As long as a real Firebase ID token lives.
 const LIFETIME_SECS: i64 = 60 * 60;
@@ -14,8 +16,7 @@ pub fn emulator_token(
     project_id: &str,
     uid: &str,
     admin: bool,
-    user_type: Option<&str>,
-    admin_claim: &str,
+    user_type: Option<UserType>,
     user_type_claim: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> String {
@@ -31,10 +32,10 @@ pub fn emulator_token(
         "firebase": {"sign_in_provider": "custom", "identities": {}},
     });
     if admin {
-        payload[admin_claim] = Value::Bool(true);
+        payload[ADMIN_CLAIM] = Value::Bool(true);
     }
     if let Some(user_type) = user_type {
-        payload[user_type_claim] = Value::from(user_type);
+        payload[user_type_claim] = Value::from(user_type.as_str());
     }
     let header = json!({"alg": "none", "typ": "JWT"});
     format!(
@@ -61,8 +62,7 @@ mod tests {
             "demo-x",
             "alice",
             true,
-            Some("subscribed"),
-            "admin",
+            Some(UserType::Subscribed),
             "userType",
             now,
         );
@@ -91,16 +91,8 @@ mod tests {
     }
 
     #[test]
-    fn custom_claims_are_present_only_when_given_and_use_the_configured_names() {
-        let token = emulator_token(
-            "demo-x",
-            "bob",
-            false,
-            None,
-            "admin",
-            "userType",
-            Utc::now(),
-        );
+    fn custom_claims_are_present_only_when_given_and_the_user_type_claim_is_renamed() {
+        let token = emulator_token("demo-x", "bob", false, None, "userType", Utc::now());
         let payload = decode(token.split('.').nth(1).unwrap());
         assert!(payload.get("admin").is_none());
         assert!(payload.get("userType").is_none());
@@ -109,14 +101,13 @@ mod tests {
             "demo-x",
             "bob",
             true,
-            Some("trial"),
-            "isAdmin",
+            Some(UserType::Trial),
             "plan",
             Utc::now(),
         );
         let payload = decode(token.split('.').nth(1).unwrap());
-        assert_eq!(payload["isAdmin"], json!(true));
+        assert_eq!(payload["admin"], json!(true));
         assert_eq!(payload["plan"], json!("trial"));
-        assert!(payload.get("admin").is_none());
+        assert!(payload.get("userType").is_none());
     }
 }

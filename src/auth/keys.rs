@@ -14,7 +14,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, PublicKeyUse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::verifier::AuthError;
+use super::error::AuthError;
 
 /// With nothing cached, a failed fetch fails requests fast for this long instead of making
 /// each of them wait on an endpoint that is down.
@@ -117,6 +117,11 @@ impl KeyStore {
         } else {
             Err(AuthError::KeysUnavailable)
         }
+    }
+
+    /// Whether any key has been fetched.
+    pub(crate) fn has_keys(&self) -> bool {
+        !self.read().keys.is_empty()
     }
 
     fn lookup(&self, kid: &str, now: Instant) -> Lookup {

@@ -9,8 +9,9 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::Principal;
+use super::error::AuthError;
 use super::keys::KeyStore;
+use super::{ADMIN_CLAIM, Principal};
 use crate::usage::UserType;
 
 /// Clock skew tolerated on `exp`, `iat` and `auth_time`.
@@ -26,8 +27,6 @@ pub struct VerifierSettings {
     pub jwks_url: String,
     /// Accept unsigned `alg: none` tokens (Firebase Auth emulator); claims are still checked.
     pub emulator_mode: bool,
-    /// Custom claim whose JSON `true` makes the caller an admin.
-    pub admin_claim: String,
     /// Custom string claim naming the user type (`trial` or `subscribed`).
     pub user_type_claim: String,
     /// Minimum time between key fetches triggered by an unknown `kid` or a stale cache.
@@ -42,17 +41,6 @@ pub struct TokenVerifier {
     issuer: String,
     validation: Validation,
     keys: KeyStore,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// The token is missing, malformed, expired, for another project, or not signed by a
-    /// current key: 401.
-    #[error("invalid token: {0}")]
-    Invalid(&'static str),
-    /// No signing key could be fetched and none is cached: 503, not 401.
-    #[error("signing keys unavailable")]
-    KeysUnavailable,
 }
 
 /// The issuer of the project's ID tokens.
@@ -92,6 +80,15 @@ impl TokenVerifier {
 
     /// Warms the key cache at start-up.
     pub async fn prefetch_keys(&self) -> Result<(), AuthError> {
+        self.keys.refresh().await
+    }
+
+    /// Ready to verify signed tokens: a key set is cached, or one can be fetched now (at most
+    /// as often as the key store allows). Unsigned emulator tokens need no keys.
+    pub async fn ready(&self) -> Result<(), AuthError> {
+        if self.settings.emulator_mode || self.keys.has_keys() {
+            return Ok(());
+        }
         self.keys.refresh().await
     }
 
@@ -170,7 +167,7 @@ impl TokenVerifier {
         Ok(Principal {
             uid: uid.to_owned(),
             user_type: UserType::from_claim(string(&self.settings.user_type_claim)),
-            admin: claims.get(&self.settings.admin_claim) == Some(&Value::Bool(true)),
+            admin: claims.get(ADMIN_CLAIM) == Some(&Value::Bool(true)),
         })
     }
 }
@@ -227,7 +224,6 @@ mod tests {
             project_id: PROJECT.to_owned(),
             jwks_url: jwks_url.to_owned(),
             emulator_mode: false,
-            admin_claim: "admin".to_owned(),
             user_type_claim: "userType".to_owned(),
             refetch_cooldown: COOLDOWN,
             fetch_timeout: Duration::from_secs(2),
@@ -333,21 +329,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_custom_claim_names_are_configurable() {
+    async fn the_user_type_claim_name_is_configurable() {
         let server = JwkServer::start(&[KEY_1_JWK]).await;
         let verifier = TokenVerifier::new(VerifierSettings {
-            admin_claim: "isStaff".to_owned(),
             user_type_claim: "plan".to_owned(),
             ..settings(&server.url)
         })
         .unwrap();
         let mut claims = claims();
-        claims["isStaff"] = json!(true);
         claims["plan"] = json!("subscribed");
-        claims["admin"] = json!(false);
         claims["userType"] = json!("trial");
         let principal = verifier.verify(&sign(&claims)).await.unwrap();
-        assert!(principal.admin);
         assert_eq!(principal.user_type, UserType::Subscribed);
     }
 
@@ -502,15 +494,7 @@ mod tests {
     #[tokio::test]
     async fn unsigned_tokens_are_rejected_outside_emulator_mode() {
         let (_server, verifier) = setup().await;
-        let token = emulator_token(
-            PROJECT,
-            "alice",
-            true,
-            None,
-            "admin",
-            "userType",
-            Utc::now(),
-        );
+        let token = emulator_token(PROJECT, "alice", true, None, "userType", Utc::now());
         assert_eq!(reason(verifier.verify(&token).await), "unsigned_token");
     }
 
@@ -525,8 +509,7 @@ mod tests {
             PROJECT,
             "alice",
             true,
-            Some("subscribed"),
-            "admin",
+            Some(UserType::Subscribed),
             "userType",
             Utc::now(),
         );
@@ -552,7 +535,7 @@ mod tests {
         })
         .unwrap();
         let token = |project: &str, uid: &str, now| {
-            emulator_token(project, uid, false, None, "admin", "userType", now)
+            emulator_token(project, uid, false, None, "userType", now)
         };
         let two_hours_ago = Utc::now() - chrono::Duration::hours(2);
         let in_an_hour = Utc::now() + chrono::Duration::hours(1);

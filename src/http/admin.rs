@@ -1,5 +1,7 @@
 //! `/admin`: reports across all users for the dashboard; admins only.
 
+use std::collections::BTreeMap;
+
 use axum::Json;
 use axum::extract::{Path, State};
 use chrono::NaiveDate;
@@ -10,11 +12,12 @@ use utoipa_axum::routes;
 use super::error::ErrorEnvelope;
 use super::extract::AppQuery;
 use super::page_token;
+use super::params::{Admin, Limit, Month, Months, ReportDate, Year};
 use super::usage::UsageView;
 use super::{ApiError, AppState};
-use crate::auth::Principal;
-use crate::store::{PageCursor, PageRequest, UsageTotals};
-use crate::usage::{MonthlyUsage, UserId, UserType};
+use crate::usage::{
+    MonthlyUsage, PageCursor, PageRequest, Subject, TypeSource, UsageTotals, UserId, UserType,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -24,36 +27,55 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(summary))
 }
 
-/// A caller with the admin claim; anyone else is 403.
-pub struct Admin;
-
-impl axum::extract::FromRequestParts<AppState> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let principal = Principal::from_request_parts(parts, state).await?;
-        if principal.admin {
-            Ok(Self)
-        } else {
-            Err(ApiError::Forbidden("this report is for admins only"))
-        }
-    }
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+struct DailyReportQuery {
+    /// The day, YYYY-MM-DD.
+    #[param(inline)]
+    date: ReportDate,
+    /// Only users of this type.
+    #[param(inline)]
+    user_type: Option<UserType>,
+    /// Items per page (default 50).
+    #[param(inline)]
+    limit: Option<Limit>,
+    /// `nextPageToken` of the previous page.
+    page_token: Option<String>,
 }
 
-/// Query parameters arrive as text so that every bad value gets a message naming it.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
-struct ReportQuery {
-    date: Option<String>,
-    year: Option<String>,
-    month: Option<String>,
-    user_type: Option<String>,
-    limit: Option<String>,
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+struct MonthlyReportQuery {
+    #[param(inline)]
+    year: Year,
+    #[param(inline)]
+    month: Month,
+    /// Only users of this type.
+    #[param(inline)]
+    user_type: Option<UserType>,
+    /// Items per page (default 50).
+    #[param(inline)]
+    limit: Option<Limit>,
+    /// `nextPageToken` of the previous page.
     page_token: Option<String>,
-    months: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct MonthsQuery {
+    /// How many months (default 3).
+    #[param(inline)]
+    months: Option<Months>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SummaryQuery {
+    /// The day, YYYY-MM-DD.
+    #[param(inline)]
+    date: ReportDate,
 }
 
 /// One page of a report.
@@ -70,33 +92,22 @@ struct ReportPage<T> {
     get,
     path = "/admin/usage/daily",
     tag = "admin",
-    params(
-        ("date" = NaiveDate, Query, description = "The day, YYYY-MM-DD"),
-        ("userType" = Option<UserType>, Query, description = "Only users of this type"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Items per page (default 50)"),
-        ("pageToken" = Option<String>, Query, description = "`nextPageToken` of the previous page"),
-    ),
+    params(DailyReportQuery),
     responses(
         (status = 200, description = "A page of the day's usage objects", body = ReportPage<UsageView>),
         (status = 400, description = "An invalid parameter, named in the message", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid ID token", body = ErrorEnvelope,
-         headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "Not an admin", body = ErrorEnvelope),
-        (status = 500, description = "Internal error", body = ErrorEnvelope),
-        (status = 503, description = "The store or the signing keys are unavailable", body = ErrorEnvelope,
-         headers(("Retry-After" = u64))),
     ),
     security(("bearer" = []))
 )]
 async fn daily(
     State(state): State<AppState>,
     _: Admin,
-    AppQuery(query): AppQuery<ReportQuery>,
+    AppQuery(query): AppQuery<DailyReportQuery>,
 ) -> Result<Json<ReportPage<UsageView>>, ApiError> {
-    let date = required_date(query.date.as_deref())?;
-    let user_type = user_type(query.user_type.as_deref())?;
+    let ReportDate(date) = query.date;
+    let user_type = query.user_type;
     let report = format!("daily/{date}/{}", user_type.map_or("all", UserType::as_str));
-    let page = page_request(&report, &query)?;
+    let page = page_request(&report, query.limit, query.page_token.as_deref())?;
     let page = state.usage.daily_report(date, user_type, &page).await?;
     Ok(Json(ReportPage {
         next_page_token: page.next.map(|next| page_token::encode(&report, &next)),
@@ -109,41 +120,27 @@ async fn daily(
     get,
     path = "/admin/usage/monthly",
     tag = "admin",
-    params(
-        ("year" = i32, Query, minimum = 1970, maximum = 9999),
-        ("month" = u32, Query, minimum = 1, maximum = 12),
-        ("userType" = Option<UserType>, Query, description = "Only users of this type"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Items per page (default 50)"),
-        ("pageToken" = Option<String>, Query, description = "`nextPageToken` of the previous page"),
-    ),
+    params(MonthlyReportQuery),
     responses(
         (status = 200, description = "A page of the month's aggregates", body = ReportPage<MonthlyUsage>),
         (status = 400, description = "An invalid parameter, named in the message", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid ID token", body = ErrorEnvelope,
-         headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "Not an admin", body = ErrorEnvelope),
-        (status = 500, description = "Internal error", body = ErrorEnvelope),
-        (status = 503, description = "The store or the signing keys are unavailable", body = ErrorEnvelope,
-         headers(("Retry-After" = u64))),
     ),
     security(("bearer" = []))
 )]
 async fn monthly(
     State(state): State<AppState>,
     _: Admin,
-    AppQuery(query): AppQuery<ReportQuery>,
+    AppQuery(query): AppQuery<MonthlyReportQuery>,
 ) -> Result<Json<ReportPage<MonthlyUsage>>, ApiError> {
-    let year = required_number("year", query.year.as_deref(), 1970, 9999)?;
-    let month = required_number("month", query.month.as_deref(), 1, 12)?;
-    let user_type = user_type(query.user_type.as_deref())?;
+    let (Year(year), Month(month), user_type) = (query.year, query.month, query.user_type);
     let report = format!(
         "monthly/{year}/{month}/{}",
         user_type.map_or("all", UserType::as_str)
     );
-    let page = page_request(&report, &query)?;
+    let page = page_request(&report, query.limit, query.page_token.as_deref())?;
     let page = state
         .usage
-        .monthly_report(year as i32, month as u32, user_type, &page)
+        .monthly_report(year, month, user_type, &page)
         .await?;
     Ok(Json(ReportPage {
         next_page_token: page.next.map(|next| page_token::encode(&report, &next)),
@@ -165,18 +162,12 @@ struct UserUsage {
     tag = "admin",
     params(
         ("user_id" = String, Path, description = "The user's uid"),
-        ("months" = Option<u32>, Query, minimum = 1, maximum = 24, description = "How many months, 1 to 24 (default 3)"),
+        MonthsQuery,
     ),
     responses(
         (status = 200, description = "The user's day and months", body = UserUsage),
         (status = 400, description = "An invalid parameter or user id", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid ID token", body = ErrorEnvelope,
-         headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "Not an admin", body = ErrorEnvelope),
         (status = 404, description = "A user id that makes another path", body = ErrorEnvelope),
-        (status = 500, description = "Internal error", body = ErrorEnvelope),
-        (status = 503, description = "The store or the signing keys are unavailable", body = ErrorEnvelope,
-         headers(("Retry-After" = u64))),
     ),
     security(("bearer" = []))
 )]
@@ -184,18 +175,19 @@ async fn user_usage(
     State(state): State<AppState>,
     _: Admin,
     Path(user_id): Path<String>,
-    AppQuery(query): AppQuery<ReportQuery>,
+    AppQuery(query): AppQuery<MonthsQuery>,
 ) -> Result<Json<UserUsage>, ApiError> {
     let user_id =
         UserId::parse(&user_id).map_err(|e| ApiError::InvalidUserId(format!("userId: {e}")))?;
-    let months = match query.months.as_deref() {
-        None => 3,
-        raw => required_number("months", raw, 1, 24)? as u32,
+    let months = Months::or_default(query.months);
+    // The user's plan as the directory knows it: what their next request is judged by.
+    let subject = Subject {
+        user_id,
+        user_type: TypeSource::Directory,
     };
-    // The user's plan is not known here: their stored day shows it.
     let (today, history) = tokio::try_join!(
-        state.usage.today(user_id.clone(), None),
-        state.usage.history(&user_id, months),
+        state.usage.today(&subject),
+        state.usage.history(&subject.user_id, months),
     )?;
     Ok(Json(UserUsage {
         today: today.into(),
@@ -234,13 +226,8 @@ struct Summary {
     date: NaiveDate,
     #[serde(flatten)]
     all: Totals,
-    by_user_type: ByUserType,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct ByUserType {
-    trial: Totals,
-    subscribed: Totals,
+    /// Every user type, by name.
+    by_user_type: BTreeMap<UserType, Totals>,
 }
 
 /// One day's active users and tokens, in all and per user type, counted by the store.
@@ -248,83 +235,41 @@ struct ByUserType {
     get,
     path = "/admin/reports/summary",
     tag = "admin",
-    params(("date" = NaiveDate, Query, description = "The day, YYYY-MM-DD")),
+    params(SummaryQuery),
     responses(
         (status = 200, description = "The day's summary", body = Summary),
         (status = 400, description = "An invalid date", body = ErrorEnvelope),
-        (status = 401, description = "Missing or invalid ID token", body = ErrorEnvelope,
-         headers(("WWW-Authenticate" = String))),
-        (status = 403, description = "Not an admin", body = ErrorEnvelope),
-        (status = 500, description = "Internal error", body = ErrorEnvelope),
-        (status = 503, description = "The store or the signing keys are unavailable", body = ErrorEnvelope,
-         headers(("Retry-After" = u64))),
     ),
     security(("bearer" = []))
 )]
 async fn summary(
     State(state): State<AppState>,
     _: Admin,
-    AppQuery(query): AppQuery<ReportQuery>,
+    AppQuery(query): AppQuery<SummaryQuery>,
 ) -> Result<Json<Summary>, ApiError> {
-    let date = required_date(query.date.as_deref())?;
+    let ReportDate(date) = query.date;
     let summary = state.usage.daily_summary(date).await?;
-    let all = UsageTotals {
-        active_users: summary.trial.active_users + summary.subscribed.active_users,
-        total_tokens: summary.trial.total_tokens + summary.subscribed.total_tokens,
-    };
     Ok(Json(Summary {
         date,
-        all: all.into(),
-        by_user_type: ByUserType {
-            trial: summary.trial.into(),
-            subscribed: summary.subscribed.into(),
-        },
+        all: summary.all().into(),
+        by_user_type: summary
+            .by_type
+            .into_iter()
+            .map(|(user_type, totals)| (user_type, totals.into()))
+            .collect(),
     }))
 }
 
-fn required_date(raw: Option<&str>) -> Result<NaiveDate, ApiError> {
-    let raw = raw.ok_or_else(|| invalid("date is required (YYYY-MM-DD)"))?;
-    NaiveDate::parse_from_str(raw, "%Y-%m-%d")
-        .ok()
-        .filter(|date| raw.len() == 10 && (1970..=9999).contains(&chrono::Datelike::year(date)))
-        .ok_or_else(|| invalid("date must be a calendar date as YYYY-MM-DD"))
-}
-
-fn required_number(name: &str, raw: Option<&str>, min: i64, max: i64) -> Result<i64, ApiError> {
-    let message = || {
-        invalid(&format!(
-            "{name} must be a whole number from {min} to {max}"
-        ))
-    };
-    let raw = raw.ok_or_else(message)?;
-    raw.parse::<i64>()
-        .ok()
-        .filter(|number| (min..=max).contains(number))
-        .ok_or_else(message)
-}
-
-fn user_type(raw: Option<&str>) -> Result<Option<UserType>, ApiError> {
-    match raw {
-        None => Ok(None),
-        Some("trial") => Ok(Some(UserType::Trial)),
-        Some("subscribed") => Ok(Some(UserType::Subscribed)),
-        Some(_) => Err(invalid("userType must be trial or subscribed")),
-    }
-}
-
-fn page_request(report: &str, query: &ReportQuery) -> Result<PageRequest, ApiError> {
-    let limit = match query.limit.as_deref() {
-        None => 50,
-        raw => required_number("limit", raw, 1, 500)? as u32,
-    };
-    let after: Option<PageCursor> = query
-        .page_token
-        .as_deref()
+fn page_request(
+    report: &str,
+    limit: Option<Limit>,
+    page_token: Option<&str>,
+) -> Result<PageRequest, ApiError> {
+    let after: Option<PageCursor> = page_token
         .map(|token| page_token::decode(report, token))
         .transpose()?;
-    Ok(PageRequest { limit, after })
-}
-
-fn invalid(message: &str) -> ApiError {
-    ApiError::InvalidRequest(message.to_owned())
+    Ok(PageRequest {
+        limit: Limit::or_default(limit),
+        after,
+    })
 }

@@ -1,6 +1,11 @@
 //! The OpenAPI document's frame: what the service is, how callers authenticate, and the
 //! schemas every operation shares. The operations come from the handlers' own annotations.
 
+use utoipa::openapi::RefOr;
+use utoipa::openapi::content::Content;
+use utoipa::openapi::header::Header;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::schema::{ObjectBuilder, Ref, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -40,5 +45,85 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// Completes the document that the handlers' annotations made: the responses every
+/// authenticated operation shares, written once here, and the bounds that come from the
+/// configuration.
+pub fn complete(document: &mut utoipa::openapi::OpenApi, max_tokens_per_request: i64) {
+    for operation in document
+        .paths
+        .paths
+        .values_mut()
+        .flat_map(|item| [&mut item.get, &mut item.post].into_iter().flatten())
+    {
+        let authenticated = operation
+            .security
+            .as_ref()
+            .is_some_and(|requirements| !requirements.is_empty());
+        if !authenticated {
+            continue;
+        }
+        let admin = operation
+            .tags
+            .as_ref()
+            .is_some_and(|tags| tags.iter().any(|tag| tag == "admin"));
+        let responses = &mut operation.responses.responses;
+        for (status, response) in shared_responses(admin) {
+            responses
+                .entry(status.to_owned())
+                .or_insert(response.into());
+        }
+    }
+    state_max_tokens(document, max_tokens_per_request);
+}
+
+fn shared_responses(admin: bool) -> Vec<(&'static str, Response)> {
+    let error = |description: &str| {
+        ResponseBuilder::new().description(description).content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorEnvelope"))),
+        )
+    };
+    let text_header = || Header::new(ObjectBuilder::new().schema_type(Type::String));
+    let seconds_header = || Header::new(ObjectBuilder::new().schema_type(Type::Integer));
+    let mut shared = vec![
+        (
+            "401",
+            error("Missing or invalid ID token")
+                .header("WWW-Authenticate", text_header())
+                .build(),
+        ),
+        (
+            "500",
+            error("Internal error, or a stored document that must be repaired (named)").build(),
+        ),
+        (
+            "503",
+            error(
+                "The store, the user directory or the signing keys are unavailable; the \
+                 message says whether anything may have been recorded",
+            )
+            .header("Retry-After", seconds_header())
+            .build(),
+        ),
+    ];
+    if admin {
+        shared.push(("403", error("Not an admin").build()));
+    }
+    shared
+}
+
+/// `MAX_TOKENS_PER_REQUEST` as the body's maximum, so the document states the real bound.
+fn state_max_tokens(document: &mut utoipa::openapi::OpenApi, max_tokens_per_request: i64) {
+    let body = document
+        .components
+        .as_mut()
+        .and_then(|components| components.schemas.get_mut("RecordBody"));
+    if let Some(RefOr::T(Schema::Object(body))) = body
+        && let Some(RefOr::T(Schema::Object(tokens))) = body.properties.get_mut("tokens")
+    {
+        tokens.maximum = Some(max_tokens_per_request.into());
     }
 }

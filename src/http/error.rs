@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth::AuthError;
-use crate::store::StoreError;
+use crate::usage::{DirectoryError, StoreError, UsageError};
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -37,9 +37,19 @@ pub enum ApiError {
     /// 422 `idempotency_key_reused`.
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
-    /// 503 `unavailable`, with `Retry-After`.
+    /// 503 `unavailable`, with `Retry-After`: nothing was recorded.
     #[error("the service is unavailable; retry shortly")]
     Unavailable,
+    /// 503 `unavailable`, with `Retry-After`: the request may have been recorded.
+    #[error(
+        "the outcome of this request is unknown: it may have been recorded; retry with an \
+         Idempotency-Key to be sure it counts once"
+    )]
+    OutcomeUnknown,
+    /// 500 `corrupt_document`: a stored document the service cannot use, named so that an
+    /// operator can repair it.
+    #[error("{0}")]
+    CorruptDocument(String),
     /// 500 `internal`: the detail is logged, never returned.
     #[error("internal error")]
     Internal(String),
@@ -55,8 +65,8 @@ impl ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable | Self::OutcomeUnknown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::CorruptDocument(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -70,7 +80,8 @@ impl ApiError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::Unavailable => "unavailable",
+            Self::Unavailable | Self::OutcomeUnknown => "unavailable",
+            Self::CorruptDocument(_) => "corrupt_document",
             Self::Internal(_) => "internal",
         }
     }
@@ -121,8 +132,10 @@ pub fn error_response(status: StatusCode, code: &str, message: String) -> Respon
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+        match &self {
+            Self::Internal(detail) => tracing::error!(%detail, "internal error"),
+            Self::CorruptDocument(detail) => tracing::error!(%detail, "corrupt document"),
+            _ => {}
         }
         error_response(self.status(), self.code(), self.to_string())
     }
@@ -135,7 +148,28 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(%detail, "store unavailable");
                 Self::Unavailable
             }
+            StoreError::OutcomeUnknown(detail) => {
+                tracing::warn!(%detail, "store outcome unknown");
+                Self::OutcomeUnknown
+            }
+            StoreError::Corrupt(detail) => Self::CorruptDocument(detail),
             StoreError::Internal(detail) => Self::Internal(detail),
+        }
+    }
+}
+
+impl From<DirectoryError> for ApiError {
+    fn from(error: DirectoryError) -> Self {
+        tracing::warn!(%error, "user directory unavailable");
+        Self::Unavailable
+    }
+}
+
+impl From<UsageError> for ApiError {
+    fn from(error: UsageError) -> Self {
+        match error {
+            UsageError::Store(error) => error.into(),
+            UsageError::Directory(error) => error.into(),
         }
     }
 }

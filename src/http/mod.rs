@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod ops;
 mod page_token;
+mod params;
 mod usage;
 
 pub use error::ApiError;
@@ -47,16 +48,18 @@ pub struct EdgeSettings {
 
 /// The routes and their OpenAPI description, made from the same declarations so that the two
 /// cannot drift apart.
-pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
+pub fn routes(max_tokens_per_request: i64) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (routes, mut document) = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(usage::router())
         .merge(admin::router())
         .merge(ops::router())
-        .split_for_parts()
+        .split_for_parts();
+    docs::complete(&mut document, max_tokens_per_request);
+    (routes, document)
 }
 
 pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
-    let (routes, document) = routes();
+    let (routes, document) = routes(state.max_tokens_per_request);
     let mut app = routes
         .layer(Extension(Arc::new(document)))
         .fallback(|| async { ApiError::NotFound })

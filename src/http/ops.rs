@@ -31,18 +31,23 @@ async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Readiness: 200 when the store answers, else 503.
+/// Readiness: 200 when the store answers and signed tokens can be verified, else 503.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "The store answers", body = Status),
-        (status = 503, description = "The store does not answer", body = ErrorEnvelope,
+        (status = 200, description = "The store answers and a signing key set is at hand", body = Status),
+        (status = 503, description = "The store does not answer, or no signing key set could be fetched", body = ErrorEnvelope,
          headers(("Retry-After" = u64))),
     ))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
-    state.usage.ready().await.map_err(|error| {
+    let (store, keys) = tokio::join!(state.usage.ready(), state.verifier.ready());
+    if let Err(error) = store {
         tracing::warn!(%error, "store not ready");
-        ApiError::Unavailable
-    })?;
+        return Err(ApiError::Unavailable);
+    }
+    if let Err(error) = keys {
+        tracing::warn!(%error, "signing keys not ready");
+        return Err(ApiError::Unavailable);
+    }
     Ok(Json(Status { status: "ready" }))
 }
 

@@ -7,8 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::ApiError;
-use crate::store::PageCursor;
-use crate::usage::UserId;
+use crate::usage::{PageCursor, UserId};
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

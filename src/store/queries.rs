@@ -67,17 +67,9 @@ pub const MONTHLY_REPORT_BY_TYPE: QueryShape = QueryShape {
     order: &[("totalMonthlyTokens", Descending), ("userId", Ascending)],
 };
 
-/// The documents of one day, counted and their `tokensUsed` summed by an aggregation query
-/// (`GET /admin/reports/summary`). Ordered by the summed field so that the index serving it
-/// holds that field, which a sum reads from the index.
-pub const DAILY_SUMMARY: QueryShape = QueryShape {
-    name: "daily summary",
-    collection: DAILY_COLLECTION,
-    equality: &["date"],
-    order: &[("tokensUsed", Descending)],
-};
-
-/// [`DAILY_SUMMARY`] for one user type.
+/// The documents of one day and user type, counted and their `tokensUsed` summed by an
+/// aggregation query (`GET /admin/reports/summary`). Ordered by the summed field so that the
+/// index serving it holds that field, which a sum reads from the index.
 pub const DAILY_SUMMARY_BY_TYPE: QueryShape = QueryShape {
     name: "daily summary by user type",
     collection: DAILY_COLLECTION,
@@ -108,7 +100,6 @@ pub const SERVICE: &[QueryShape] = &[
     DAILY_REPORT_BY_TYPE,
     MONTHLY_REPORT,
     MONTHLY_REPORT_BY_TYPE,
-    DAILY_SUMMARY,
     DAILY_SUMMARY_BY_TYPE,
 ];
 
@@ -123,7 +114,6 @@ pub const ALL: &[QueryShape] = &[
     DAILY_REPORT_BY_TYPE,
     MONTHLY_REPORT,
     MONTHLY_REPORT_BY_TYPE,
-    DAILY_SUMMARY,
     DAILY_SUMMARY_BY_TYPE,
     SCHEMA_DAILY_BY_TOKENS,
     SCHEMA_MONTHLY_BY_TYPE,

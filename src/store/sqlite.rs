@@ -2,19 +2,17 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
 use tokio::sync::Mutex;
 
-use super::{
-    DailySummary, Page, PageRequest, RecordOutcome, RecordRequest, StoreError, UsageStore,
-    UsageTotals,
-};
 use crate::usage::{
-    DailyUsage, Decision, DecisionInput, Fingerprint, IdempotencyCheck, IdempotencyKey,
-    IdempotencyRecord, MonthlyUsage, UserId, UserType, decide,
+    DailySummary, DailyUsage, Fingerprint, IdempotencyKey, IdempotencyRecord, MonthlyUsage, Page,
+    PageRequest, RecordOutcome, RecordRequest, Snapshot, StoreError, UsageStore, UsageTotals,
+    UserId, UserType,
 };
 
 const SCHEMA: &str = "
@@ -60,6 +58,9 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 ) STRICT;
 ";
 
+/// How long a read may wait for another process's lock (rare under WAL).
+const READ_PATIENCE: Duration = Duration::from_secs(5);
+
 /// The embedded store. One connection, used by one blocking task at a time: SQLite serialises
 /// writers anyway, and `BEGIN IMMEDIATE` keeps other processes on the same file correct too.
 #[derive(Clone)]
@@ -71,9 +72,6 @@ impl SqliteStore {
     /// Opens (creating if needed) the database file and its schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let connection = Connection::open(path).map_err(store_error)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(store_error)?;
         // WAL lets readers run beside the writer; NORMAL is durable across process crashes.
         connection
             .pragma_update(None, "journal_mode", "WAL")
@@ -94,18 +92,41 @@ impl SqliteStore {
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let mut connection = self.connection.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || work(&mut connection))
-            .await
-            .map_err(|join| StoreError::Internal(format!("sqlite task failed: {join}")))?
-            .map_err(store_error)
+        tokio::task::spawn_blocking(move || {
+            connection.busy_timeout(READ_PATIENCE)?;
+            work(&mut connection)
+        })
+        .await
+        .map_err(|join| StoreError::Internal(format!("sqlite task failed: {join}")))?
+        .map_err(store_error)
     }
 }
 
 #[async_trait]
 impl UsageStore for SqliteStore {
-    async fn record(&self, request: RecordRequest) -> Result<RecordOutcome, StoreError> {
-        self.with_connection(move |connection| record(connection, &request))
-            .await
+    /// A request timeout drops the waiting future but not the blocking transaction, so no
+    /// transaction begins that could still be running at `deadline`: waits for the connection
+    /// and for other processes' locks end there, and what began before it ends long before
+    /// the request times out.
+    async fn record(
+        &self,
+        request: RecordRequest,
+        deadline: Instant,
+    ) -> Result<RecordOutcome, StoreError> {
+        let late = || StoreError::Unavailable("the store is busy: deadline reached".to_owned());
+        let mut connection =
+            tokio::time::timeout_at(deadline.into(), self.connection.clone().lock_owned())
+                .await
+                .map_err(|_| late())?;
+        tokio::task::spawn_blocking(move || {
+            let remaining = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|remaining| !remaining.is_zero())
+                .ok_or_else(late)?;
+            record(&mut connection, &request, remaining)
+        })
+        .await
+        .map_err(|join| StoreError::Internal(format!("sqlite task failed: {join}")))?
     }
 
     async fn day(
@@ -198,29 +219,26 @@ impl UsageStore for SqliteStore {
         .await
     }
 
+    /// One statement, so every figure is of one instant; a stored type this version does not
+    /// know counts as the default type, as it reads everywhere else.
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
         self.with_connection(move |connection| {
             let mut statement = connection.prepare_cached(
-                "SELECT user_type = 'subscribed', COUNT(*), COALESCE(SUM(tokens_used), 0)
-                 FROM daily_token_usage WHERE date = ?1 GROUP BY 1",
+                "SELECT user_type, COUNT(*), COALESCE(SUM(tokens_used), 0)
+                 FROM daily_token_usage WHERE date = ?1 GROUP BY user_type",
             )?;
-            let mut summary = DailySummary::default();
             let rows = statement.query_map([date], |row| {
                 Ok((
-                    row.get::<_, bool>(0)?,
+                    user_type_from(row, 0)?,
                     UsageTotals {
                         active_users: row.get(1)?,
                         total_tokens: row.get(2)?,
                     },
                 ))
             })?;
-            for row in rows {
-                match row? {
-                    (true, totals) => summary.subscribed = totals,
-                    (false, totals) => summary.trial = totals,
-                }
-            }
-            Ok(summary)
+            Ok(DailySummary::from_counts(
+                rows.collect::<rusqlite::Result<Vec<_>>>()?,
+            ))
         })
         .await
     }
@@ -254,47 +272,57 @@ fn day_from_row(row: &Row<'_>) -> rusqlite::Result<DailyUsage> {
     })
 }
 
-fn record(connection: &mut Connection, request: &RecordRequest) -> rusqlite::Result<RecordOutcome> {
-    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Some((key, fingerprint)) = &request.idempotency {
-        let stored = read_idempotency(&transaction, &request.user_id, key)?;
-        match IdempotencyCheck::of(stored.as_ref(), fingerprint, request.now) {
-            IdempotencyCheck::Replay(day) => return Ok(RecordOutcome::Replayed(day)),
-            IdempotencyCheck::Reused => return Ok(RecordOutcome::KeyReused),
-            IdempotencyCheck::New => {}
+/// Reads the snapshot, plans, and applies the writes in one `BEGIN IMMEDIATE` transaction,
+/// waiting at most `patience` for another process's lock.
+fn record(
+    connection: &mut Connection,
+    request: &RecordRequest,
+    patience: Duration,
+) -> Result<RecordOutcome, StoreError> {
+    connection.busy_timeout(patience).map_err(store_error)?;
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(store_error)?;
+    let snapshot = read_snapshot(&transaction, request)?;
+    let plan = request
+        .plan(&snapshot)
+        .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    // Without writes, dropping the transaction rolls it back: nothing is written.
+    if let Some(writes) = plan.writes {
+        write_day(&transaction, &request.day_id(), &writes.day).map_err(store_error)?;
+        write_month(&transaction, &request.month_id(), &writes.month).map_err(store_error)?;
+        if let (Some(key), Some(record)) = (request.idempotency_key(), &writes.idempotency) {
+            write_idempotency(&transaction, &request.user_id, key, record).map_err(store_error)?;
         }
+        transaction.commit().map_err(store_error)?;
     }
+    Ok(plan.outcome)
+}
 
-    let window = &request.window;
-    let day_id = DailyUsage::document_id(&request.user_id, window.date);
-    let month_id = MonthlyUsage::document_id(&request.user_id, window.year(), window.month());
-    let current_day = read_day(&transaction, &day_id)?;
-    let current_month = read_month(&transaction, &month_id)?;
-    let input = DecisionInput {
-        user_id: &request.user_id,
-        tokens: request.tokens,
-        user_type: request.user_type,
-        window,
-        limits: &request.limits,
-        now: request.now,
-    };
-    match decide(current_day.as_ref(), current_month.as_ref(), input) {
-        // Dropping the transaction rolls it back: a denial writes nothing.
-        Decision::Denied { day } => Ok(RecordOutcome::Denied(day)),
-        Decision::Admitted { day, month } => {
-            write_day(&transaction, &day_id, &day)?;
-            write_month(&transaction, &month_id, &month)?;
-            if let Some((key, fingerprint)) = &request.idempotency {
-                let record = IdempotencyRecord {
-                    fingerprint: fingerprint.clone(),
-                    response: day.clone(),
-                    expires_at: request.now + IdempotencyKey::LIFETIME,
-                };
-                write_idempotency(&transaction, &request.user_id, key, &record)?;
-            }
-            transaction.commit()?;
-            Ok(RecordOutcome::Admitted(day))
+fn read_snapshot(connection: &Connection, request: &RecordRequest) -> Result<Snapshot, StoreError> {
+    let (day_id, month_id) = (request.day_id(), request.month_id());
+    Ok(Snapshot {
+        day: read_day(connection, &day_id)
+            .map_err(|e| row_error("daily_token_usage", &day_id, e))?,
+        month: read_month(connection, &month_id)
+            .map_err(|e| row_error("token_usage_history", &month_id, e))?,
+        idempotency: match request.idempotency_key() {
+            Some(key) => read_idempotency(connection, &request.user_id, key)
+                .map_err(|e| row_error("idempotency_keys", key.as_str(), e))?,
+            None => None,
+        },
+    })
+}
+
+/// A row that does not decode is named, so that an operator can repair it.
+fn row_error(table: &str, id: &str, error: rusqlite::Error) -> StoreError {
+    match error {
+        rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+            StoreError::Corrupt(format!(
+                "the stored document {table}/{id} cannot be read: {error}"
+            ))
         }
+        other => store_error(other),
     }
 }
 

@@ -1,17 +1,21 @@
 //! The one rule of the service: may this user spend these tokens today, and what do the day
-//! and month documents become if so. Pure: both stores call it inside their transaction.
+//! and month documents become if so. Pure and total: both stores call it inside their
+//! transaction, and every input has an answer, an overflow included.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{DailyUsage, DayWindow, Limits, MonthlyUsage, UserId, UserType};
+use super::{DailyUsage, DayWindow, Limits, MonthlyUsage, Tokens, UserId, UserType};
 
 /// What a store must decide on, read inside its transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionInput<'a> {
     pub user_id: &'a UserId,
-    pub tokens: i64,
-    /// The caller's current user type; `None` keeps the stored one (an admin acting for a user).
-    pub user_type: Option<UserType>,
+    pub tokens: Tokens,
+    /// The user's plan now, resolved before the decision: an upgrade counts at once, and
+    /// nothing stored is taken for it.
+    pub user_type: UserType,
     pub window: &'a DayWindow,
     pub limits: &'a Limits,
     pub now: DateTime<Utc>,
@@ -36,6 +40,16 @@ impl Decision {
     }
 }
 
+/// A stored month that no request can continue: someone else wrote figures whose sum does
+/// not fit. It names the document, so that an operator can repair it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the month document {document} cannot be continued: its dailyUsage total does not fit in a 64-bit integer"
+)]
+pub struct DecisionError {
+    pub document: String,
+}
+
 /// Decides one request against the current day and month documents (absent when not yet
 /// created). Tokens are admitted while `tokensUsed + tokens <= limit`, with the limit of the
 /// user type in force now, so an upgrade mid-day takes effect at once.
@@ -43,19 +57,15 @@ pub fn decide(
     current_day: Option<&DailyUsage>,
     current_month: Option<&MonthlyUsage>,
     input: DecisionInput<'_>,
-) -> Decision {
-    let user_type = input
-        .user_type
-        .or_else(|| current_day.map(|day| day.user_type))
-        .or_else(|| current_month.map(|month| month.user_type))
-        .unwrap_or(UserType::Trial);
+) -> Result<Decision, DecisionError> {
+    let user_type = input.user_type;
     let token_limit = input.limits.for_type(user_type);
     let tokens_used = current_day.map_or(0, |day| day.tokens_used);
 
-    let within_limit = tokens_used
-        .checked_add(input.tokens)
-        .is_some_and(|total| total <= token_limit);
-    if !within_limit {
+    let new_total = tokens_used
+        .checked_add(input.tokens.get())
+        .filter(|total| *total <= token_limit);
+    let Some(new_total) = new_total else {
         let day = DailyUsage {
             user_id: input.user_id.clone(),
             date: input.window.date,
@@ -65,34 +75,40 @@ pub fn decide(
             last_updated: current_day.map_or(input.now, |day| day.last_updated),
             reset_at: input.window.reset_at,
         };
-        return Decision::Denied { day };
-    }
+        return Ok(Decision::Denied { day });
+    };
 
     let day = DailyUsage {
         user_id: input.user_id.clone(),
         date: input.window.date,
-        tokens_used: tokens_used + input.tokens,
+        tokens_used: new_total,
         token_limit,
         user_type,
         last_updated: input.now,
         reset_at: input.window.reset_at,
     };
-    let month = next_month(current_month, &input, user_type);
-    Decision::Admitted { day, month }
+    let month = next_month(current_month, &input).ok_or_else(|| DecisionError {
+        document: MonthlyUsage::document_id(
+            input.user_id,
+            input.window.year(),
+            input.window.month(),
+        ),
+    })?;
+    Ok(Decision::Admitted { day, month })
 }
 
 /// The month document after adding the request's tokens to today's entry, continuing whatever
-/// the stored document holds (a backfill, another writer) rather than replacing it.
-fn next_month(
-    current: Option<&MonthlyUsage>,
-    input: &DecisionInput<'_>,
-    user_type: UserType,
-) -> MonthlyUsage {
+/// the stored document holds (a backfill, another writer) rather than replacing it. `None`
+/// when its figures overflow.
+fn next_month(current: Option<&MonthlyUsage>, input: &DecisionInput<'_>) -> Option<MonthlyUsage> {
     let mut daily_usage = current.map(|m| m.daily_usage.clone()).unwrap_or_default();
-    *daily_usage.entry(input.window.day_key()).or_insert(0) += input.tokens;
+    let today = daily_usage.entry(input.window.day_key()).or_insert(0);
+    *today = today.checked_add(input.tokens.get())?;
     fill_missing_days(&mut daily_usage);
 
-    let total: i64 = daily_usage.values().sum();
+    let total = daily_usage
+        .values()
+        .try_fold(0_i64, |sum, tokens| sum.checked_add(*tokens))?;
     // BTreeMap iterates days in order, so the first maximum found is the earliest.
     let (peak_day, peak_tokens) = daily_usage.iter().fold(
         (String::new(), i64::MIN),
@@ -105,7 +121,7 @@ fn next_month(
         },
     );
 
-    MonthlyUsage {
+    Some(MonthlyUsage {
         user_id: input.user_id.clone(),
         year: input.window.year(),
         month: input.window.month(),
@@ -114,14 +130,14 @@ fn next_month(
         peak_usage_date: peak_day,
         peak_usage_tokens: peak_tokens,
         daily_usage,
-        user_type,
+        user_type: input.user_type,
         created_at: current.map_or(input.now, |m| m.created_at),
         updated_at: input.now,
-    }
+    })
 }
 
 /// Adds a zero entry for every day between the first and the last day present.
-fn fill_missing_days(daily_usage: &mut std::collections::BTreeMap<String, i64>) {
+fn fill_missing_days(daily_usage: &mut BTreeMap<String, i64>) {
     let days: Vec<u32> = daily_usage.keys().filter_map(|k| k.parse().ok()).collect();
     if let (Some(&first), Some(&last)) = (days.iter().min(), days.iter().max()) {
         for day in first..=last {
@@ -168,10 +184,10 @@ mod tests {
             }
         }
 
-        fn input(&self, tokens: i64, user_type: Option<UserType>) -> DecisionInput<'_> {
+        fn input(&self, tokens: i64, user_type: UserType) -> DecisionInput<'_> {
             DecisionInput {
                 user_id: &self.user,
-                tokens,
+                tokens: Tokens::bounded(tokens, i64::MAX).unwrap(),
                 user_type,
                 window: &self.window,
                 limits: &LIMITS,
@@ -180,8 +196,8 @@ mod tests {
         }
     }
 
-    fn admitted(decision: Decision) -> (DailyUsage, MonthlyUsage) {
-        match decision {
+    fn admitted(decision: Result<Decision, DecisionError>) -> (DailyUsage, MonthlyUsage) {
+        match decision.unwrap() {
             Decision::Admitted { day, month } => (day, month),
             Decision::Denied { day } => panic!("denied: {day:?}"),
         }
@@ -197,7 +213,7 @@ mod tests {
             let (new_day, new_month) = admitted(decide(
                 current_day.as_ref(),
                 month.as_ref(),
-                case.input(tokens, Some(UserType::Trial)),
+                case.input(tokens, UserType::Trial),
             ));
             day = Some(new_day);
             month = Some(new_month);
@@ -208,7 +224,7 @@ mod tests {
     #[test]
     fn first_use_creates_both_documents() {
         let case = Case::at("2024-01-15T14:30:00Z");
-        let (day, month) = admitted(decide(None, None, case.input(1250, Some(UserType::Trial))));
+        let (day, month) = admitted(decide(None, None, case.input(1250, UserType::Trial)));
         assert_eq!(
             day,
             DailyUsage {
@@ -236,24 +252,20 @@ mod tests {
     #[test]
     fn exactly_the_limit_is_admitted_and_one_more_is_denied() {
         let case = Case::at("2024-01-15T10:00:00Z");
-        let (day, _) = admitted(decide(None, None, case.input(9_999, Some(UserType::Trial))));
-        let (day, month) = admitted(decide(Some(&day), None, case.input(1, None)));
+        let (day, _) = admitted(decide(None, None, case.input(9_999, UserType::Trial)));
+        let (day, month) = admitted(decide(Some(&day), None, case.input(1, UserType::Trial)));
         assert_eq!(day.tokens_used, 10_000);
         assert_eq!(day.remaining(), 0);
 
-        let denied = decide(
-            Some(&day),
-            Some(&month),
-            case.input(1, Some(UserType::Trial)),
-        );
-        assert_eq!(denied, Decision::Denied { day: day.clone() });
+        let denied = decide(Some(&day), Some(&month), case.input(1, UserType::Trial));
+        assert_eq!(denied.unwrap(), Decision::Denied { day: day.clone() });
     }
 
     #[test]
     fn a_single_request_above_the_limit_is_denied_with_zero_figures() {
         let case = Case::at("2024-01-15T10:00:00Z");
-        let decision = decide(None, None, case.input(10_001, Some(UserType::Trial)));
-        let Decision::Denied { day } = decision else {
+        let decision = decide(None, None, case.input(10_001, UserType::Trial));
+        let Ok(Decision::Denied { day }) = decision else {
             panic!("admitted")
         };
         assert_eq!(
@@ -265,23 +277,15 @@ mod tests {
     #[test]
     fn an_upgrade_mid_day_raises_the_limit_at_once() {
         let case = Case::at("2024-01-15T10:00:00Z");
-        let (day, month) = admitted(decide(
-            None,
-            None,
-            case.input(10_000, Some(UserType::Trial)),
-        ));
+        let (day, month) = admitted(decide(None, None, case.input(10_000, UserType::Trial)));
         assert!(matches!(
-            decide(
-                Some(&day),
-                Some(&month),
-                case.input(500, Some(UserType::Trial))
-            ),
-            Decision::Denied { .. }
+            decide(Some(&day), Some(&month), case.input(500, UserType::Trial)),
+            Ok(Decision::Denied { .. })
         ));
         let (day, month) = admitted(decide(
             Some(&day),
             Some(&month),
-            case.input(500, Some(UserType::Subscribed)),
+            case.input(500, UserType::Subscribed),
         ));
         assert_eq!((day.tokens_used, day.token_limit), (10_500, 100_000));
         assert_eq!(day.user_type, UserType::Subscribed);
@@ -291,16 +295,10 @@ mod tests {
     #[test]
     fn a_downgrade_mid_day_denies_and_reports_nothing_remaining() {
         let case = Case::at("2024-01-15T10:00:00Z");
-        let (day, month) = admitted(decide(
-            None,
-            None,
-            case.input(50_000, Some(UserType::Subscribed)),
-        ));
-        let Decision::Denied { day } = decide(
-            Some(&day),
-            Some(&month),
-            case.input(1, Some(UserType::Trial)),
-        ) else {
+        let (day, month) = admitted(decide(None, None, case.input(50_000, UserType::Subscribed)));
+        let Ok(Decision::Denied { day }) =
+            decide(Some(&day), Some(&month), case.input(1, UserType::Trial))
+        else {
             panic!("admitted")
         };
         assert_eq!(
@@ -310,20 +308,24 @@ mod tests {
     }
 
     #[test]
-    fn without_a_caller_type_the_stored_type_applies() {
+    fn the_resolved_type_applies_whatever_is_stored() {
         let case = Case::at("2024-01-15T10:00:00Z");
+        let (day, month) = admitted(decide(None, None, case.input(20_000, UserType::Subscribed)));
+        // A downgrade mid-month: the stored plan is not carried forward.
+        let decision = decide(Some(&day), Some(&month), case.input(1, UserType::Trial));
+        let Ok(Decision::Denied { day }) = decision else {
+            panic!("admitted on the stored plan")
+        };
+        assert_eq!((day.user_type, day.token_limit), (UserType::Trial, 10_000));
         let (day, month) = admitted(decide(
-            None,
-            None,
-            case.input(20_000, Some(UserType::Subscribed)),
+            Some(&day),
+            Some(&month),
+            case.input(1, UserType::Subscribed),
         ));
-        let (day, _) = admitted(decide(Some(&day), Some(&month), case.input(1, None)));
         assert_eq!(
-            (day.user_type, day.token_limit),
-            (UserType::Subscribed, 100_000)
+            (day.user_type, day.token_limit, month.user_type),
+            (UserType::Subscribed, 100_000, UserType::Subscribed)
         );
-        let (fresh, _) = admitted(decide(None, None, case.input(1, None)));
-        assert_eq!(fresh.user_type, UserType::Trial);
     }
 
     #[test]
@@ -333,14 +335,50 @@ mod tests {
             trial: i64::MAX,
             subscribed: i64::MAX,
         };
-        let mut input = case.input(i64::MAX, Some(UserType::Trial));
+        let mut input = case.input(i64::MAX, UserType::Trial);
         input.limits = &limits;
         let (day, month) = admitted(decide(None, None, input));
-        input.tokens = 1;
+        input.tokens = Tokens::bounded(1, 1).unwrap();
         assert!(matches!(
             decide(Some(&day), Some(&month), input),
-            Decision::Denied { .. }
+            Ok(Decision::Denied { .. })
         ));
+    }
+
+    fn stored_month(daily_usage: &[(&str, i64)]) -> MonthlyUsage {
+        let created = at("2024-01-01T00:00:00Z");
+        MonthlyUsage {
+            user_id: alice(),
+            year: 2024,
+            month: 1,
+            daily_usage: daily_usage
+                .iter()
+                .map(|(day, tokens)| (day.to_string(), *tokens))
+                .collect(),
+            total_monthly_tokens: 0,
+            average_daily_usage: 0.0,
+            peak_usage_date: "01".to_owned(),
+            peak_usage_tokens: 0,
+            user_type: UserType::Trial,
+            created_at: created,
+            updated_at: created,
+        }
+    }
+
+    #[test]
+    fn a_month_whose_figures_overflow_is_an_error_naming_it() {
+        let limits = Limits::uniform(i64::MAX);
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let mut input = case.input(10, UserType::Trial);
+        input.limits = &limits;
+        for days in [
+            vec![("01", i64::MAX - 5), ("02", 10)],
+            vec![("15", i64::MAX - 5)],
+        ] {
+            let error = decide(None, Some(&stored_month(&days)), input).unwrap_err();
+            assert_eq!(error.document, "alice_2024_01");
+            assert!(error.to_string().contains("alice_2024_01"), "{error}");
+        }
     }
 
     #[test]
@@ -398,7 +436,7 @@ mod tests {
         let (day, month) = replay(&[("2024-01-31T23:00:00Z", 900)]);
         let case = Case::at("2024-02-01T00:00:00Z");
         assert_ne!(day.as_ref().unwrap().date, case.window.date);
-        let (day, february) = admitted(decide(None, None, case.input(100, Some(UserType::Trial))));
+        let (day, february) = admitted(decide(None, None, case.input(100, UserType::Trial)));
         assert_eq!(month.month, 1);
         assert_eq!((february.year, february.month), (2024, 2));
         assert_eq!(
@@ -440,7 +478,7 @@ mod tests {
         let (_, month) = admitted(decide(
             None,
             Some(&backfilled),
-            case.input(400, Some(UserType::Trial)),
+            case.input(400, UserType::Trial),
         ));
         let days: Vec<(&str, i64)> = month
             .daily_usage
@@ -468,8 +506,8 @@ mod tests {
         let user = alice();
         let input = DecisionInput {
             user_id: &user,
-            tokens: 5,
-            user_type: Some(UserType::Trial),
+            tokens: Tokens::bounded(5, 5).unwrap(),
+            user_type: UserType::Trial,
             window: &window,
             limits: &LIMITS,
             now,

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{DailyUsage, UserId};
+use super::{DailyUsage, Tokens, UserId, UserType};
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, scoped to one user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -30,13 +30,18 @@ impl IdempotencyKey {
     }
 }
 
-/// What makes two requests "the same body": the user counted and the tokens asked for.
+/// What makes two requests "the same body": the user counted, the tokens asked for, and the
+/// user type when the caller stated it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fingerprint(String);
 
 impl Fingerprint {
-    pub fn of(user_id: &UserId, tokens: i64) -> Self {
-        Self(format!("tokens={tokens};userId={user_id}"))
+    pub fn of(user_id: &UserId, tokens: Tokens, stated_type: Option<UserType>) -> Self {
+        let tokens = tokens.get();
+        Self(match stated_type {
+            None => format!("tokens={tokens};userId={user_id}"),
+            Some(user_type) => format!("tokens={tokens};userId={user_id};userType={user_type}"),
+        })
     }
 
     pub fn from_stored(raw: String) -> Self {
@@ -90,7 +95,10 @@ mod tests {
     use chrono::NaiveDate;
 
     use super::*;
-    use crate::usage::UserType;
+
+    fn tokens(n: i64) -> Tokens {
+        Tokens::bounded(n, n).unwrap()
+    }
 
     #[test]
     fn keys_are_visible_ascii_up_to_255() {
@@ -118,12 +126,13 @@ mod tests {
             reset_at: now,
         };
         let record = IdempotencyRecord {
-            fingerprint: Fingerprint::of(&alice, 10),
+            fingerprint: Fingerprint::of(&alice, tokens(10), None),
             response: response.clone(),
             expires_at: now + IdempotencyKey::LIFETIME,
         };
-        let same = Fingerprint::of(&alice, 10);
-        let other = Fingerprint::of(&alice, 11);
+        let same = Fingerprint::of(&alice, tokens(10), None);
+        let other = Fingerprint::of(&alice, tokens(11), None);
+        let stated = Fingerprint::of(&alice, tokens(10), Some(UserType::Subscribed));
         assert_eq!(
             IdempotencyCheck::of(None, &same, now),
             IdempotencyCheck::New
@@ -134,6 +143,10 @@ mod tests {
         );
         assert_eq!(
             IdempotencyCheck::of(Some(&record), &other, now),
+            IdempotencyCheck::Reused
+        );
+        assert_eq!(
+            IdempotencyCheck::of(Some(&record), &stated, now),
             IdempotencyCheck::Reused
         );
         let later = now + IdempotencyKey::LIFETIME;

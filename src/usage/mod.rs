@@ -1,15 +1,26 @@
-//! The usage domain: who is counted, the documents that count them, and the pure decision.
+//! The usage domain: who is counted, the documents that count them, the pure decision and
+//! record plan, and the ports the adapters implement (the store, the user directory).
 
 mod decision;
+mod directory;
 mod idempotency;
+mod record;
 mod service;
+mod store;
+mod user_type;
 mod window;
 
-pub use decision::{Decision, DecisionInput, decide};
+pub use decision::{Decision, DecisionError, DecisionInput, decide};
+pub use directory::{DirectoryError, OfflineDirectory, UserDirectory};
 pub use idempotency::{
     Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, InvalidIdempotencyKey,
 };
-pub use service::UsageService;
+pub use record::{Plan, RecordOutcome, RecordRequest, Snapshot, Writes};
+pub use service::{Subject, TypeSource, UsageError, UsageService};
+pub use store::{
+    DailySummary, Page, PageCursor, PageRequest, ReportItem, StoreError, UsageStore, UsageTotals,
+};
+pub use user_type::{Limits, UserType};
 pub use window::DayWindow;
 
 use std::collections::BTreeMap;
@@ -74,44 +85,29 @@ impl fmt::Display for UserId {
     }
 }
 
-/// The plan a user is on; it decides the daily limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum UserType {
-    Trial,
-    Subscribed,
+/// A number of tokens to spend: at least 1, so no request can lower a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tokens(i64);
+
+/// Why a number is not a usable [`Tokens`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tokens must be an integer from 1 to {max}")]
+pub struct InvalidTokens {
+    pub max: i64,
 }
 
-impl UserType {
-    /// The user type named by a token claim: absent or unknown means `trial`.
-    pub fn from_claim(claim: Option<&str>) -> Self {
-        match claim {
-            Some("subscribed") => Self::Subscribed,
-            _ => Self::Trial,
+impl Tokens {
+    /// `raw` tokens, if it is from 1 to `max`.
+    pub fn bounded(raw: i64, max: i64) -> Result<Self, InvalidTokens> {
+        if (1..=max).contains(&raw) {
+            Ok(Self(raw))
+        } else {
+            Err(InvalidTokens { max })
         }
     }
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Trial => "trial",
-            Self::Subscribed => "subscribed",
-        }
-    }
-}
-
-/// The daily limit of each user type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub trial: i64,
-    pub subscribed: i64,
-}
-
-impl Limits {
-    pub fn for_type(&self, user_type: UserType) -> i64 {
-        match user_type {
-            UserType::Trial => self.trial,
-            UserType::Subscribed => self.subscribed,
-        }
+    pub fn get(self) -> i64 {
+        self.0
     }
 }
 
@@ -213,12 +209,11 @@ mod tests {
     }
 
     #[test]
-    fn unknown_or_absent_user_type_claims_mean_trial() {
-        assert_eq!(UserType::from_claim(None), UserType::Trial);
-        assert_eq!(UserType::from_claim(Some("gold")), UserType::Trial);
-        assert_eq!(
-            UserType::from_claim(Some("subscribed")),
-            UserType::Subscribed
-        );
+    fn tokens_are_positive_and_bounded() {
+        assert_eq!(Tokens::bounded(1, 10).unwrap().get(), 1);
+        assert_eq!(Tokens::bounded(10, 10).unwrap().get(), 10);
+        for bad in [i64::MIN, -1, 0, 11] {
+            assert_eq!(Tokens::bounded(bad, 10), Err(InvalidTokens { max: 10 }));
+        }
     }
 }

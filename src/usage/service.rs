@@ -1,44 +1,97 @@
-//! The usage service: works out the window, the limits and the clock, then asks the store.
+//! The usage service: resolves whose plan applies, works out the window, the limits and the
+//! clock, then asks the store.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use chrono_tz::Tz;
 
 use super::{
-    DailyUsage, DayWindow, Fingerprint, IdempotencyKey, Limits, MonthlyUsage, UserId, UserType,
+    DailySummary, DailyUsage, DayWindow, DirectoryError, Fingerprint, IdempotencyKey, Limits,
+    MonthlyUsage, Page, PageRequest, RecordOutcome, RecordRequest, StoreError, Tokens, UsageStore,
+    UserDirectory, UserId, UserType,
 };
-use crate::store::{
-    DailySummary, Page, PageRequest, RecordOutcome, RecordRequest, StoreError, UsageStore,
-};
+
+/// How the plan of the counted user is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypeSource {
+    /// The user is the caller: their own verified token says.
+    OwnToken(UserType),
+    /// An admin acting for the user stated it in the request.
+    Stated(UserType),
+    /// An admin acting for the user did not say: the user directory knows.
+    Directory,
+}
+
+/// The user a request is about, and how their plan is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject {
+    pub user_id: UserId,
+    pub user_type: TypeSource,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
+}
 
 pub struct UsageService {
     store: Arc<dyn UsageStore>,
+    directory: Arc<dyn UserDirectory>,
     limits: Limits,
     zone: Tz,
+    /// How long a record may keep trying the store before it answers 503.
+    store_budget: Duration,
 }
 
 impl UsageService {
-    pub fn new(store: Arc<dyn UsageStore>, limits: Limits, zone: Tz) -> Self {
+    pub fn new(
+        store: Arc<dyn UsageStore>,
+        directory: Arc<dyn UserDirectory>,
+        limits: Limits,
+        zone: Tz,
+        store_budget: Duration,
+    ) -> Self {
         Self {
             store,
+            directory,
             limits,
             zone,
+            store_budget,
         }
     }
 
-    /// Checks and records `tokens` for `user_id` today, exactly once per idempotency key.
+    /// The plan that applies to `subject` now: the one place it is decided, for the record
+    /// and for every view of the user's day alike.
+    async fn user_type(&self, subject: &Subject) -> Result<UserType, UsageError> {
+        Ok(match subject.user_type {
+            TypeSource::OwnToken(user_type) | TypeSource::Stated(user_type) => user_type,
+            TypeSource::Directory => self.directory.user_type(&subject.user_id).await?,
+        })
+    }
+
+    /// Checks and records `tokens` for the subject today, exactly once per idempotency key.
     pub async fn record(
         &self,
-        user_id: UserId,
-        user_type: Option<UserType>,
-        tokens: i64,
+        subject: Subject,
+        tokens: Tokens,
         idempotency_key: Option<IdempotencyKey>,
-    ) -> Result<RecordOutcome, StoreError> {
+    ) -> Result<RecordOutcome, UsageError> {
+        let deadline = Instant::now() + self.store_budget;
+        let user_type = self.user_type(&subject).await?;
         let now = now();
-        let idempotency = idempotency_key.map(|key| (key, Fingerprint::of(&user_id, tokens)));
+        let stated_type = match subject.user_type {
+            TypeSource::Stated(user_type) => Some(user_type),
+            TypeSource::OwnToken(_) | TypeSource::Directory => None,
+        };
+        let idempotency = idempotency_key
+            .map(|key| (key, Fingerprint::of(&subject.user_id, tokens, stated_type)));
         let request = RecordRequest {
-            user_id,
+            user_id: subject.user_id,
             tokens,
             user_type,
             window: DayWindow::containing(now, self.zone),
@@ -46,22 +99,17 @@ impl UsageService {
             now,
             idempotency,
         };
-        self.store.record(request).await
+        Ok(self.store.record(request, deadline).await?)
     }
 
     /// The user's day so far, with the limit that their next request will be judged by.
     /// A read never creates a document.
-    pub async fn today(
-        &self,
-        user_id: UserId,
-        user_type: Option<UserType>,
-    ) -> Result<DailyUsage, StoreError> {
+    pub async fn today(&self, subject: &Subject) -> Result<DailyUsage, UsageError> {
         let now = now();
         let window = DayWindow::containing(now, self.zone);
-        let stored = self.store.day(&user_id, window.date).await?;
-        let user_type = user_type
-            .or(stored.as_ref().map(|day| day.user_type))
-            .unwrap_or(UserType::Trial);
+        let (user_type, stored) = tokio::try_join!(self.user_type(subject), async {
+            Ok(self.store.day(&subject.user_id, window.date).await?)
+        })?;
         Ok(DailyUsage {
             token_limit: self.limits.for_type(user_type),
             user_type,
@@ -69,7 +117,7 @@ impl UsageService {
             last_updated: stored.as_ref().map_or(now, |day| day.last_updated),
             reset_at: window.reset_at,
             date: window.date,
-            user_id,
+            user_id: subject.user_id.clone(),
         })
     }
 
@@ -78,17 +126,17 @@ impl UsageService {
         &self,
         user_id: &UserId,
         months: u32,
-    ) -> Result<Vec<MonthlyUsage>, StoreError> {
-        self.store.months(user_id, months).await
+    ) -> Result<Vec<MonthlyUsage>, UsageError> {
+        Ok(self.store.months(user_id, months).await?)
     }
 
     pub async fn daily_report(
         &self,
-        date: chrono::NaiveDate,
+        date: NaiveDate,
         user_type: Option<UserType>,
         page: &PageRequest,
-    ) -> Result<Page<DailyUsage>, StoreError> {
-        self.store.daily_report(date, user_type, page).await
+    ) -> Result<Page<DailyUsage>, UsageError> {
+        Ok(self.store.daily_report(date, user_type, page).await?)
     }
 
     pub async fn monthly_report(
@@ -97,18 +145,20 @@ impl UsageService {
         month: u32,
         user_type: Option<UserType>,
         page: &PageRequest,
-    ) -> Result<Page<MonthlyUsage>, StoreError> {
-        self.store
+    ) -> Result<Page<MonthlyUsage>, UsageError> {
+        Ok(self
+            .store
             .monthly_report(year, month, user_type, page)
-            .await
+            .await?)
     }
 
-    pub async fn daily_summary(&self, date: chrono::NaiveDate) -> Result<DailySummary, StoreError> {
-        self.store.daily_summary(date).await
+    pub async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, UsageError> {
+        Ok(self.store.daily_summary(date).await?)
     }
 
-    pub async fn ready(&self) -> Result<(), StoreError> {
-        self.store.ping().await
+    /// Ready when the store answers.
+    pub async fn ready(&self) -> Result<(), UsageError> {
+        Ok(self.store.ping().await?)
     }
 }
 

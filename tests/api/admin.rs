@@ -23,8 +23,13 @@ fn user_token(uid: &str, user_type: &str) -> String {
     token_with(uid, json!({ "userType": user_type }))
 }
 
+/// The users' figures, recorded with their own tokens, and their plans in Firebase Auth, as
+/// the admin views look them up.
 async fn seed(app: &TestApp) {
+    let auth = crate::auth_emulator::shared().await;
     for (uid, tokens, user_type) in USERS {
+        auth.set_claims(PROJECT, uid, json!({ "userType": user_type }))
+            .await;
         let response = app
             .post_usage(&user_token(uid, user_type), json!({ "tokens": tokens }))
             .await;

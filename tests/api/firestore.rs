@@ -11,7 +11,7 @@ use crate::emulator::{self, Emulator};
 use crate::helpers::*;
 
 /// An instance of the service on Firestore at `emulator_host`, in `project`.
-async fn instance(emulator_host: &str, project: &str, extra: &[&str]) -> TestApp {
+pub async fn instance(emulator_host: &str, project: &str, extra: &[&str]) -> TestApp {
     let (host, project) = (emulator_host.to_owned(), project.to_owned());
     spawn_app_with(extra, move |config| {
         config.store = StoreKind::Firestore;

@@ -8,7 +8,6 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use clap::Parser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -184,8 +183,8 @@ pub fn test_config(jwks_url: &str, sqlite_path: &std::path::Path, extra: &[&str]
         format!("--firebase-jwks-url={jwks_url}"),
     ];
     args.extend(extra.iter().map(|arg| arg.to_string()));
-    match Cli::try_parse_from(args).unwrap().command {
-        Some(Command::Serve(config)) => config,
+    match Cli::try_parse_args(args).unwrap().command {
+        Some(Command::Serve(config)) => *config,
         _ => unreachable!("serve was asked for"),
     }
 }
@@ -194,6 +193,8 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub jwks: JwksServer,
+    /// The embedded store's file (unused on Firestore).
+    pub sqlite_path: std::path::PathBuf,
     _dir: TempDir,
 }
 
@@ -218,7 +219,10 @@ pub async fn spawn_app_on(
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = test_config(&jwks.url, &dir.path().join("usage.db"), extra);
+    let sqlite_path = dir.path().join("usage.db");
+    let mut config = test_config(&jwks.url, &sqlite_path, extra);
+    // Users acted for are looked up in the real Auth emulator; tokens are still signed.
+    config.auth_emulator_for_lookups = Some(crate::auth_emulator::shared().await.host());
     adjust(&mut config);
     let app = Application::build(config).await.unwrap();
     let base = format!("http://{}", app.local_addr().unwrap());
@@ -227,6 +231,7 @@ pub async fn spawn_app_on(
         base,
         client: reqwest::Client::new(),
         jwks,
+        sqlite_path,
         _dir: dir,
     }
 }

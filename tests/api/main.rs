@@ -2,6 +2,8 @@
 //! real file or Firestore on the real emulator, and tokens checked against keys fetched over
 //! HTTP.
 
+#[path = "../support/auth_emulator.rs"]
+mod auth_emulator;
 #[path = "../support/emulator.rs"]
 mod emulator;
 
@@ -9,7 +11,9 @@ mod admin;
 mod auth;
 mod bodies;
 mod concurrency;
+mod cut_proxy;
 mod edge;
+mod faults;
 mod firestore;
 mod helpers;
 mod openapi;

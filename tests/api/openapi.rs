@@ -114,3 +114,51 @@ async fn every_operation_documents_its_answers_and_security() {
         );
     }
 }
+
+/// The schema of the parameter `name` of an operation.
+fn parameter<'a>(document: &'a Value, path: &str, method: &str, name: &str) -> &'a Value {
+    document["paths"][path][method]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|parameter| parameter["name"] == name)
+        .map(|parameter| &parameter["schema"])
+        .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
+}
+
+#[tokio::test]
+async fn parameters_state_the_bounds_they_are_checked_against() {
+    let app = spawn_app_with(&["--max-tokens-per-request=5000"], |_| {}).await;
+    let document = document(&app).await;
+    let tokens = &document["components"]["schemas"]["RecordBody"]["properties"]["tokens"];
+    assert_eq!(
+        (tokens["minimum"].as_i64(), tokens["maximum"].as_i64()),
+        (Some(1), Some(5000))
+    );
+    let response = app
+        .post_usage(&token("alice"), serde_json::json!({"tokens": 5001}))
+        .await;
+    let body = assert_error(response, 400, "invalid_request").await;
+    assert!(body["error"]["message"].as_str().unwrap().contains("5000"));
+
+    for (path, name, min, max) in [
+        ("/usage/history", "months", 1, 24),
+        ("/admin/users/{user_id}/usage", "months", 1, 24),
+        ("/admin/usage/daily", "limit", 1, 500),
+        ("/admin/usage/monthly", "year", 1970, 9999),
+        ("/admin/usage/monthly", "month", 1, 12),
+    ] {
+        let schema = parameter(&document, path, "get", name);
+        assert_eq!(
+            (schema["minimum"].as_i64(), schema["maximum"].as_i64()),
+            (Some(min), Some(max)),
+            "{path} {name}: {schema}"
+        );
+    }
+    let date = parameter(&document, "/admin/reports/summary", "get", "date");
+    assert_eq!(date["format"], "date");
+    let user_type = parameter(&document, "/admin/usage/daily", "get", "userType");
+    assert!(user_type.to_string().contains("subscribed"), "{user_type}");
+    let key = parameter(&document, "/usage", "post", "Idempotency-Key");
+    assert_eq!(key["maxLength"], 255);
+}

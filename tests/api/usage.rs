@@ -205,8 +205,13 @@ async fn only_an_admin_may_record_for_another_user() {
 }
 
 #[tokio::test]
-async fn an_admin_acting_for_a_user_keeps_the_users_stored_plan() {
+async fn an_admin_acting_for_a_user_applies_the_users_plan() {
     let app = spawn_app().await;
+    // Carol is subscribed: her token and her account in Firebase Auth say so.
+    crate::auth_emulator::shared()
+        .await
+        .set_claims(PROJECT, "carol", json!({"userType": "subscribed"}))
+        .await;
     let subscribed = token_with("carol", json!({"userType": "subscribed"}));
     app.post_usage(&subscribed, json!({"tokens": 20_000})).await;
     let response = app

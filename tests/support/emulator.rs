@@ -95,8 +95,10 @@ impl Emulator {
     /// A cold JVM answers its first calls several times slower: make them before the tests
     /// do, through the same gRPC calls the store makes.
     async fn warm_up(&self) {
-        use token_limits::store::{FirestoreSettings, FirestoreStore, RecordRequest, UsageStore};
-        use token_limits::usage::{DayWindow, Limits, UserId};
+        use token_limits::store::{FirestoreSettings, FirestoreStore};
+        use token_limits::usage::{
+            DayWindow, Limits, RecordRequest, Tokens, UsageStore, UserId, UserType,
+        };
 
         let store = FirestoreStore::connect(FirestoreSettings {
             project_id: "demo-warm-up".to_owned(),
@@ -111,18 +113,16 @@ impl Emulator {
             let now = chrono::Utc::now();
             let request = RecordRequest {
                 user_id: user.clone(),
-                tokens: 1,
-                user_type: None,
+                tokens: Tokens::bounded(1, 1).unwrap(),
+                user_type: UserType::DEFAULT,
                 window: DayWindow::containing(now, chrono_tz::Tz::UTC),
-                limits: Limits {
-                    trial: i64::MAX,
-                    subscribed: i64::MAX,
-                },
+                limits: Limits::uniform(i64::MAX),
                 now,
                 idempotency: None,
             };
+            let deadline = Instant::now() + Duration::from_secs(30);
             store
-                .record(request)
+                .record(request, deadline)
                 .await
                 .expect("the emulator failed a warm-up write");
             store

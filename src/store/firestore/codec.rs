@@ -48,7 +48,7 @@ pub const IDEMPOTENCY_FIELDS: &[&str] = &[
 ];
 
 #[derive(Debug, thiserror::Error)]
-#[error("document {document}: field {field} {problem}")]
+#[error("the stored document {document} cannot be used: field {field} {problem}")]
 pub struct DecodeError {
     document: String,
     field: String,
@@ -128,7 +128,7 @@ pub fn month_from(document: &Document) -> Result<MonthlyUsage, DecodeError> {
             .integer("month")?
             .try_into()
             .map_err(|_| doc.error("month", "is out of range"))?,
-        daily_usage: doc.integer_map("dailyUsage")?,
+        daily_usage: doc.counts("dailyUsage")?,
         total_monthly_tokens: doc.integer("totalMonthlyTokens")?,
         average_daily_usage: doc.double("averageDailyUsage")?,
         peak_usage_date: doc.string("peakUsageDate")?.to_owned(),
@@ -269,12 +269,17 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn integer_map(&self, field: &str) -> Result<BTreeMap<String, i64>, DecodeError> {
-        let entries = self.map(field)?;
-        let inner = Reader::new(self.document, entries);
-        entries
-            .keys()
-            .map(|day| Ok((day.clone(), inner.integer(day)?)))
+    /// A map of non-negative integers, such as `dailyUsage`.
+    fn counts(&self, field: &str) -> Result<BTreeMap<String, i64>, DecodeError> {
+        self.map(field)?
+            .iter()
+            .map(|(key, value)| {
+                let entry = || format!("{field}.{key}");
+                match value.value_type {
+                    Some(ValueType::IntegerValue(count)) if count >= 0 => Ok((key.clone(), count)),
+                    _ => Err(self.error(&entry(), "is not a non-negative integer")),
+                }
+            })
             .collect()
     }
 
@@ -366,9 +371,9 @@ mod tests {
         assert_eq!(month_from(&document(fields)).unwrap(), month);
     }
 
-    #[test]
-    fn a_whole_average_written_as_an_integer_is_read() {
-        let mut fields = month_fields(&MonthlyUsage {
+    /// A one-day month of 10 tokens.
+    fn small_month() -> MonthlyUsage {
+        MonthlyUsage {
             user_id: UserId::parse("alice").unwrap(),
             year: 2024,
             month: 1,
@@ -380,7 +385,12 @@ mod tests {
             user_type: UserType::Trial,
             created_at: at("2024-01-01T00:00:00Z"),
             updated_at: at("2024-01-01T00:00:00Z"),
-        });
+        }
+    }
+
+    #[test]
+    fn a_whole_average_written_as_an_integer_is_read() {
+        let mut fields = month_fields(&small_month());
         fields.insert("averageDailyUsage".to_owned(), integer(10));
         assert_eq!(
             month_from(&document(fields)).unwrap().average_daily_usage,
@@ -408,10 +418,30 @@ mod tests {
     }
 
     #[test]
+    fn a_day_of_a_month_must_be_a_non_negative_integer() {
+        for bad in [double(1.5), integer(-1), string("5")] {
+            let mut fields = month_fields(&small_month());
+            fields.insert(
+                "dailyUsage".to_owned(),
+                map(Fields::from([("02".to_owned(), bad)])),
+            );
+            let error = month_from(&document(fields)).unwrap_err().to_string();
+            assert!(
+                error.contains("documents/c/d") && error.contains("dailyUsage.02"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn an_idempotency_record_round_trips() {
         let user = UserId::parse("alice").unwrap();
         let record = IdempotencyRecord {
-            fingerprint: Fingerprint::of(&user, 1250),
+            fingerprint: Fingerprint::of(
+                &user,
+                crate::usage::Tokens::bounded(1250, 1250).unwrap(),
+                None,
+            ),
             response: sample_day(),
             expires_at: at("2024-01-16T14:30:00.123Z"),
         };

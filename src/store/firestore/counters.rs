@@ -11,6 +11,7 @@ pub struct FirestoreCounters {
     commit_attempts: AtomicU64,
     contention_retries: AtomicU64,
     transient_retries: AtomicU64,
+    lost_answers: AtomicU64,
 }
 
 /// A snapshot of [`FirestoreCounters`].
@@ -28,6 +29,8 @@ pub struct OperationCounts {
     pub contention_retries: u64,
     /// Attempts repeated after a transient failure (unavailable, deadline, throttled).
     pub transient_retries: u64,
+    /// Commits whose answer was lost, so that the day had to be read back.
+    pub lost_answers: u64,
 }
 
 impl FirestoreCounters {
@@ -56,6 +59,10 @@ impl FirestoreCounters {
         self.transient_retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn lost_answer(&self) {
+        self.lost_answers.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> OperationCounts {
         OperationCounts {
             rpcs: self.rpcs.load(Ordering::Relaxed),
@@ -64,6 +71,24 @@ impl FirestoreCounters {
             commit_attempts: self.commit_attempts.load(Ordering::Relaxed),
             contention_retries: self.contention_retries.load(Ordering::Relaxed),
             transient_retries: self.transient_retries.load(Ordering::Relaxed),
+            lost_answers: self.lost_answers.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl std::ops::Add for OperationCounts {
+    type Output = Self;
+
+    /// The operations of two instances together.
+    fn add(self, other: Self) -> Self {
+        Self {
+            rpcs: self.rpcs + other.rpcs,
+            document_reads: self.document_reads + other.document_reads,
+            document_writes: self.document_writes + other.document_writes,
+            commit_attempts: self.commit_attempts + other.commit_attempts,
+            contention_retries: self.contention_retries + other.contention_retries,
+            transient_retries: self.transient_retries + other.transient_retries,
+            lost_answers: self.lost_answers + other.lost_answers,
         }
     }
 }
@@ -80,6 +105,7 @@ impl std::ops::Sub for OperationCounts {
             commit_attempts: self.commit_attempts - earlier.commit_attempts,
             contention_retries: self.contention_retries - earlier.contention_retries,
             transient_retries: self.transient_retries - earlier.transient_retries,
+            lost_answers: self.lost_answers - earlier.lost_answers,
         }
     }
 }

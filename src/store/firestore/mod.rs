@@ -39,17 +39,15 @@ use firestore::gcloud_sdk::google::firestore::v1::{
     run_query_request, structured_aggregation_query, write,
 };
 use firestore::gcloud_sdk::google_cloud_auth::credentials::Credentials;
+use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::gcloud_sdk::tonic::{self, Code, Status};
 use firestore::{FirestoreDb, FirestoreDbOptions};
 
 use super::queries::{self, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape};
-use super::{
-    DailySummary, Page, PageCursor, PageRequest, RecordOutcome, RecordRequest, StoreError,
-    UsageStore, UsageTotals,
-};
 use crate::usage::{
-    DailyUsage, Decision, DecisionInput, IdempotencyCheck, IdempotencyKey, IdempotencyRecord,
-    MonthlyUsage, UserId, UserType, decide,
+    DailySummary, DailyUsage, IdempotencyKey, MonthlyUsage, Page, PageCursor, PageRequest,
+    RecordOutcome, RecordRequest, Snapshot, StoreError, UsageStore, UsageTotals, UserId, UserType,
+    Writes,
 };
 
 /// The service's own collection: idempotency records, deleted by a TTL policy on `expiresAt`.
@@ -66,7 +64,7 @@ pub struct FirestoreSettings {
     /// `host:port` of a Firestore emulator; `None` means the real service with Application
     /// Default Credentials.
     pub emulator_host: Option<String>,
-    /// The longest a record may keep retrying before it answers 503.
+    /// The longest a request may keep trying: one call gets a share of it.
     pub deadline: Duration,
 }
 
@@ -86,8 +84,9 @@ enum AttemptError {
     Contention,
     /// Firestore could not answer now and nothing was written: try again.
     Transient(Status),
-    /// The commit may or may not have been applied: retrying could count twice.
-    Ambiguous(Status),
+    /// The commit may or may not have been applied, and reading back could not tell:
+    /// retrying could count twice.
+    Ambiguous(String),
     /// Retrying will not help.
     Permanent(StoreError),
 }
@@ -101,9 +100,7 @@ impl AttemptError {
         match self {
             Self::Contention => StoreError::Unavailable("contention: out of retries".to_owned()),
             Self::Transient(status) => StoreError::Unavailable(describe(&status)),
-            Self::Ambiguous(status) => {
-                StoreError::Unavailable(format!("commit outcome unknown: {}", describe(&status)))
-            }
+            Self::Ambiguous(detail) => StoreError::OutcomeUnknown(detail),
             Self::Permanent(error) => error,
         }
     }
@@ -111,7 +108,13 @@ impl AttemptError {
 
 impl From<codec::DecodeError> for AttemptError {
     fn from(error: codec::DecodeError) -> Self {
-        Self::Permanent(StoreError::Internal(error.to_string()))
+        Self::Permanent(error.into())
+    }
+}
+
+impl From<codec::DecodeError> for StoreError {
+    fn from(error: codec::DecodeError) -> Self {
+        Self::Corrupt(error.to_string())
     }
 }
 
@@ -129,18 +132,25 @@ fn read_failure(status: Status) -> AttemptError {
     }
 }
 
-/// Sorts a failed commit: a failed precondition or an abort wrote nothing; a lost answer may
+/// How a commit failed: a failed precondition or an abort wrote nothing; a lost answer may
 /// have written everything.
-fn commit_failure(status: Status) -> AttemptError {
+enum CommitFailure {
+    Refused(AttemptError),
+    AnswerLost(Status),
+}
+
+fn commit_failure(status: Status) -> CommitFailure {
     match status.code() {
-        Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists => AttemptError::Contention,
+        Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists => {
+            CommitFailure::Refused(AttemptError::Contention)
+        }
         Code::Unavailable
         | Code::DeadlineExceeded
         | Code::ResourceExhausted
         | Code::Cancelled
         | Code::Internal
-        | Code::Unknown => AttemptError::Ambiguous(status),
-        _ => AttemptError::Permanent(permanent_error(&status)),
+        | Code::Unknown => CommitFailure::AnswerLost(status),
+        _ => CommitFailure::Refused(AttemptError::Permanent(permanent_error(&status))),
     }
 }
 
@@ -182,6 +192,11 @@ impl FirestoreStore {
             counters: Arc::default(),
             queue: user_queue::UserQueue::default(),
         })
+    }
+
+    /// The operations sent to Firestore so far.
+    pub fn operation_counts(&self) -> OperationCounts {
+        self.counters.snapshot()
     }
 
     fn client(&self) -> FirestoreClient<GoogleAuthMiddleware> {
@@ -246,67 +261,80 @@ impl FirestoreStore {
         &self,
         request: &RecordRequest,
         names: &RecordNames,
+        deadline: Instant,
     ) -> Result<RecordOutcome, AttemptError> {
-        let mut wanted = vec![names.day.as_str(), names.month.as_str()];
-        wanted.extend(names.idempotency.as_deref());
-        let snapshot = self.batch_get(&wanted).await.map_err(read_failure)?;
-
-        let stored_key = names
-            .idempotency
-            .as_ref()
-            .and_then(|name| snapshot.get(name));
-        if let Some((_, fingerprint)) = &request.idempotency {
-            let stored = stored_key.map(codec::idempotency_from).transpose()?;
-            match IdempotencyCheck::of(stored.as_ref(), fingerprint, request.now) {
-                IdempotencyCheck::Replay(day) => return Ok(RecordOutcome::Replayed(day)),
-                IdempotencyCheck::Reused => return Ok(RecordOutcome::KeyReused),
-                IdempotencyCheck::New => {}
-            }
-        }
-
-        let day_document = snapshot.get(&names.day);
-        let month_document = snapshot.get(&names.month);
-        let current_day = day_document.map(codec::day_from).transpose()?;
-        let current_month = month_document.map(codec::month_from).transpose()?;
-        let input = DecisionInput {
-            user_id: &request.user_id,
-            tokens: request.tokens,
-            user_type: request.user_type,
-            window: &request.window,
-            limits: &request.limits,
-            now: request.now,
+        let read = self.batch_get(&names.all()).await.map_err(read_failure)?;
+        let snapshot = names.snapshot(&read)?;
+        let plan = request
+            .plan(&snapshot)
+            .map_err(|error| AttemptError::Permanent(StoreError::Corrupt(error.to_string())))?;
+        let Some(writes) = plan.writes else {
+            return Ok(plan.outcome);
         };
-        let (day, month) = match decide(current_day.as_ref(), current_month.as_ref(), input) {
-            Decision::Denied { day } => return Ok(RecordOutcome::Denied(day)),
-            Decision::Admitted { day, month } => (day, month),
-        };
-
-        let mut writes = vec![
-            update(
-                &names.day,
-                codec::day_fields(&day),
-                codec::DAY_FIELDS,
-                day_document,
-            ),
-            update(
-                &names.month,
-                codec::month_fields(&month),
-                codec::MONTH_FIELDS,
-                month_document,
-            ),
-        ];
-        if let (Some(name), Some((key, fingerprint))) = (&names.idempotency, &request.idempotency) {
-            let record = IdempotencyRecord {
-                fingerprint: fingerprint.clone(),
-                response: day.clone(),
-                expires_at: request.now + IdempotencyKey::LIFETIME,
-            };
-            let fields =
-                codec::idempotency_fields(&request.user_id, key.as_str(), &record, request.now);
-            writes.push(update(name, fields, codec::IDEMPOTENCY_FIELDS, stored_key));
+        match self
+            .commit(names.conditional_writes(request, &writes, &read))
+            .await
+        {
+            Ok(()) => Ok(plan.outcome),
+            Err(status) => match commit_failure(status) {
+                CommitFailure::Refused(error) => Err(error),
+                CommitFailure::AnswerLost(status) => {
+                    self.counters.lost_answer();
+                    self.resolve_lost_commit(names, &read, &writes, status, deadline)
+                        .await
+                        .map(|()| plan.outcome)
+                }
+            },
         }
-        self.commit(writes).await.map_err(commit_failure)?;
-        Ok(RecordOutcome::Admitted(day))
+    }
+
+    /// A commit whose answer was lost either wrote everything or nothing: reading the day back
+    /// tells which, wherever it can be told. Unchanged since the read: nothing was written, and
+    /// the attempt can be repeated. Exactly as planned: the commit was applied. Otherwise
+    /// (another writer since, or no answer again) it cannot be known.
+    async fn resolve_lost_commit(
+        &self,
+        names: &RecordNames,
+        as_read: &HashMap<String, Document>,
+        planned: &Writes,
+        status: Status,
+        deadline: Instant,
+    ) -> Result<(), AttemptError> {
+        let unknown = |why: &str| {
+            tracing::warn!(error = %describe(&status), why, "a commit's outcome is unknown");
+            AttemptError::Ambiguous(format!("{}; {why}", describe(&status)))
+        };
+        // The answer was lost with its connection, most often: read again on a new one, as
+        // long as a read can still end before the request times out (the deadline is half
+        // of that time).
+        let request_ends = deadline + self.deadline;
+        let day_only = [names.day.as_str()];
+        let read_back = (|| self.batch_get(&day_only))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(20))
+                    .with_max_delay(Duration::from_millis(200))
+                    .without_max_times(),
+            )
+            .sleep(tokio::time::sleep)
+            .when(|_| Instant::now() + self.rpc_timeout() < request_ends)
+            .await;
+        let Ok(now) = read_back else {
+            return Err(unknown("the day could not be read back"));
+        };
+        let update_time = |documents: &HashMap<String, Document>| {
+            documents
+                .get(&names.day)
+                .map(|document| document.update_time)
+        };
+        if update_time(&now) == update_time(as_read) {
+            return Err(AttemptError::Transient(status));
+        }
+        let day_now = now.get(&names.day).map(codec::day_from).transpose()?;
+        if day_now.as_ref() == Some(&planned.day) {
+            return Ok(());
+        }
+        Err(unknown("the day was changed by another writer since"))
     }
 
     /// One document by name; `None` when it does not exist.
@@ -325,11 +353,13 @@ impl FirestoreStore {
     }
 
     /// Counts the documents of a query and sums their `tokensUsed`, in Firestore.
+    /// Counts at `read_time` when given, else now; returns the time it counted at.
     async fn totals(
         &self,
         shape: &QueryShape,
         equals: &[Value],
-    ) -> Result<UsageTotals, StoreError> {
+        read_time: Option<Timestamp>,
+    ) -> Result<(UsageTotals, Timestamp), StoreError> {
         let field = FieldReference {
             field_path: "tokensUsed".to_owned(),
         };
@@ -359,6 +389,8 @@ impl FirestoreStore {
                     },
                 ),
             ),
+            consistency_selector: read_time
+                .map(run_aggregation_query_request::ConsistencySelector::ReadTime),
             ..Default::default()
         };
         self.counters.rpc();
@@ -369,7 +401,9 @@ impl FirestoreStore {
                 .await?
                 .into_inner();
             let mut fields = HashMap::new();
+            let mut counted_at = None;
             while let Some(response) = stream.message().await? {
+                counted_at = response.read_time.or(counted_at);
                 fields.extend(
                     response
                         .result
@@ -377,11 +411,14 @@ impl FirestoreStore {
                         .unwrap_or_default(),
                 );
             }
-            Ok::<_, Status>(fields)
+            Ok::<_, Status>((fields, counted_at))
         };
-        let fields = read
+        let (fields, counted_at) = read
             .await
             .map_err(|status| read_failure(status).into_store_error())?;
+        let counted_at = counted_at.ok_or_else(|| {
+            StoreError::Internal("an aggregation came without its read time".to_owned())
+        })?;
         // An aggregation is billed one read per 1,000 index entries it scans, and at least one.
         self.counters.reads(1);
         let number = |alias: &str| match fields
@@ -394,10 +431,11 @@ impl FirestoreStore {
                 "aggregation result {alias} is missing"
             ))),
         };
-        Ok(UsageTotals {
+        let totals = UsageTotals {
             active_users: number("users")?,
             total_tokens: number("tokens")?,
-        })
+        };
+        Ok((totals, counted_at))
     }
 
     /// Runs a query of a declared shape with the given equality values, in its order.
@@ -451,7 +489,7 @@ fn decode_all<T>(
 ) -> Result<Vec<T>, StoreError> {
     documents
         .iter()
-        .map(|document| decode(document).map_err(|e| StoreError::Internal(e.to_string())))
+        .map(|document| decode(document).map_err(StoreError::from))
         .collect()
 }
 
@@ -460,6 +498,65 @@ struct RecordNames {
     day: String,
     month: String,
     idempotency: Option<String>,
+}
+
+impl RecordNames {
+    fn all(&self) -> Vec<&str> {
+        let mut names = vec![self.day.as_str(), self.month.as_str()];
+        names.extend(self.idempotency.as_deref());
+        names
+    }
+
+    fn snapshot(&self, read: &HashMap<String, Document>) -> Result<Snapshot, codec::DecodeError> {
+        Ok(Snapshot {
+            day: read.get(&self.day).map(codec::day_from).transpose()?,
+            month: read.get(&self.month).map(codec::month_from).transpose()?,
+            idempotency: self
+                .idempotency
+                .as_ref()
+                .and_then(|name| read.get(name))
+                .map(codec::idempotency_from)
+                .transpose()?,
+        })
+    }
+
+    /// The plan's writes, each on the condition that its document is still as read.
+    fn conditional_writes(
+        &self,
+        request: &RecordRequest,
+        writes: &Writes,
+        read: &HashMap<String, Document>,
+    ) -> Vec<Write> {
+        let mut conditional = vec![
+            update(
+                &self.day,
+                codec::day_fields(&writes.day),
+                codec::DAY_FIELDS,
+                read.get(&self.day),
+            ),
+            update(
+                &self.month,
+                codec::month_fields(&writes.month),
+                codec::MONTH_FIELDS,
+                read.get(&self.month),
+            ),
+        ];
+        if let (Some(name), Some(key), Some(record)) = (
+            &self.idempotency,
+            request.idempotency_key(),
+            &writes.idempotency,
+        ) {
+            let fields =
+                codec::idempotency_fields(&request.user_id, key.as_str(), record, request.now);
+            conditional.push(update(
+                name,
+                fields,
+                codec::IDEMPOTENCY_FIELDS,
+                read.get(name),
+            ));
+        }
+        conditional
+    }
 }
 
 /// An update of the fields this service owns, on the condition that the document is still as
@@ -555,23 +652,19 @@ fn idempotency_document_id(user_id: &UserId, key: &IdempotencyKey) -> String {
 
 #[async_trait]
 impl UsageStore for FirestoreStore {
-    async fn record(&self, request: RecordRequest) -> Result<RecordOutcome, StoreError> {
-        let window = &request.window;
+    async fn record(
+        &self,
+        request: RecordRequest,
+        deadline: Instant,
+    ) -> Result<RecordOutcome, StoreError> {
         let names = RecordNames {
-            day: self.document_name(
-                DAILY_COLLECTION,
-                &DailyUsage::document_id(&request.user_id, window.date),
-            ),
-            month: self.document_name(
-                HISTORY_COLLECTION,
-                &MonthlyUsage::document_id(&request.user_id, window.year(), window.month()),
-            ),
-            idempotency: request.idempotency.as_ref().map(|(key, _)| {
+            day: self.document_name(DAILY_COLLECTION, &request.day_id()),
+            month: self.document_name(HISTORY_COLLECTION, &request.month_id()),
+            idempotency: request.idempotency_key().map(|key| {
                 self.document_name(IDEMPOTENCY, &idempotency_document_id(&request.user_id, key))
             }),
         };
         // No attempt starts after the deadline; one under way may finish (see `rpc_timeout`).
-        let deadline = Instant::now() + self.deadline;
         let _turn =
             tokio::time::timeout_at(deadline.into(), self.queue.turn(request.user_id.as_str()))
                 .await
@@ -586,7 +679,7 @@ impl UsageStore for FirestoreStore {
             .with_factor(1.5)
             .with_jitter()
             .without_max_times();
-        (|| self.attempt(&request, &names))
+        (|| self.attempt(&request, &names, deadline))
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(|error| error.retryable() && Instant::now() < deadline)
@@ -595,12 +688,7 @@ impl UsageStore for FirestoreStore {
                 _ => self.counters.transient_retry(),
             })
             .await
-            .map_err(|error| {
-                if let AttemptError::Ambiguous(status) = &error {
-                    tracing::warn!(error = %describe(status), "a commit's outcome is unknown");
-                }
-                error.into_store_error()
-            })
+            .map_err(AttemptError::into_store_error)
     }
 
     async fn day(
@@ -613,7 +701,7 @@ impl UsageStore for FirestoreStore {
             .await?
             .map(|document| codec::day_from(&document))
             .transpose()
-            .map_err(|e| StoreError::Internal(e.to_string()))
+            .map_err(StoreError::from)
     }
 
     async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError> {
@@ -670,26 +758,29 @@ impl UsageStore for FirestoreStore {
         Ok(Page::from_overfetch(items, page.limit))
     }
 
-    /// Two aggregation queries: all users, and the subscribed ones; the rest are trial, as
-    /// an unknown stored user type reads everywhere else.
+    /// One aggregation query per user type, each counting its own type; the first one's read
+    /// time is every other one's, so that the answer is one instant even while users upgrade.
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
         let day = string_value(&date.format("%Y-%m-%d").to_string());
-        let subscribed_day = [day.clone(), string_value(UserType::Subscribed.as_str())];
-        let (all, subscribed) = tokio::try_join!(
-            self.totals(&queries::DAILY_SUMMARY, std::slice::from_ref(&day)),
-            self.totals(&queries::DAILY_SUMMARY_BY_TYPE, &subscribed_day),
-        )?;
-        Ok(DailySummary {
-            trial: UsageTotals {
-                active_users: all.active_users - subscribed.active_users,
-                total_tokens: all.total_tokens - subscribed.total_tokens,
-            },
-            subscribed,
-        })
-    }
-
-    fn operation_counts(&self) -> Option<OperationCounts> {
-        Some(self.counters.snapshot())
+        let of_type = |user_type: UserType| [day.clone(), string_value(user_type.as_str())];
+        let [first, rest @ ..] = UserType::ALL;
+        let (first_totals, read_time) = self
+            .totals(&queries::DAILY_SUMMARY_BY_TYPE, &of_type(first), None)
+            .await?;
+        let rest = futures_util::future::try_join_all(rest.map(|user_type| async move {
+            let (totals, _) = self
+                .totals(
+                    &queries::DAILY_SUMMARY_BY_TYPE,
+                    &of_type(user_type),
+                    Some(read_time),
+                )
+                .await?;
+            Ok::<_, StoreError>((user_type, totals))
+        }))
+        .await?;
+        Ok(DailySummary::from_counts(
+            std::iter::once((first, first_totals)).chain(rest),
+        ))
     }
 
     /// Reads a document that never exists: an answer, even "not found", means reachable.

@@ -1,0 +1,183 @@
+//! The storage port: what the domain needs from wherever usage documents live. The adapters
+//! (`crate::store`) implement it; both pass one conformance suite.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+
+use super::{DailyUsage, MonthlyUsage, RecordOutcome, RecordRequest, UserId, UserType};
+
+/// Where a page of a report resumes: just after the item with this figure and user. Reports
+/// are ordered by their figure, largest first, then by user id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor {
+    pub figure: i64,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// 1 to 500 items.
+    pub limit: u32,
+    /// `None` for the first page.
+    pub after: Option<PageCursor>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<PageCursor>,
+}
+
+/// An item of a report: where a page that ends with it resumes.
+pub trait ReportItem {
+    fn cursor(&self) -> PageCursor;
+}
+
+/// The daily report is ordered by `tokensUsed`.
+impl ReportItem for DailyUsage {
+    fn cursor(&self) -> PageCursor {
+        PageCursor {
+            figure: self.tokens_used,
+            user_id: self.user_id.clone(),
+        }
+    }
+}
+
+/// The monthly report is ordered by `totalMonthlyTokens`.
+impl ReportItem for MonthlyUsage {
+    fn cursor(&self) -> PageCursor {
+        PageCursor {
+            figure: self.total_monthly_tokens,
+            user_id: self.user_id.clone(),
+        }
+    }
+}
+
+impl<T: ReportItem> Page<T> {
+    /// A page from up to `limit + 1` items in report order: the extra one only says that
+    /// another page follows.
+    pub fn from_overfetch(mut items: Vec<T>, limit: u32) -> Self {
+        let more = items.len() > limit as usize;
+        items.truncate(limit as usize);
+        let next = if more {
+            items.last().map(T::cursor)
+        } else {
+            None
+        };
+        Self { items, next }
+    }
+}
+
+/// How many users used tokens on a day, and how many tokens, for one user type or all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageTotals {
+    pub active_users: i64,
+    pub total_tokens: i64,
+}
+
+impl std::ops::Add for UsageTotals {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            active_users: self.active_users + other.active_users,
+            total_tokens: self.total_tokens + other.total_tokens,
+        }
+    }
+}
+
+/// One day's totals per user type, every type present, all read at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailySummary {
+    pub by_type: BTreeMap<UserType, UsageTotals>,
+}
+
+impl DailySummary {
+    /// A summary from the totals a store counted; types it did not see count zero.
+    pub fn from_counts(counts: impl IntoIterator<Item = (UserType, UsageTotals)>) -> Self {
+        let mut by_type: BTreeMap<UserType, UsageTotals> = UserType::ALL
+            .into_iter()
+            .map(|user_type| (user_type, UsageTotals::default()))
+            .collect();
+        for (user_type, totals) in counts {
+            let entry = by_type.entry(user_type).or_default();
+            *entry = *entry + totals;
+        }
+        Self { by_type }
+    }
+
+    pub fn all(&self) -> UsageTotals {
+        self.by_type
+            .values()
+            .fold(UsageTotals::default(), |sum, totals| sum + *totals)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying later: the store is unreachable, busy or contended, and nothing was
+    /// written (503).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A write may or may not have been applied, and no read could tell which (503, saying
+    /// so).
+    #[error("store outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// A stored document that the service cannot use; the message names it (500).
+    #[error("{0}")]
+    Corrupt(String),
+    /// A fault that a retry will not cure (500; the detail is logged, never returned).
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+#[async_trait]
+pub trait UsageStore: Send + Sync {
+    /// Reads the request's documents as one snapshot, runs [`RecordRequest::plan`] on them and
+    /// applies its writes atomically, on the condition that nothing changed since the read:
+    /// usage is counted exactly once and never over the limit, however many requests and
+    /// instances run at once. No attempt begins after `deadline`.
+    async fn record(
+        &self,
+        request: RecordRequest,
+        deadline: Instant,
+    ) -> Result<RecordOutcome, StoreError>;
+
+    /// The user's day document, if it exists. Never creates one.
+    async fn day(
+        &self,
+        user_id: &UserId,
+        date: NaiveDate,
+    ) -> Result<Option<DailyUsage>, StoreError>;
+
+    /// The user's month documents, newest first, at most `limit`.
+    async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError>;
+
+    /// One day's documents, most tokens first (ties by user id), optionally of one user type.
+    async fn daily_report(
+        &self,
+        date: NaiveDate,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<DailyUsage>, StoreError>;
+
+    /// One month's aggregates, most tokens first (ties by user id), optionally of one type.
+    async fn monthly_report(
+        &self,
+        year: i32,
+        month: u32,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<MonthlyUsage>, StoreError>;
+
+    /// Active users and tokens of one day per user type, counted by the store (aggregation
+    /// queries), never by reading every document, and every figure as of one instant.
+    async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError>;
+
+    /// Answers when the store can serve requests.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
