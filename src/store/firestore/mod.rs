@@ -271,16 +271,14 @@ impl FirestoreStore {
         let Some(writes) = plan.writes else {
             return Ok(plan.outcome);
         };
-        match self
-            .commit(names.conditional_writes(request, &writes, &read))
-            .await
-        {
+        let commit = names.conditional_writes(request, &writes, &read);
+        match self.commit(commit.clone()).await {
             Ok(()) => Ok(plan.outcome),
             Err(status) => match commit_failure(status) {
                 CommitFailure::Refused(error) => Err(error),
                 CommitFailure::AnswerLost(status) => {
                     self.counters.lost_answer();
-                    self.resolve_lost_commit(names, &read, &writes, status, deadline)
+                    self.settle_lost_commit(names, commit, &writes.day, status, deadline)
                         .await
                         .map(|()| plan.outcome)
                 }
@@ -288,53 +286,72 @@ impl FirestoreStore {
         }
     }
 
-    /// A commit whose answer was lost either wrote everything or nothing: reading the day back
-    /// tells which, wherever it can be told. Unchanged since the read: nothing was written, and
-    /// the attempt can be repeated. Exactly as planned: the commit was applied. Otherwise
-    /// (another writer since, or no answer again) it cannot be known.
-    async fn resolve_lost_commit(
+    /// A commit whose answer was lost wrote everything or nothing, and may still be on its way:
+    /// a read cannot rule out that it lands later. So the very same commit, with the same
+    /// preconditions, is sent again; at most one of the two can ever apply. Applied: done.
+    /// Refused: the day changed since it was read, and reading it back tells whether this
+    /// commit did it. Only when time runs out, or another writer changed the day since, is
+    /// the outcome unknown.
+    async fn settle_lost_commit(
         &self,
         names: &RecordNames,
-        as_read: &HashMap<String, Document>,
-        planned: &Writes,
+        commit: Vec<Write>,
+        planned_day: &DailyUsage,
         status: Status,
         deadline: Instant,
     ) -> Result<(), AttemptError> {
-        let unknown = |why: &str| {
-            tracing::warn!(error = %describe(&status), why, "a commit's outcome is unknown");
-            AttemptError::Ambiguous(format!("{}; {why}", describe(&status)))
+        let unknown = |status: &Status, why: &str| {
+            tracing::warn!(error = %describe(status), why, "a commit's outcome is unknown");
+            AttemptError::Ambiguous(format!("{}; {why}", describe(status)))
         };
-        // The answer was lost with its connection, most often: read again on a new one, as
-        // long as a read can still end before the request times out (the deadline is half
-        // of that time).
+        // The deadline is half the request's time: a call may start while it can still end
+        // before the request times out.
         let request_ends = deadline + self.deadline;
+        let time_left = || Instant::now() + self.rpc_timeout() < request_ends;
+        let resend = (|| async {
+            match self.commit(commit.clone()).await {
+                Ok(()) => Ok(true),
+                Err(status) => match commit_failure(status) {
+                    CommitFailure::Refused(AttemptError::Contention) => Ok(false),
+                    CommitFailure::Refused(error) => Err(Err(error)),
+                    CommitFailure::AnswerLost(status) => Err(Ok(status)),
+                },
+            }
+        })
+        .retry(Self::settle_backoff())
+        .sleep(tokio::time::sleep)
+        .when(|lost| lost.is_ok() && time_left())
+        .await;
+        match resend {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(Ok(status)) => return Err(unknown(&status, "it could not be sent again")),
+            Err(Err(error)) => return Err(error),
+        }
         let day_only = [names.day.as_str()];
         let read_back = (|| self.batch_get(&day_only))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(20))
-                    .with_max_delay(Duration::from_millis(200))
-                    .without_max_times(),
-            )
+            .retry(Self::settle_backoff())
             .sleep(tokio::time::sleep)
-            .when(|_| Instant::now() + self.rpc_timeout() < request_ends)
+            .when(|_| time_left())
             .await;
         let Ok(now) = read_back else {
-            return Err(unknown("the day could not be read back"));
+            return Err(unknown(&status, "the day could not be read back"));
         };
-        let update_time = |documents: &HashMap<String, Document>| {
-            documents
-                .get(&names.day)
-                .map(|document| document.update_time)
-        };
-        if update_time(&now) == update_time(as_read) {
-            return Err(AttemptError::Transient(status));
-        }
         let day_now = now.get(&names.day).map(codec::day_from).transpose()?;
-        if day_now.as_ref() == Some(&planned.day) {
+        if day_now.as_ref() == Some(planned_day) {
             return Ok(());
         }
-        Err(unknown("the day was changed by another writer since"))
+        Err(unknown(
+            &status,
+            "the day was changed by another writer since",
+        ))
+    }
+
+    fn settle_backoff() -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_millis(200))
+            .without_max_times()
     }
 
     /// One document by name; `None` when it does not exist.
