@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use crate::auth::{DirectorySettings, IdentityToolkitDirectory, TokenVerifier, VerifierSettings};
 use crate::config::{Config, StoreKind};
 use crate::http::{AppState, EdgeSettings, router};
-use crate::store::{FirestoreSettings, FirestoreStore, SqliteStore};
+use crate::server::{self, ConnectionSettings, Draining};
+use crate::store::{FirestoreSettings, FirestoreStore, Instrumented, SqliteStore};
 use crate::usage::{
     DirectoryError, OfflineDirectory, StoreError, UsageService, UsageStore, UserDirectory,
 };
@@ -61,14 +62,21 @@ fn user_directory(config: &Config) -> Result<Arc<dyn UserDirectory>, DirectoryEr
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    connections: ConnectionSettings,
+    draining: Arc<Draining>,
 }
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         config.validate().map_err(StartupError::Config)?;
+        // Installed first, so that nothing counted before the first scrape is lost.
+        crate::metrics::registry();
         let store: Arc<dyn UsageStore> = match config.store {
-            StoreKind::Sqlite => Arc::new(SqliteStore::open(&config.sqlite_path)?),
-            StoreKind::Firestore => Arc::new(
+            StoreKind::Sqlite => Arc::new(Instrumented::new(
+                SqliteStore::open(&config.sqlite_path)?,
+                "sqlite",
+            )),
+            StoreKind::Firestore => Arc::new(Instrumented::new(
                 FirestoreStore::connect(FirestoreSettings {
                     project_id: config.firestore_project().to_owned(),
                     database_id: config.firestore_database.clone(),
@@ -76,7 +84,8 @@ impl Application {
                     deadline: config.store_deadline(),
                 })
                 .await?,
-            ),
+                "firestore",
+            )),
         };
         let verifier = Arc::new(TokenVerifier::new(VerifierSettings {
             project_id: config.firebase_project_id.clone(),
@@ -110,6 +119,8 @@ impl Application {
             )),
             verifier,
             max_tokens_per_request: config.max_tokens_per_request,
+            draining: Arc::default(),
+            metrics_token: config.metrics_token.clone(),
         };
         let edge = EdgeSettings {
             request_timeout: config.request_timeout(),
@@ -121,8 +132,15 @@ impl Application {
             .map_err(|source| StartupError::Listen { address, source })?;
         Ok(Self {
             listener,
+            draining: state.draining.clone(),
             router: router(state, &edge),
+            connections: config.connections(),
         })
+    }
+
+    /// Set when the service shuts down; setting it makes readiness fail.
+    pub fn draining(&self) -> Arc<Draining> {
+        self.draining.clone()
     }
 
     /// Where the service listens (the real port when 0 was asked for).
@@ -130,7 +148,21 @@ impl Application {
         self.listener.local_addr()
     }
 
-    pub async fn run(self) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router).await
+    /// Serves until SIGTERM or SIGINT, then lets the requests in flight finish.
+    pub async fn run(self) {
+        let shutdown = server::shutdown_signal(self.draining.clone());
+        self.run_until(shutdown).await;
+    }
+
+    /// Serves until `shutdown` resolves, then lets the requests in flight finish.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+        server::serve(
+            self.listener,
+            self.router,
+            self.connections,
+            self.draining,
+            shutdown,
+        )
+        .await;
     }
 }

@@ -9,6 +9,7 @@ use axum::http::HeaderValue;
 use chrono_tz::Tz;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::server::ConnectionSettings;
 use crate::usage::{Limits, UserType};
 
 /// Google's JWK set for Firebase ID tokens.
@@ -134,6 +135,24 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_secs: u64,
 
+    /// Seconds a client has to send a request head, from the moment the connection is ready
+    /// for one (so also the longest a kept-alive connection may stay idle).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_read_timeout_secs: u64,
+
+    /// Connections open at once; more clients wait until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Seconds the requests in flight may take to finish after SIGTERM or SIGINT (Cloud Run
+    /// kills the instance 10 s after SIGTERM).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub shutdown_grace_secs: u64,
+
+    /// When set, `GET /metrics` requires `Authorization: Bearer <this>`.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// The least time between two key fetches caused by an unknown key id.
     #[arg(skip = Duration::from_secs(60))]
     pub jwks_refetch_cooldown: Duration,
@@ -189,6 +208,14 @@ impl Config {
         } else {
             IpAddr::V4(Ipv4Addr::UNSPECIFIED)
         })
+    }
+
+    pub fn connections(&self) -> ConnectionSettings {
+        ConnectionSettings {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
     }
 
     pub fn user_type_cache(&self) -> Duration {

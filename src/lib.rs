@@ -4,6 +4,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod metrics;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod usage;

@@ -43,14 +43,14 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::init(config.log_format);
+    telemetry::init(config.log_format, config.firestore_project());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let app = Application::build(config).await?;
         tracing::info!(address = %app.local_addr()?, "serving");
-        app.run().await?;
+        app.run().await;
         Ok(())
     })
 }

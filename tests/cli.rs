@@ -1,23 +1,13 @@
 //! The binary as an operator runs it: configuration errors, `dev-token`, and a restart on the
 //! same SQLite file.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+#[path = "support/binary.rs"]
+mod binary;
+
 use std::time::Duration;
 
+use binary::{Server, client, command};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_token-limits");
-
-/// The binary with a clean environment apart from what the test sets.
-fn command() -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    command
-}
 
 #[test]
 fn help_lists_the_subcommands_and_flags() {
@@ -117,67 +107,6 @@ fn dev_token(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
-/// A running `token-limits` process and the lines it logs.
-struct Server {
-    child: Child,
-    base: String,
-    logs: mpsc::Receiver<String>,
-    start_up: Vec<String>,
-}
-
-impl Server {
-    fn start(sqlite_path: &std::path::Path, rust_log: &str) -> Self {
-        let mut child = command()
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("SQLITE_PATH", sqlite_path)
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", rust_log)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (sender, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut start_up = Vec::new();
-        let address = loop {
-            let line = logs
-                .recv_timeout(Duration::from_secs(20))
-                .expect("no start-up log");
-            let entry = serde_json::from_str::<Value>(&line).unwrap_or_default();
-            start_up.push(line);
-            if entry["message"] == "serving" {
-                break entry["address"].as_str().unwrap().to_owned();
-            }
-        };
-        Self {
-            child,
-            base: format!("http://{address}"),
-            logs,
-            start_up,
-        }
-    }
-
-    fn stop(mut self) -> Vec<String> {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.start_up
-            .into_iter()
-            .chain(self.logs.try_iter())
-            .collect()
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::new()
 }
 
 #[test]

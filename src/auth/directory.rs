@@ -13,6 +13,7 @@ use firestore::gcloud_sdk::google_cloud_auth::credentials::{
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::metrics::DIRECTORY_LOOKUPS;
 use crate::usage::{DirectoryError, UserDirectory, UserId, UserType};
 
 const IDENTITY_TOOLKIT: &str = "https://identitytoolkit.googleapis.com";
@@ -91,6 +92,13 @@ impl IdentityToolkitDirectory {
     }
 
     async fn look_up(&self, user_id: &UserId) -> Result<UserType, DirectoryError> {
+        let found = self.request_user_type(user_id).await;
+        let result = if found.is_ok() { "ok" } else { "error" };
+        metrics::counter!(DIRECTORY_LOOKUPS, "result" => result).increment(1);
+        found
+    }
+
+    async fn request_user_type(&self, user_id: &UserId) -> Result<UserType, DirectoryError> {
         let unavailable = |e: &dyn std::fmt::Display| DirectoryError::Unavailable(e.to_string());
         let bearer = match &self.credentials {
             Some(credentials) => {

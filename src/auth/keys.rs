@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::AuthError;
+use crate::metrics::KEY_FETCHES;
 
 /// With nothing cached, a failed fetch fails requests fast for this long instead of making
 /// each of them wait on an endpoint that is down.
@@ -153,6 +154,8 @@ impl KeyStore {
         let now = Instant::now();
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         cache.last_attempt = Some(now);
+        let result = if fetched.is_ok() { "ok" } else { "error" };
+        metrics::counter!(KEY_FETCHES, "result" => result).increment(1);
         match fetched {
             Ok((keys, max_age)) => {
                 let count = keys.len();

@@ -4,6 +4,7 @@ mod admin;
 mod docs;
 mod error;
 mod extract;
+mod observe;
 mod ops;
 mod page_token;
 mod params;
@@ -16,16 +17,15 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Extension};
-use axum::http::{HeaderName, Method, Request, StatusCode, header};
+use axum::http::{HeaderName, Method, StatusCode, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::TokenVerifier;
+use crate::server::Draining;
 use crate::usage::UsageService;
 
 /// The largest request body accepted; a usage request is a few dozen bytes.
@@ -37,6 +37,10 @@ pub struct AppState {
     pub usage: Arc<UsageService>,
     pub verifier: Arc<TokenVerifier>,
     pub max_tokens_per_request: i64,
+    /// Set when the service is shutting down.
+    pub draining: Arc<Draining>,
+    /// When set, `GET /metrics` asks for it as a bearer token.
+    pub metrics_token: Option<String>,
 }
 
 /// How the edge behaves, beyond the handlers.
@@ -73,15 +77,10 @@ pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
     if !edge.cors_allowed_origins.is_empty() {
         app = app.layer(cors(&edge.cors_allowed_origins));
     }
-    app.layer(
-        TraceLayer::new_for_http()
-            // Method and path only: headers (Authorization) and query strings stay out of logs.
-            .make_span_with(|request: &Request<_>| {
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-            })
-            .on_response(DefaultOnResponse::new().level(Level::INFO)),
-    )
-    .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+    app.layer(axum::middleware::from_fn(observe::observe))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+        ]))
 }
 
 fn cors(origins: &[axum::http::HeaderValue]) -> CorsLayer {

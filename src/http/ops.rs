@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use subtle::ConstantTimeEq;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,6 +18,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics))
         .routes(routes!(openapi_json))
 }
 
@@ -31,7 +35,8 @@ async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Readiness: 200 when the store answers and signed tokens can be verified, else 503.
+/// Readiness: 200 when the store answers and signed tokens can be verified, else 503 (at
+/// once when shutting down).
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "The store answers and a signing key set is at hand", body = Status),
@@ -39,6 +44,9 @@ async fn healthz() -> Json<Status> {
          headers(("Retry-After" = u64))),
     ))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    if state.draining.is_draining() {
+        return Err(ApiError::Unavailable);
+    }
     let (store, keys) = tokio::join!(state.usage.ready(), state.verifier.ready());
     if let Err(error) = store {
         tracing::warn!(%error, "store not ready");
@@ -49,6 +57,41 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
         return Err(ApiError::Unavailable);
     }
     Ok(Json(Status { status: "ready" }))
+}
+
+/// Prometheus metrics in the text format; with `METRICS_TOKEN` set, for that bearer token only.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses(
+        (status = 200, description = "Every metric, in the Prometheus text format", content_type = "text/plain"),
+        (status = 401, description = "METRICS_TOKEN is set and was not given", body = ErrorEnvelope,
+         headers(("WWW-Authenticate" = String))),
+    ))]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.metrics_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            return Err(ApiError::Unauthenticated);
+        }
+    }
+    // The day's figures come from the store at each scrape: every instance shows the same.
+    if let Err(error) = state.usage.count_today().await {
+        tracing::warn!(%error, "today's figures are not in this scrape");
+    }
+    let text = crate::metrics::registry()
+        .map(|registry| registry.render())
+        .unwrap_or_default();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// This OpenAPI 3.1 description of the service.

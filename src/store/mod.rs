@@ -3,8 +3,10 @@
 //! on it and applies the writes in its own way; neither holds a rule of its own.
 
 mod firestore;
+mod instrumented;
 pub mod queries;
 mod sqlite;
 
 pub use self::firestore::{FirestoreSettings, FirestoreStore, OperationCounts};
+pub use instrumented::Instrumented;
 pub use sqlite::SqliteStore;

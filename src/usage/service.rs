@@ -4,13 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Timelike, Utc};
 use chrono_tz::Tz;
 
 use super::{
     DailySummary, DailyUsage, DayWindow, DirectoryError, Fingerprint, IdempotencyKey, Limits,
     MonthlyUsage, Page, PageRequest, RecordOutcome, RecordRequest, StoreError, Tokens, UsageStore,
     UserDirectory, UserId, UserType,
+};
+use crate::metrics::{
+    ACTIVE_USERS_TODAY, DECISIONS, RECORD_ERRORS, TOKENS, TOKENS_BY_HOUR, TOKENS_TODAY,
 };
 
 /// How the plan of the counted user is known.
@@ -99,7 +102,22 @@ impl UsageService {
             now,
             idempotency,
         };
-        Ok(self.store.record(request, deadline).await?)
+        let outcome = self.store.record(request, deadline).await;
+        let hour = now.with_timezone(&self.zone).hour();
+        count_record(&outcome, user_type, tokens, hour);
+        Ok(outcome?)
+    }
+
+    /// Today's figures across all users, as gauges: what an operator watches.
+    pub async fn count_today(&self) -> Result<(), UsageError> {
+        let today = DayWindow::containing(now(), self.zone).date;
+        let summary = self.store.daily_summary(today).await?;
+        for (user_type, totals) in summary.by_type {
+            let label = [("user_type", user_type.as_str())];
+            metrics::gauge!(ACTIVE_USERS_TODAY, &label).set(totals.active_users as f64);
+            metrics::gauge!(TOKENS_TODAY, &label).set(totals.total_tokens as f64);
+        }
+        Ok(())
     }
 
     /// The user's day so far, with the limit that their next request will be judged by.
@@ -159,6 +177,42 @@ impl UsageService {
     /// Ready when the store answers.
     pub async fn ready(&self) -> Result<(), UsageError> {
         Ok(self.store.ping().await?)
+    }
+}
+
+/// Decisions and tokens by outcome and user type, admitted tokens by hour of the day, and
+/// requests that got no decision.
+fn count_record(
+    outcome: &Result<RecordOutcome, StoreError>,
+    user_type: UserType,
+    tokens: Tokens,
+    hour: u32,
+) {
+    let user_type = user_type.as_str();
+    let (decision, tokens_decision) = match outcome {
+        Ok(RecordOutcome::Admitted(_)) => ("admitted", Some("admitted")),
+        Ok(RecordOutcome::Denied(_)) => ("denied", Some("denied")),
+        Ok(RecordOutcome::Replayed(_)) => ("replayed", None),
+        Ok(RecordOutcome::KeyReused) => ("key_reused", None),
+        Err(error) => {
+            let kind = match error {
+                StoreError::Unavailable(_) => "unavailable",
+                StoreError::OutcomeUnknown(_) => "outcome_unknown",
+                StoreError::Corrupt(_) => "corrupt_document",
+                StoreError::Internal(_) => "internal",
+            };
+            metrics::counter!(RECORD_ERRORS, "kind" => kind).increment(1);
+            return;
+        }
+    };
+    metrics::counter!(DECISIONS, "outcome" => decision, "user_type" => user_type).increment(1);
+    let spent = u64::try_from(tokens.get()).unwrap_or(0);
+    if let Some(tokens_decision) = tokens_decision {
+        metrics::counter!(TOKENS, "decision" => tokens_decision, "user_type" => user_type)
+            .increment(spent);
+    }
+    if tokens_decision == Some("admitted") {
+        metrics::counter!(TOKENS_BY_HOUR, "hour" => format!("{hour:02}")).increment(spent);
     }
 }
 

@@ -105,3 +105,14 @@ async fn without_configured_origins_there_is_no_cors() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn readiness_fails_at_once_while_shutting_down() {
+    let app = spawn_app().await;
+    let ready = || app.client.get(app.url("/readyz")).send();
+    assert_eq!(ready().await.unwrap().status(), 200);
+    app.draining.start();
+    assert_error(ready().await.unwrap(), 503, "unavailable").await;
+    // Requests still being answered meanwhile are served as usual.
+    assert_eq!(app.today(&token("alice")).await["tokensUsed"], 0);
+}

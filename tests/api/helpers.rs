@@ -195,6 +195,8 @@ pub struct TestApp {
     pub jwks: JwksServer,
     /// The embedded store's file (unused on Firestore).
     pub sqlite_path: std::path::PathBuf,
+    /// What a shutdown signal sets.
+    pub draining: Arc<token_limits::server::Draining>,
     _dir: TempDir,
 }
 
@@ -226,12 +228,14 @@ pub async fn spawn_app_on(
     adjust(&mut config);
     let app = Application::build(config).await.unwrap();
     let base = format!("http://{}", app.local_addr().unwrap());
-    tokio::spawn(async move { app.run().await.unwrap() });
+    let draining = app.draining();
+    tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
         base,
         client: reqwest::Client::new(),
         jwks,
         sqlite_path,
+        draining,
         _dir: dir,
     }
 }

@@ -1,6 +1,12 @@
-//! Counts of Firestore operations, so that the cost of a request can be measured and exported.
+//! Counts of Firestore operations, so that the cost of a request can be measured, and the same
+//! counts as Prometheus metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::metrics::{
+    FIRESTORE_READS, FIRESTORE_RPCS, FIRESTORE_WRITES, STORE_LOST_ANSWERS, STORE_RETRIES,
+    STORE_UNKNOWN_OUTCOMES,
+};
 
 /// Cumulative counts since start-up.
 #[derive(Debug, Default)]
@@ -36,31 +42,42 @@ pub struct OperationCounts {
 impl FirestoreCounters {
     pub fn rpc(&self) {
         self.rpcs.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(FIRESTORE_RPCS).increment(1);
     }
 
     pub fn reads(&self, documents: u64) {
         self.document_reads.fetch_add(documents, Ordering::Relaxed);
+        metrics::counter!(FIRESTORE_READS).increment(documents);
     }
 
     pub fn commit_attempt(&self) {
-        self.rpcs.fetch_add(1, Ordering::Relaxed);
+        self.rpc();
         self.commit_attempts.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn committed(&self, documents: u64) {
         self.document_writes.fetch_add(documents, Ordering::Relaxed);
+        metrics::counter!(FIRESTORE_WRITES).increment(documents);
     }
 
     pub fn contention_retry(&self) {
         self.contention_retries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(STORE_RETRIES, "reason" => "contention").increment(1);
     }
 
     pub fn transient_retry(&self) {
         self.transient_retries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(STORE_RETRIES, "reason" => "transient").increment(1);
     }
 
     pub fn lost_answer(&self) {
         self.lost_answers.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(STORE_LOST_ANSWERS).increment(1);
+    }
+
+    /// Not kept among the counts: it is the 503 a client sees, counted once per request.
+    pub fn unknown_outcome(&self) {
+        metrics::counter!(STORE_UNKNOWN_OUTCOMES).increment(1);
     }
 
     pub fn snapshot(&self) -> OperationCounts {

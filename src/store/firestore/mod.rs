@@ -302,6 +302,7 @@ impl FirestoreStore {
     ) -> Result<(), AttemptError> {
         let unknown = |status: &Status, why: &str| {
             tracing::warn!(error = %describe(status), why, "a commit's outcome is unknown");
+            self.counters.unknown_outcome();
             AttemptError::Ambiguous(format!("{}; {why}", describe(status)))
         };
         // The deadline is half the request's time: a call may start while it can still end

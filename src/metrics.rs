@@ -1,0 +1,155 @@
+//! Prometheus metrics: the process-wide registry, every metric's name and meaning, and the
+//! text that `GET /metrics` serves.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::usage::UserType;
+
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
+pub const DECISIONS: &str = "token_limits_decisions_total";
+pub const TOKENS: &str = "token_limits_tokens_total";
+pub const TOKENS_BY_HOUR: &str = "token_limits_admitted_tokens_by_hour_total";
+pub const RECORD_ERRORS: &str = "token_limits_record_errors_total";
+pub const ACTIVE_USERS_TODAY: &str = "token_limits_active_users_today";
+pub const TOKENS_TODAY: &str = "token_limits_tokens_today";
+pub const STORE_OPERATIONS: &str = "token_limits_store_operations_total";
+pub const STORE_OPERATION_DURATION: &str = "token_limits_store_operation_duration_seconds";
+pub const STORE_RETRIES: &str = "token_limits_store_retries_total";
+pub const STORE_LOST_ANSWERS: &str = "token_limits_store_lost_commit_answers_total";
+pub const STORE_UNKNOWN_OUTCOMES: &str = "token_limits_store_unknown_outcomes_total";
+pub const FIRESTORE_RPCS: &str = "token_limits_firestore_rpcs_total";
+pub const FIRESTORE_READS: &str = "token_limits_firestore_document_reads_total";
+pub const FIRESTORE_WRITES: &str = "token_limits_firestore_document_writes_total";
+pub const KEY_FETCHES: &str = "token_limits_signing_key_fetches_total";
+pub const DIRECTORY_LOOKUPS: &str = "token_limits_user_directory_lookups_total";
+
+/// Latency buckets, in seconds: from a cached read to a request timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+static REGISTRY: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The registry, installed on first use; `None` if another recorder was installed first.
+pub fn registry() -> Option<&'static PrometheusHandle> {
+    REGISTRY.get_or_init(install).as_ref()
+}
+
+fn install() -> Option<PrometheusHandle> {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+        .ok()?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).ok()?;
+    describe();
+    start_at_zero();
+    Some(handle)
+}
+
+/// Every series an alert reads exists from the start, at zero: a rate over a series that does
+/// not exist yet is no rate at all.
+fn start_at_zero() {
+    for user_type in UserType::ALL.map(UserType::as_str) {
+        for outcome in ["admitted", "denied", "replayed", "key_reused"] {
+            metrics::counter!(DECISIONS, "outcome" => outcome, "user_type" => user_type)
+                .absolute(0);
+        }
+        for decision in ["admitted", "denied"] {
+            metrics::counter!(TOKENS, "decision" => decision, "user_type" => user_type).absolute(0);
+        }
+    }
+    for kind in [
+        "unavailable",
+        "outcome_unknown",
+        "corrupt_document",
+        "internal",
+    ] {
+        metrics::counter!(RECORD_ERRORS, "kind" => kind).absolute(0);
+    }
+    for reason in ["contention", "transient"] {
+        metrics::counter!(STORE_RETRIES, "reason" => reason).absolute(0);
+    }
+    for result in ["ok", "error"] {
+        metrics::counter!(KEY_FETCHES, "result" => result).absolute(0);
+        metrics::counter!(DIRECTORY_LOOKUPS, "result" => result).absolute(0);
+    }
+    for name in [
+        STORE_LOST_ANSWERS,
+        STORE_UNKNOWN_OUTCOMES,
+        FIRESTORE_RPCS,
+        FIRESTORE_READS,
+        FIRESTORE_WRITES,
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    metrics::gauge!(HTTP_REQUESTS_IN_FLIGHT).set(0.0);
+}
+
+fn describe() {
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route, method and status"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Time to answer an HTTP request, by route and method"
+    );
+    describe_gauge!(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being answered now");
+    describe_counter!(
+        DECISIONS,
+        "Recorded requests by outcome (admitted, denied, replayed, key_reused) and user type"
+    );
+    describe_counter!(
+        TOKENS,
+        "Tokens asked for, by decision (admitted, denied) and user type"
+    );
+    describe_counter!(
+        TOKENS_BY_HOUR,
+        "Admitted tokens by hour of the day in RESET_TIMEZONE (00-23): when usage peaks"
+    );
+    describe_counter!(
+        RECORD_ERRORS,
+        "POST /usage requests that got no decision, by kind (unavailable, outcome_unknown, corrupt_document, internal)"
+    );
+    describe_gauge!(
+        ACTIVE_USERS_TODAY,
+        "Users with usage today (all instances see the same figure), by user type"
+    );
+    describe_gauge!(TOKENS_TODAY, "Tokens used today by all users, by user type");
+    describe_counter!(
+        STORE_OPERATIONS,
+        "Store operations by store, operation and result (ok, error)"
+    );
+    describe_histogram!(
+        STORE_OPERATION_DURATION,
+        Unit::Seconds,
+        "Time of a store operation, by store and operation"
+    );
+    describe_counter!(
+        STORE_RETRIES,
+        "Firestore attempts repeated, by reason (contention, transient)"
+    );
+    describe_counter!(
+        STORE_LOST_ANSWERS,
+        "Firestore commits whose answer was lost and had to be settled"
+    );
+    describe_counter!(
+        STORE_UNKNOWN_OUTCOMES,
+        "Firestore commits whose outcome could not be known (answered 503, may be recorded)"
+    );
+    describe_counter!(FIRESTORE_RPCS, "Calls to Firestore");
+    describe_counter!(FIRESTORE_READS, "Firestore documents read (billed reads)");
+    describe_counter!(FIRESTORE_WRITES, "Firestore documents written");
+    describe_counter!(KEY_FETCHES, "Fetches of the token signing keys, by result");
+    describe_counter!(
+        DIRECTORY_LOOKUPS,
+        "Look-ups of a user's plan in Firebase Auth, by result"
+    );
+}

@@ -1,0 +1,107 @@
+//! Any store, measured: each operation counted by result and timed, whatever the adapter.
+
+use std::future::Future;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+
+use crate::metrics::{STORE_OPERATION_DURATION, STORE_OPERATIONS};
+use crate::usage::{
+    DailySummary, DailyUsage, MonthlyUsage, Page, PageRequest, RecordOutcome, RecordRequest,
+    StoreError, UsageStore, UserId, UserType,
+};
+
+pub struct Instrumented<S> {
+    store: S,
+    /// The `store` label: `sqlite` or `firestore`.
+    name: &'static str,
+}
+
+impl<S> Instrumented<S> {
+    pub fn new(store: S, name: &'static str) -> Self {
+        Self { store, name }
+    }
+
+    async fn measure<T>(
+        &self,
+        operation: &'static str,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = work.await;
+        let labels = [("store", self.name), ("operation", operation)];
+        metrics::histogram!(STORE_OPERATION_DURATION, &labels)
+            .record(started.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(
+            STORE_OPERATIONS,
+            "store" => self.name,
+            "operation" => operation,
+            "result" => outcome
+        )
+        .increment(1);
+        result
+    }
+}
+
+#[async_trait]
+impl<S: UsageStore> UsageStore for Instrumented<S> {
+    async fn record(
+        &self,
+        request: RecordRequest,
+        deadline: Instant,
+    ) -> Result<RecordOutcome, StoreError> {
+        self.measure("record", self.store.record(request, deadline))
+            .await
+    }
+
+    async fn day(
+        &self,
+        user_id: &UserId,
+        date: NaiveDate,
+    ) -> Result<Option<DailyUsage>, StoreError> {
+        self.measure("day", self.store.day(user_id, date)).await
+    }
+
+    async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError> {
+        self.measure("months", self.store.months(user_id, limit))
+            .await
+    }
+
+    async fn daily_report(
+        &self,
+        date: NaiveDate,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<DailyUsage>, StoreError> {
+        self.measure(
+            "daily_report",
+            self.store.daily_report(date, user_type, page),
+        )
+        .await
+    }
+
+    async fn monthly_report(
+        &self,
+        year: i32,
+        month: u32,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<MonthlyUsage>, StoreError> {
+        self.measure(
+            "monthly_report",
+            self.store.monthly_report(year, month, user_type, page),
+        )
+        .await
+    }
+
+    async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
+        self.measure("daily_summary", self.store.daily_summary(date))
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.measure("ping", self.store.ping()).await
+    }
+}
