@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every test: the Rust suites (which start their own Firestore and Firebase Auth emulators),
-# the security-rules tests in Node (which start theirs), and the contract test of the OpenAPI
-# document against the running service. Needs Rust, Java 17, Node 20, Python 3 and the Google
-# Cloud CLI's cloud-firestore-emulator component.
+# the security-rules tests in Node (which start theirs), the contract test of the OpenAPI
+# document against the running service, and the alert rules' unit tests. Needs Rust, Java 17,
+# Node 20, Python 3 and the Google Cloud CLI's cloud-firestore-emulator component; installs
+# promtool from Debian's packages when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,3 +13,4 @@ cd "$(dirname "$0")/.."
 cargo test --locked
 bash scripts/test-rules.sh
 bash scripts/test-contract.sh
+bash scripts/test-alerts.sh

@@ -261,6 +261,33 @@ fn slow_clients_are_cut_off_and_others_are_served() {
     server.stop();
 }
 
+/// A kept-alive connection left idle is closed after the same timeout: idle clients cannot
+/// hold file descriptors either.
+#[test]
+fn idle_kept_alive_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, &[("HEADER_READ_TIMEOUT_SECS", "1")]);
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut idle = TcpStream::connect(&address).unwrap();
+    write!(idle, "GET /healthz HTTP/1.1\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut reply = [0; 1024];
+    let read = idle.read(&mut reply).unwrap();
+    assert!(String::from_utf8_lossy(&reply[..read]).starts_with("HTTP/1.1 200"));
+    let answered = Instant::now();
+    while !closed(&mut idle) {
+        assert!(
+            answered.elapsed() < Duration::from_secs(3),
+            "an idle connection is still open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        answered.elapsed() >= Duration::from_millis(900),
+        "closed too early"
+    );
+    server.stop();
+}
+
 /// No more connections are open at once than configured: the next client waits until one
 /// closes, then is served.
 #[test]

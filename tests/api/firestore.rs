@@ -190,3 +190,45 @@ async fn an_outage_is_a_503_that_heals_without_a_restart() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+/// The sum of every series of `name` in a Prometheus text (all label sets).
+fn metric_total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Firestore's calls, reads and writes are counted in `/metrics` as they happen. The registry
+/// is the process's, shared with tests running beside this one: counts only grow.
+#[tokio::test]
+async fn firestore_operations_are_counted_in_the_metrics() {
+    let app = firestore_app().await;
+    let scrape = || async {
+        let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    let names = [
+        "token_limits_firestore_rpcs_total",
+        "token_limits_firestore_document_reads_total",
+        "token_limits_firestore_document_writes_total",
+    ];
+    let before = scrape().await;
+    let response = app
+        .post_usage(&token("metrics-user"), json!({"tokens": 5}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let after = scrape().await;
+    for name in names {
+        let grown = metric_total(&after, name) - metric_total(&before, name);
+        assert!(grown >= 2.0, "{name} grew by {grown}");
+    }
+    assert!(
+        after.contains(r#"token_limits_store_operations_total{store="firestore",operation="record",result="ok"}"#),
+        "{after}"
+    );
+}
