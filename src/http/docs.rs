@@ -52,12 +52,17 @@ impl Modify for BearerAuth {
 /// authenticated operation shares, written once here, and the bounds that come from the
 /// configuration.
 pub fn complete(document: &mut utoipa::openapi::OpenApi, max_tokens_per_request: i64) {
-    for operation in document
-        .paths
-        .paths
-        .values_mut()
-        .flat_map(|item| [&mut item.get, &mut item.post].into_iter().flatten())
-    {
+    for operation in document.paths.paths.values_mut().flat_map(|item| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+    }) {
         let authenticated = operation
             .security
             .as_ref()

@@ -137,17 +137,17 @@ fn subject(
             "only an admin may record usage for another user",
         ));
     }
-    let user_type = match stated_type {
-        _ if user_id == caller.user_id && stated_type.is_some() => {
+    let user_type = match (user_id == caller.user_id, stated_type) {
+        (true, Some(_)) => {
             return Err(ApiError::InvalidRequest(
                 "userType is only for an admin recording for another user: your own plan \
                  comes from your ID token"
                     .to_owned(),
             ));
         }
-        _ if user_id == caller.user_id => TypeSource::OwnToken(caller.principal.user_type),
-        Some(user_type) => TypeSource::Stated(user_type),
-        None => TypeSource::Directory,
+        (true, None) => TypeSource::OwnToken(caller.principal.user_type),
+        (false, Some(user_type)) => TypeSource::Stated(user_type),
+        (false, None) => TypeSource::Directory,
     };
     Ok(Subject { user_id, user_type })
 }
