@@ -150,8 +150,7 @@ impl Application {
 
     /// Serves until SIGTERM or SIGINT, then lets the requests in flight finish.
     pub async fn run(self) {
-        let shutdown = server::shutdown_signal(self.draining.clone());
-        self.run_until(shutdown).await;
+        self.run_until(server::shutdown_signal()).await;
     }
 
     /// Serves until `shutdown` resolves, then lets the requests in flight finish.

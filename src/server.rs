@@ -114,9 +114,8 @@ async fn accept_within(
     }
 }
 
-/// Resolves on SIGTERM (Cloud Run, `podman stop`) or SIGINT (Ctrl-C), and marks the service
-/// as draining at once, so that readiness fails before the listener closes.
-pub async fn shutdown_signal(draining: Arc<Draining>) {
+/// Resolves on SIGTERM (Cloud Run, `podman stop`) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -133,5 +132,4 @@ pub async fn shutdown_signal(draining: Arc<Draining>) {
         _ = interrupt => tracing::info!("SIGINT received"),
         () = terminate => tracing::info!("SIGTERM received"),
     }
-    draining.start();
 }

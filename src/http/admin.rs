@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::error::ErrorEnvelope;
 use super::extract::AppQuery;
 use super::page_token;
-use super::params::{Admin, Limit, Month, Months, ReportDate, Year};
+use super::params::{Admin, Limit, Month, Months, MonthsQuery, ReportDate, Year};
 use super::usage::UsageView;
 use super::{ApiError, AppState};
 use crate::usage::{
@@ -60,14 +60,6 @@ struct MonthlyReportQuery {
     limit: Option<Limit>,
     /// `nextPageToken` of the previous page.
     page_token: Option<String>,
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-struct MonthsQuery {
-    /// How many months (default 3).
-    #[param(inline)]
-    months: Option<Months>,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -12,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorEnvelope;
+use super::extract::bearer_token;
 use super::{ApiError, AppState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -68,11 +69,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
     ))]
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(expected) = &state.metrics_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or_default();
+        let given = bearer_token(&headers).unwrap_or_default();
         if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
             return Err(ApiError::Unauthenticated);
         }

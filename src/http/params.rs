@@ -160,6 +160,15 @@ bounded_integer!(
     Month(u32), "month", 1..=12
 );
 
+/// `?months=`: how many months of history, 3 unless given.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MonthsQuery {
+    /// How many months (default 3).
+    #[param(inline)]
+    pub months: Option<Months>,
+}
+
 impl Months {
     pub fn or_default(months: Option<Self>) -> u32 {
         months.map_or(3, |months| months.0)

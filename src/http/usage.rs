@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::error::{ErrorBody, ErrorEnvelope};
 use super::extract::{AppJson, AppQuery};
-use super::params::{Caller, IdempotencyKeyHeader, Months};
+use super::params::{Caller, IdempotencyKeyHeader, Months, MonthsQuery};
 use super::{ApiError, AppState};
 use crate::usage::{
     DailyUsage, MonthlyUsage, RecordOutcome, Subject, Tokens, TypeSource, UserId, UserType,
@@ -204,14 +204,6 @@ async fn today(State(state): State<AppState>, caller: Caller) -> Result<Json<Usa
     Ok(Json(state.usage.today(&subject).await?.into()))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub(super) struct HistoryQuery {
-    /// How many months (default 3).
-    #[param(inline)]
-    months: Option<Months>,
-}
-
 /// The caller's months, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
 struct HistoryAnswer {
@@ -223,7 +215,7 @@ struct HistoryAnswer {
     get,
     path = "/usage/history",
     tag = "usage",
-    params(HistoryQuery),
+    params(MonthsQuery),
     responses(
         (status = 200, description = "The caller's months", body = HistoryAnswer),
         (status = 400, description = "Invalid months, or a uid that cannot name a document", body = ErrorEnvelope),
@@ -233,7 +225,7 @@ struct HistoryAnswer {
 async fn history(
     State(state): State<AppState>,
     caller: Caller,
-    AppQuery(query): AppQuery<HistoryQuery>,
+    AppQuery(query): AppQuery<MonthsQuery>,
 ) -> Result<Json<HistoryAnswer>, ApiError> {
     let months = Months::or_default(query.months);
     let items = state.usage.history(&caller.user_id, months).await?;

@@ -284,9 +284,7 @@ fn record(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(store_error)?;
     let snapshot = read_snapshot(&transaction, request)?;
-    let plan = request
-        .plan(&snapshot)
-        .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    let plan = request.plan(&snapshot)?;
     // Without writes, dropping the transaction rolls it back: nothing is written.
     if let Some(writes) = plan.writes {
         write_day(&transaction, &request.day_id(), &writes.day).map_err(store_error)?;

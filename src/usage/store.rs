@@ -7,7 +7,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
-use super::{DailyUsage, MonthlyUsage, RecordOutcome, RecordRequest, UserId, UserType};
+use super::{
+    DailyUsage, DecisionError, MonthlyUsage, RecordOutcome, RecordRequest, UserId, UserType,
+};
 
 /// Where a page of a report resumes: just after the item with this figure and user. Reports
 /// are ordered by their figure, largest first, then by user id.
@@ -133,6 +135,13 @@ pub enum StoreError {
     /// A fault that a retry will not cure (500; the detail is logged, never returned).
     #[error("store failure: {0}")]
     Internal(String),
+}
+
+/// A month the plan cannot continue is a stored document to repair, named in the message.
+impl From<DecisionError> for StoreError {
+    fn from(error: DecisionError) -> Self {
+        Self::Corrupt(error.to_string())
+    }
 }
 
 #[async_trait]

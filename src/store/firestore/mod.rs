@@ -267,7 +267,7 @@ impl FirestoreStore {
         let snapshot = names.snapshot(&read)?;
         let plan = request
             .plan(&snapshot)
-            .map_err(|error| AttemptError::Permanent(StoreError::Corrupt(error.to_string())))?;
+            .map_err(|error| AttemptError::Permanent(error.into()))?;
         let Some(writes) = plan.writes else {
             return Ok(plan.outcome);
         };
