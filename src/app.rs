@@ -49,7 +49,7 @@ fn user_directory(config: &Config) -> Result<Arc<dyn UserDirectory>, DirectoryEr
     }
     Ok(Arc::new(IdentityToolkitDirectory::new(
         DirectorySettings {
-            project_id: config.firebase_project_id.clone(),
+            project_id: config.store.firebase_project_id.clone(),
             emulator_host,
             user_type_claim: config.user_type_claim.clone(),
             cache_for: config.user_type_cache(),
@@ -71,16 +71,16 @@ impl Application {
         config.validate().map_err(StartupError::Config)?;
         // Installed first, so that nothing counted before the first scrape is lost.
         crate::metrics::registry();
-        let store: Arc<dyn UsageStore> = match config.store {
+        let store: Arc<dyn UsageStore> = match config.store.kind {
             StoreKind::Sqlite => Arc::new(Instrumented::new(
-                SqliteStore::open(&config.sqlite_path)?,
+                SqliteStore::open(&config.store.sqlite_path)?,
                 "sqlite",
             )),
             StoreKind::Firestore => Arc::new(Instrumented::new(
                 FirestoreStore::connect(FirestoreSettings {
                     project_id: config.firestore_project().to_owned(),
-                    database_id: config.firestore_database.clone(),
-                    emulator_host: config.firestore_emulator_host.clone(),
+                    database_id: config.store.firestore_database.clone(),
+                    emulator_host: config.store.firestore_emulator_host.clone(),
                     deadline: config.store_deadline(),
                 })
                 .await?,
@@ -88,7 +88,7 @@ impl Application {
             )),
         };
         let verifier = Arc::new(TokenVerifier::new(VerifierSettings {
-            project_id: config.firebase_project_id.clone(),
+            project_id: config.store.firebase_project_id.clone(),
             jwks_url: config.firebase_jwks_url.clone(),
             emulator_mode: config.emulator_mode(),
             user_type_claim: config.user_type_claim.clone(),
@@ -97,7 +97,7 @@ impl Application {
         })?);
         if config.emulator_mode() {
             tracing::warn!(
-                project = %config.firebase_project_id,
+                project = %config.store.firebase_project_id,
                 "emulator mode: unsigned ID tokens are accepted; never use this in production"
             );
         } else {

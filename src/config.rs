@@ -9,6 +9,7 @@ use axum::http::HeaderValue;
 use chrono_tz::Tz;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::lifecycle::LifecycleCommand;
 use crate::server::ConnectionSettings;
 use crate::usage::{Limits, UserType};
 
@@ -59,6 +60,8 @@ pub enum Command {
     Serve(Box<Config>),
     /// Print an unsigned emulator ID token for the configured `demo-` project, for local use.
     DevToken(DevTokenArgs),
+    #[command(flatten)]
+    Lifecycle(LifecycleCommand),
 }
 
 /// Everything `serve` needs; each flag also reads the environment variable it names.
@@ -72,29 +75,8 @@ pub struct Config {
     #[arg(long, env = "HOST")]
     pub host: Option<IpAddr>,
 
-    /// Where usage is stored.
-    #[arg(long, env = "STORE", value_enum, default_value_t = StoreKind::Sqlite)]
-    pub store: StoreKind,
-
-    /// The SQLite file of the embedded store.
-    #[arg(long, env = "SQLITE_PATH", default_value = "token-limits.db")]
-    pub sqlite_path: PathBuf,
-
-    /// The Google Cloud project of the Firestore database [default: FIREBASE_PROJECT_ID].
-    #[arg(long, env = "GOOGLE_CLOUD_PROJECT", value_parser = parse_project_id)]
-    pub google_cloud_project: Option<String>,
-
-    /// The Firestore database.
-    #[arg(long, env = "FIRESTORE_DATABASE", default_value = "(default)")]
-    pub firestore_database: String,
-
-    /// `host:port` of a Firestore emulator to use instead of the real service.
-    #[arg(long, env = "FIRESTORE_EMULATOR_HOST")]
-    pub firestore_emulator_host: Option<String>,
-
-    /// The Firebase project whose ID tokens are accepted.
-    #[arg(long, env = "FIREBASE_PROJECT_ID", default_value = "demo-token-limits", value_parser = parse_project_id)]
-    pub firebase_project_id: String,
+    #[command(flatten)]
+    pub store: StoreSettings,
 
     /// Where the token signing keys (a JWK set) come from.
     #[arg(long, env = "FIREBASE_JWKS_URL", default_value = GOOGLE_JWKS_URL, value_parser = parse_http_url)]
@@ -164,6 +146,43 @@ pub struct Config {
     pub auth_emulator_for_lookups: Option<String>,
 }
 
+/// Where the documents live: what `serve` and the lifecycle commands share.
+#[derive(Debug, Clone, Args)]
+pub struct StoreSettings {
+    /// Where usage is stored.
+    #[arg(long = "store", env = "STORE", value_name = "STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub kind: StoreKind,
+
+    /// The SQLite file of the embedded store.
+    #[arg(long, env = "SQLITE_PATH", default_value = "token-limits.db")]
+    pub sqlite_path: PathBuf,
+
+    /// The Google Cloud project of the Firestore database [default: FIREBASE_PROJECT_ID].
+    #[arg(long, env = "GOOGLE_CLOUD_PROJECT", value_parser = parse_project_id)]
+    pub google_cloud_project: Option<String>,
+
+    /// The Firestore database.
+    #[arg(long, env = "FIRESTORE_DATABASE", default_value = "(default)")]
+    pub firestore_database: String,
+
+    /// `host:port` of a Firestore emulator to use instead of the real service.
+    #[arg(long, env = "FIRESTORE_EMULATOR_HOST")]
+    pub firestore_emulator_host: Option<String>,
+
+    /// The Firebase project: its ID tokens are accepted, and its Firestore is used unless
+    /// GOOGLE_CLOUD_PROJECT names another.
+    #[arg(long, env = "FIREBASE_PROJECT_ID", default_value = "demo-token-limits", value_parser = parse_project_id)]
+    pub firebase_project_id: String,
+}
+
+impl StoreSettings {
+    pub fn firestore_project(&self) -> &str {
+        self.google_cloud_project
+            .as_deref()
+            .unwrap_or(&self.firebase_project_id)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StoreKind {
     /// The embedded SQLite file.
@@ -225,7 +244,10 @@ impl Config {
     /// Unsigned emulator tokens are accepted: Firebase's offline `demo-` projects, or an
     /// Auth emulator in use.
     pub fn emulator_mode(&self) -> bool {
-        emulator_mode(&self.firebase_project_id, &self.firebase_auth_emulator_host)
+        emulator_mode(
+            &self.store.firebase_project_id,
+            &self.firebase_auth_emulator_host,
+        )
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -239,21 +261,19 @@ impl Config {
     }
 
     pub fn firestore_project(&self) -> &str {
-        self.google_cloud_project
-            .as_deref()
-            .unwrap_or(&self.firebase_project_id)
+        self.store.firestore_project()
     }
 
     /// Checks what no single flag can: the combinations.
     pub fn validate(&self) -> Result<(), String> {
         let production_firestore =
-            self.store == StoreKind::Firestore && self.firestore_emulator_host.is_none();
+            self.store.kind == StoreKind::Firestore && self.store.firestore_emulator_host.is_none();
         if self.emulator_mode() && production_firestore {
             return Err(format!(
                 "FIREBASE_PROJECT_ID={} (or FIREBASE_AUTH_EMULATOR_HOST) accepts unsigned emulator \
                  tokens, which must never write to a production Firestore: set \
                  FIRESTORE_EMULATOR_HOST or a real FIREBASE_PROJECT_ID",
-                self.firebase_project_id
+                self.store.firebase_project_id
             ));
         }
         Ok(())

@@ -4,6 +4,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod lifecycle;
 pub mod metrics;
 pub mod server;
 pub mod store;

@@ -3,7 +3,8 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use token_limits::app::Application;
 use token_limits::auth::emulator_token;
-use token_limits::config::{Cli, Command, Config, DevTokenArgs};
+use token_limits::config::{Cli, Command, Config, DevTokenArgs, LogFormat};
+use token_limits::lifecycle::LifecycleCommand;
 use token_limits::telemetry;
 
 fn main() -> ExitCode {
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         None => serve(cli.serve),
         Some(Command::Serve(config)) => serve(*config),
         Some(Command::DevToken(args)) => dev_token(&args),
+        Some(Command::Lifecycle(command)) => return run_lifecycle(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,6 +55,26 @@ fn serve(config: Config) -> anyhow::Result<()> {
         app.run().await;
         Ok(())
     })
+}
+
+/// Exit codes of a lifecycle command: 0 clean, 1 findings, 2 bad usage (as clap), 3 it could
+/// not finish.
+const LIFECYCLE_FAILED: u8 = 3;
+
+fn run_lifecycle(command: LifecycleCommand) -> ExitCode {
+    telemetry::init(LogFormat::Json, command.store().firestore_project());
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(command.run()));
+    match outcome {
+        Ok(outcome) => ExitCode::from(outcome.exit_code()),
+        Err(error) => {
+            eprintln!("token-limits: {error:#}");
+            ExitCode::from(LIFECYCLE_FAILED)
+        }
+    }
 }
 
 fn dev_token(args: &DevTokenArgs) -> anyhow::Result<()> {

@@ -368,11 +368,12 @@ fn every_query_is_declared_once_in_all() {
     let listed: BTreeSet<&str> = queries::SERVICE
         .iter()
         .chain(queries::SCHEMA_PATTERNS)
+        .chain(queries::MAINTENANCE)
         .map(|query| query.name)
         .collect();
     assert_eq!(
         listed, distinct,
-        "ALL must be SERVICE and SCHEMA_PATTERNS, each query once"
+        "ALL must be SERVICE, SCHEMA_PATTERNS and MAINTENANCE, each query once"
     );
 }
 

@@ -93,6 +93,47 @@ pub const SCHEMA_MONTHLY_BY_TYPE: QueryShape = QueryShape {
     order: &[],
 };
 
+/// A user's day documents in name order (`verify`, `export`, `rebuild-history` with `--user`).
+pub const USER_DAYS_BY_NAME: QueryShape = QueryShape {
+    name: "maintenance: a user's days by name",
+    collection: DAILY_COLLECTION,
+    equality: &["userId"],
+    order: &[],
+};
+
+/// A user's month documents in name order (`verify`, `export` with `--user`).
+pub const USER_MONTHS_BY_NAME: QueryShape = QueryShape {
+    name: "maintenance: a user's months by name",
+    collection: HISTORY_COLLECTION,
+    equality: &["userId"],
+    order: &[],
+};
+
+/// The day documents dated before a date, oldest first (`cleanup`). The range on `date` needs
+/// the same index as an order on it.
+pub const DAYS_BEFORE: QueryShape = QueryShape {
+    name: "maintenance: days before a date",
+    collection: DAILY_COLLECTION,
+    equality: &[],
+    order: &[("date", Ascending)],
+};
+
+/// One user's days of one month, a range on `date` (`verify`, `rebuild-history`).
+pub const USER_DAYS_OF_MONTH: QueryShape = QueryShape {
+    name: "maintenance: a user's days of a month",
+    collection: DAILY_COLLECTION,
+    equality: &["userId"],
+    order: &[("date", Descending)],
+};
+
+/// The queries of the lifecycle commands.
+pub const MAINTENANCE: &[QueryShape] = &[
+    USER_DAYS_BY_NAME,
+    USER_MONTHS_BY_NAME,
+    DAYS_BEFORE,
+    USER_DAYS_OF_MONTH,
+];
+
 /// The queries the service itself runs.
 pub const SERVICE: &[QueryShape] = &[
     USER_HISTORY,
@@ -107,7 +148,7 @@ pub const SERVICE: &[QueryShape] = &[
 pub const SCHEMA_PATTERNS: &[QueryShape] =
     &[USER_HISTORY, SCHEMA_DAILY_BY_TOKENS, SCHEMA_MONTHLY_BY_TYPE];
 
-/// Every distinct query: the service's and the schema's, each once.
+/// Every distinct query: the service's, the schema's and the lifecycle's, each once.
 pub const ALL: &[QueryShape] = &[
     USER_HISTORY,
     DAILY_REPORT,
@@ -117,4 +158,8 @@ pub const ALL: &[QueryShape] = &[
     DAILY_SUMMARY_BY_TYPE,
     SCHEMA_DAILY_BY_TOKENS,
     SCHEMA_MONTHLY_BY_TYPE,
+    USER_DAYS_BY_NAME,
+    USER_MONTHS_BY_NAME,
+    DAYS_BEFORE,
+    USER_DAYS_OF_MONTH,
 ];

@@ -2,10 +2,9 @@
 //! and month documents become if so. Pure and total: both stores call it inside their
 //! transaction, and every input has an answer, an overflow included.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Utc};
 
+use super::month::{MonthFigures, fill_missing_days};
 use super::{DailyUsage, DayWindow, Limits, MonthlyUsage, Tokens, UserId, UserType};
 
 /// What a store must decide on, read inside its transaction.
@@ -106,44 +105,21 @@ fn next_month(current: Option<&MonthlyUsage>, input: &DecisionInput<'_>) -> Opti
     *today = today.checked_add(input.tokens.get())?;
     fill_missing_days(&mut daily_usage);
 
-    let total = daily_usage
-        .values()
-        .try_fold(0_i64, |sum, tokens| sum.checked_add(*tokens))?;
-    // BTreeMap iterates days in order, so the first maximum found is the earliest.
-    let (peak_day, peak_tokens) = daily_usage.iter().fold(
-        (String::new(), i64::MIN),
-        |(best_day, best), (day, &tokens)| {
-            if tokens > best {
-                (day.clone(), tokens)
-            } else {
-                (best_day, best)
-            }
-        },
-    );
+    let figures = MonthFigures::of(&daily_usage)?;
 
     Some(MonthlyUsage {
         user_id: input.user_id.clone(),
         year: input.window.year(),
         month: input.window.month(),
-        total_monthly_tokens: total,
-        average_daily_usage: total as f64 / daily_usage.len() as f64,
-        peak_usage_date: peak_day,
-        peak_usage_tokens: peak_tokens,
+        total_monthly_tokens: figures.total,
+        average_daily_usage: figures.average,
+        peak_usage_date: figures.peak_date,
+        peak_usage_tokens: figures.peak_tokens,
         daily_usage,
         user_type: input.user_type,
         created_at: current.map_or(input.now, |m| m.created_at),
         updated_at: input.now,
     })
-}
-
-/// Adds a zero entry for every day between the first and the last day present.
-fn fill_missing_days(daily_usage: &mut BTreeMap<String, i64>) {
-    let days: Vec<u32> = daily_usage.keys().filter_map(|k| k.parse().ok()).collect();
-    if let (Some(&first), Some(&last)) = (days.iter().min(), days.iter().max()) {
-        for day in first..=last {
-            daily_usage.entry(format!("{day:02}")).or_insert(0);
-        }
-    }
 }
 
 #[cfg(test)]

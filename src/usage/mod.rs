@@ -4,6 +4,7 @@
 mod decision;
 mod directory;
 mod idempotency;
+mod month;
 mod record;
 mod service;
 mod store;
@@ -15,6 +16,7 @@ pub use directory::{DirectoryError, OfflineDirectory, UserDirectory};
 pub use idempotency::{
     Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, InvalidIdempotencyKey,
 };
+pub use month::{MonthFigures, fill_missing_days};
 pub use record::{Plan, RecordOutcome, RecordRequest, Snapshot, Writes};
 pub use service::{Subject, TypeSource, UsageError, UsageService};
 pub use store::{

@@ -102,7 +102,18 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
                     return;
                 }
                 if losing {
-                    tokio::time::sleep(APPLY_TIME).await;
+                    // The commit may span more reads than the one that named it: forward
+                    // the rest of it too, until the cut.
+                    let cut_at = tokio::time::Instant::now() + APPLY_TIME;
+                    while let Ok(read) =
+                        tokio::time::timeout_at(cut_at, client_read.read(&mut buffer)).await
+                    {
+                        let read = read.unwrap_or(0);
+                        if read == 0 || server_write.write_all(&buffer[..read]).await.is_err() {
+                            break;
+                        }
+                    }
+                    tokio::time::sleep_until(cut_at).await;
                     *mode.lock().unwrap() = match current {
                         Mode::LoseAnswerThenDown => Mode::Down,
                         _ => Mode::Pass,

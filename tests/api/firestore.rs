@@ -14,9 +14,9 @@ use crate::helpers::*;
 pub async fn instance(emulator_host: &str, project: &str, extra: &[&str]) -> TestApp {
     let (host, project) = (emulator_host.to_owned(), project.to_owned());
     spawn_app_with(extra, move |config| {
-        config.store = StoreKind::Firestore;
-        config.firestore_emulator_host = Some(host);
-        config.google_cloud_project = Some(project);
+        config.store.kind = StoreKind::Firestore;
+        config.store.firestore_emulator_host = Some(host);
+        config.store.google_cloud_project = Some(project);
     })
     .await
 }

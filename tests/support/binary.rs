@@ -113,12 +113,20 @@ impl Server {
         }
     }
 
-    fn lines(self) -> Vec<String> {
+    fn lines(&mut self) -> Vec<String> {
         // The reader thread ends with the process; give it the last lines.
         std::thread::sleep(Duration::from_millis(100));
-        self.start_up
+        std::mem::take(&mut self.start_up)
             .into_iter()
             .chain(self.logs.try_iter())
             .collect()
+    }
+}
+
+/// A test that fails half-way must not leave its service running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

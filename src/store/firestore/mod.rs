@@ -9,6 +9,7 @@
 
 mod codec;
 mod counters;
+mod documents;
 mod emulator;
 mod user_queue;
 
@@ -223,6 +224,14 @@ impl FirestoreStore {
 
     /// Reads the named documents at one consistent time; missing ones are absent.
     async fn batch_get(&self, names: &[&str]) -> Result<HashMap<String, Document>, Status> {
+        self.batch_get_at(names).await.map(|(found, _)| found)
+    }
+
+    /// [`Self::batch_get`], with the time the documents were read at.
+    async fn batch_get_at(
+        &self,
+        names: &[&str],
+    ) -> Result<(HashMap<String, Document>, Option<Timestamp>), Status> {
         self.counters.rpc();
         self.counters.reads(names.len() as u64);
         let request = BatchGetDocumentsRequest {
@@ -235,13 +244,14 @@ impl FirestoreStore {
             .batch_get_documents(self.request(request))
             .await?
             .into_inner();
-        let mut found = HashMap::new();
+        let (mut found, mut read_time) = (HashMap::new(), None);
         while let Some(response) = stream.message().await? {
+            read_time = response.read_time.or(read_time);
             if let Some(batch_get_documents_response::Result::Found(document)) = response.result {
                 found.insert(document.name.clone(), document);
             }
         }
-        Ok(found)
+        Ok((found, read_time))
     }
 
     async fn commit(&self, writes: Vec<Write>) -> Result<(), Status> {
@@ -474,10 +484,20 @@ impl FirestoreStore {
             ],
             before: false,
         });
+        self.run_query(query, None).await
+    }
+
+    /// Runs one query, at `read_time` when given, else now.
+    async fn run_query(
+        &self,
+        query: StructuredQuery,
+        read_time: Option<Timestamp>,
+    ) -> Result<Vec<Document>, StoreError> {
         self.counters.rpc();
         let request = RunQueryRequest {
             parent: format!("{}/documents", self.database),
             query_type: Some(run_query_request::QueryType::StructuredQuery(query)),
+            consistency_selector: read_time.map(run_query_request::ConsistencySelector::ReadTime),
             ..Default::default()
         };
         let read = async {
@@ -607,32 +627,16 @@ fn update(
 }
 
 fn structured_query(shape: &QueryShape, equals: &[Value]) -> StructuredQuery {
+    let filters = shape
+        .equality
+        .iter()
+        .zip(equals)
+        .map(|(path, value)| field_condition(path, field_filter::Operator::Equal, value.clone()))
+        .collect();
     let field = |path: &str| {
         Some(FieldReference {
             field_path: path.to_owned(),
         })
-    };
-    let mut filters: Vec<Filter> = shape
-        .equality
-        .iter()
-        .zip(equals)
-        .map(|(path, value)| Filter {
-            filter_type: Some(filter::FilterType::FieldFilter(FieldFilter {
-                field: field(path),
-                op: field_filter::Operator::Equal as i32,
-                value: Some(value.clone()),
-            })),
-        })
-        .collect();
-    let r#where = match filters.len() {
-        0 => None,
-        1 => filters.pop(),
-        _ => Some(Filter {
-            filter_type: Some(filter::FilterType::CompositeFilter(CompositeFilter {
-                op: composite_filter::Operator::And as i32,
-                filters,
-            })),
-        }),
     };
     let order_by = shape
         .order
@@ -650,9 +654,36 @@ fn structured_query(shape: &QueryShape, equals: &[Value]) -> StructuredQuery {
             collection_id: shape.collection.to_owned(),
             all_descendants: false,
         }],
-        r#where,
+        r#where: all_of(filters),
         order_by,
         ..Default::default()
+    }
+}
+
+/// One condition on a field.
+fn field_condition(path: &str, op: field_filter::Operator, value: Value) -> Filter {
+    Filter {
+        filter_type: Some(filter::FilterType::FieldFilter(FieldFilter {
+            field: Some(FieldReference {
+                field_path: path.to_owned(),
+            }),
+            op: op as i32,
+            value: Some(value),
+        })),
+    }
+}
+
+/// All of `filters`, as a query's `where`: none, the one, or their conjunction.
+fn all_of(mut filters: Vec<Filter>) -> Option<Filter> {
+    match filters.len() {
+        0 => None,
+        1 => filters.pop(),
+        _ => Some(Filter {
+            filter_type: Some(filter::FilterType::CompositeFilter(CompositeFilter {
+                op: composite_filter::Operator::And as i32,
+                filters,
+            })),
+        }),
     }
 }
 

@@ -1,5 +1,7 @@
 //! The embedded store: one SQLite file (WAL), tables mirroring the two Firestore collections.
 
+mod documents;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,0 +1,192 @@
+//! The validation checks, pure: what a document must satisfy on its own, and how a day must
+//! agree with its month. `verify` reports them; `import` refuses a line that fails them.
+
+use chrono::{Datelike, NaiveDate};
+
+use super::store::Document;
+use crate::usage::{DailyUsage, MonthFigures, MonthlyUsage};
+
+/// Everything wrong with one decoded document stored under `id`; empty when it is sound.
+pub fn problems(id: &str, document: &Document) -> Vec<String> {
+    let mut problems = Vec::new();
+    let expected = document.expected_id();
+    if id != expected {
+        problems.push(format!("the id should be {expected:?} by its fields"));
+    }
+    match document {
+        Document::Day(day) => day_problems(day, &mut problems),
+        Document::Month(month) => month_problems(month, &mut problems),
+    }
+    problems
+}
+
+fn day_problems(day: &DailyUsage, problems: &mut Vec<String>) {
+    if day.tokens_used < 0 {
+        problems.push(format!("tokensUsed is negative ({})", day.tokens_used));
+    }
+    if day.token_limit < 0 {
+        problems.push(format!("tokenLimit is negative ({})", day.token_limit));
+    }
+}
+
+fn month_problems(month: &MonthlyUsage, problems: &mut Vec<String>) {
+    let Some(first) = NaiveDate::from_ymd_opt(month.year, month.month, 1) else {
+        problems.push(format!(
+            "year {} month {} is no month",
+            month.year, month.month
+        ));
+        return;
+    };
+    let days_in_month = first
+        .checked_add_months(chrono::Months::new(1))
+        .and_then(|next| next.pred_opt())
+        .map_or(31, |last| last.day());
+    let mut days = Vec::new();
+    for (key, tokens) in &month.daily_usage {
+        match key.parse::<u32>() {
+            Ok(day) if key.len() == 2 && (1..=days_in_month).contains(&day) => days.push(day),
+            _ => problems.push(format!(
+                "dailyUsage has {key:?}, which is no day of the month"
+            )),
+        }
+        if *tokens < 0 {
+            problems.push(format!("dailyUsage.{key} is negative ({tokens})"));
+        }
+    }
+    if let (Some(first), Some(last)) = (days.first(), days.last())
+        && days.len() as u32 != last - first + 1
+    {
+        problems.push(format!(
+            "dailyUsage skips days between {first:02} and {last:02} (each is 0 if unused)"
+        ));
+    }
+    let Some(figures) = MonthFigures::of(&month.daily_usage) else {
+        problems.push("the dailyUsage total does not fit in a 64-bit integer".to_owned());
+        return;
+    };
+    if month.total_monthly_tokens != figures.total {
+        problems.push(format!(
+            "totalMonthlyTokens is {} but dailyUsage sums to {}",
+            month.total_monthly_tokens, figures.total
+        ));
+    }
+    let tolerance = 1e-9 * figures.average.abs().max(1.0);
+    if (month.average_daily_usage - figures.average).abs() > tolerance {
+        problems.push(format!(
+            "averageDailyUsage is {} but dailyUsage averages {}",
+            month.average_daily_usage, figures.average
+        ));
+    }
+    if (month.peak_usage_date.as_str(), month.peak_usage_tokens)
+        != (figures.peak_date.as_str(), figures.peak_tokens)
+    {
+        problems.push(format!(
+            "the peak is {:?} with {} but dailyUsage peaks on {:?} with {}",
+            month.peak_usage_date, month.peak_usage_tokens, figures.peak_date, figures.peak_tokens
+        ));
+    }
+}
+
+/// How a day document disagrees with its month document (`None` when it has none), if it does.
+pub fn day_against_month(day: &DailyUsage, month: Option<&MonthlyUsage>) -> Option<String> {
+    let month_id = MonthlyUsage::document_id(&day.user_id, day.date.year(), day.date.month());
+    let key = day.date.format("%d").to_string();
+    match month.map(|month| month.daily_usage.get(&key)) {
+        None => Some(format!("its month {month_id} does not exist")),
+        Some(None) => Some(format!("its month {month_id} has no dailyUsage.{key}")),
+        Some(Some(&tokens)) if tokens != day.tokens_used => Some(format!(
+            "tokensUsed is {} but its month {month_id} has dailyUsage.{key} = {tokens}",
+            day.tokens_used
+        )),
+        Some(Some(_)) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::usage::{UserId, UserType};
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn month(entries: &[(&str, i64)]) -> MonthlyUsage {
+        let daily_usage: BTreeMap<String, i64> =
+            entries.iter().map(|(d, t)| (d.to_string(), *t)).collect();
+        let figures = MonthFigures::of(&daily_usage).unwrap();
+        MonthlyUsage {
+            user_id: UserId::parse("alice").unwrap(),
+            year: 2024,
+            month: 2,
+            daily_usage,
+            total_monthly_tokens: figures.total,
+            average_daily_usage: figures.average,
+            peak_usage_date: figures.peak_date,
+            peak_usage_tokens: figures.peak_tokens,
+            user_type: UserType::Trial,
+            created_at: at("2024-02-01T00:00:00Z"),
+            updated_at: at("2024-02-03T00:00:00Z"),
+        }
+    }
+
+    fn day(date: &str, tokens_used: i64) -> DailyUsage {
+        DailyUsage {
+            user_id: UserId::parse("alice").unwrap(),
+            date: date.parse().unwrap(),
+            tokens_used,
+            token_limit: 10_000,
+            user_type: UserType::Trial,
+            last_updated: at("2024-02-02T10:00:00Z"),
+            reset_at: at("2024-02-03T00:00:00Z"),
+        }
+    }
+
+    #[test]
+    fn sound_documents_have_no_problems() {
+        let sound = month(&[("01", 10), ("02", 30), ("03", 30)]);
+        assert!(problems("alice_2024_02", &Document::Month(sound)).is_empty());
+        let sound_day = Document::Day(day("2024-02-02", 30));
+        assert!(problems("alice_2024-02-02", &sound_day).is_empty());
+    }
+
+    #[test]
+    fn each_broken_rule_is_named() {
+        let mut broken = month(&[("01", 10), ("02", 30)]);
+        broken.total_monthly_tokens = 41;
+        broken.average_daily_usage = 1.0;
+        broken.peak_usage_date = "01".to_owned();
+        broken.daily_usage.insert("30".to_owned(), -1);
+        broken.daily_usage.insert("05".to_owned(), 0);
+        let found = problems("alice_2024_03", &Document::Month(broken)).join("\n");
+        for expected in [
+            "the id should be",
+            "\"30\", which is no day",
+            "dailyUsage.30 is negative",
+            "skips days",
+            "totalMonthlyTokens is 41 but dailyUsage sums to 39",
+            "averageDailyUsage is 1",
+            "the peak is \"01\"",
+        ] {
+            assert!(found.contains(expected), "{expected} missing from {found}");
+        }
+        let found = problems("alice_2024-02-02", &Document::Day(day("2024-02-02", -5)));
+        assert_eq!(found, ["tokensUsed is negative (-5)"]);
+    }
+
+    #[test]
+    fn a_day_must_match_its_months_entry() {
+        let m = month(&[("01", 10), ("02", 30)]);
+        assert_eq!(day_against_month(&day("2024-02-02", 30), Some(&m)), None);
+        let wrong = day_against_month(&day("2024-02-02", 31), Some(&m)).unwrap();
+        assert!(wrong.contains("tokensUsed is 31"), "{wrong}");
+        let absent = day_against_month(&day("2024-02-05", 1), Some(&m)).unwrap();
+        assert!(absent.contains("no dailyUsage.05"), "{absent}");
+        let orphan = day_against_month(&day("2024-02-02", 30), None).unwrap();
+        assert!(orphan.contains("alice_2024_02 does not exist"), "{orphan}");
+    }
+}

@@ -1,0 +1,352 @@
+//! `export` and `import`: both collections as NDJSON (see [`super::ndjson`]), streamed page by
+//! page and line by line, so that memory stays flat however many documents there are.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use chrono::{DateTime, SubsecRound, Utc};
+use clap::{Args, ValueEnum};
+
+use super::check::problems;
+use super::ndjson;
+use super::output::{Outcome, Report};
+use super::store::{
+    Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite,
+    MAX_WRITES_PER_COMMIT, Scan, ScanCursor, Stored,
+};
+use super::{PAGE_SIZE, subject};
+use crate::config::StoreSettings;
+use crate::usage::UserId;
+
+/// How many times a batch of an import is planned again when the store changed meanwhile.
+const ATTEMPTS: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CollectionArg {
+    #[value(name = "daily_token_usage")]
+    Daily,
+    #[value(name = "token_usage_history")]
+    History,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub store: StoreSettings,
+    /// The NDJSON file to write (written beside it as `.partial`, renamed when complete).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Only this collection [default: both].
+    #[arg(long, value_enum)]
+    pub collection: Option<CollectionArg>,
+    /// Only this user's documents.
+    #[arg(long, value_parser = |raw: &str| UserId::parse(raw).map_err(|e| e.to_string()))]
+    pub user: Option<UserId>,
+    /// The most findings the JSON summary lists (all are counted, and a terminal shows all).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub store: StoreSettings,
+    /// The NDJSON file to read, as `export` writes it.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Replace stored documents even when they are newer than the file's, or do not decode.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Check the file and count what would be written, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The most findings the JSON summary lists (all are counted, and a terminal shows all).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+pub async fn export(args: &ExportArgs, store: &dyn DocumentStore) -> anyhow::Result<Outcome> {
+    let mut report = Report::new("export", false, args.limit);
+    let partial = partial_path(&args.output);
+    let file =
+        File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut out = BufWriter::new(file);
+    let collections = match args.collection {
+        None => Collection::ALL.to_vec(),
+        Some(CollectionArg::Daily) => vec![Collection::Daily],
+        Some(CollectionArg::History) => vec![Collection::History],
+    };
+    for collection in collections {
+        let scan = Scan::Collection {
+            collection,
+            user: args.user.clone(),
+        };
+        let mut after: Option<ScanCursor> = None;
+        loop {
+            let page = store.scan(&scan, after.as_ref(), PAGE_SIZE).await?;
+            report.advance(page.len() as u64);
+            for stored in &page {
+                match &stored.content {
+                    Ok(document) => {
+                        writeln!(out, "{}", ndjson::encode(&stored.id, document)?)?;
+                        report.count("documentsExported", 1);
+                    }
+                    Err(why) => report.finding(
+                        subject(collection, &stored.id),
+                        format!("not exported: it does not decode: {why}"),
+                    ),
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE_SIZE as usize => after = Some(last.cursor.clone()),
+                _ => break,
+            }
+        }
+    }
+    out.into_inner()
+        .map_err(|e| e.into_error())?
+        .sync_all()
+        .context("cannot flush the export")?;
+    std::fs::rename(&partial, &args.output)
+        .with_context(|| format!("cannot rename {} into place", partial.display()))?;
+    Ok(report.finish())
+}
+
+fn partial_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".partial");
+    PathBuf::from(name)
+}
+
+/// One valid line of the input.
+struct Incoming {
+    line: u64,
+    id: String,
+    document: Document,
+}
+
+pub async fn import(args: &ImportArgs, store: &dyn DocumentStore) -> anyhow::Result<Outcome> {
+    let mut report = Report::new("import", args.dry_run, args.limit);
+    // Every line is checked before anything is written: one bad line writes nothing.
+    let mut bad_lines = false;
+    for_each_line(&args.input, |number, line| {
+        report.advance(1);
+        match validate(line) {
+            Ok(Some(_)) => report.count("linesValid", 1),
+            Ok(None) => {}
+            Err(problem) => {
+                bad_lines = true;
+                report.finding(format!("line {number}"), problem);
+            }
+        }
+        Ok(())
+    })?;
+    if bad_lines {
+        return Ok(report.finish());
+    }
+    let mut batch: Vec<Incoming> = Vec::new();
+    let mut lines = lines_of(&args.input)?;
+    loop {
+        let next = lines.next().transpose()?;
+        if let Some((number, line)) = &next
+            && let Some((id, document)) = validate(line).map_err(anyhow::Error::msg)?
+        {
+            batch.push(Incoming {
+                line: *number,
+                id,
+                document,
+            });
+        }
+        if batch.len() == MAX_WRITES_PER_COMMIT || (next.is_none() && !batch.is_empty()) {
+            import_batch(std::mem::take(&mut batch), args, store, &mut report).await?;
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    Ok(report.finish())
+}
+
+/// A line's document, `None` for a blank line, or why the line cannot be imported.
+fn validate(line: &str) -> Result<Option<(String, Document)>, String> {
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let (id, document) = ndjson::decode(line)?;
+    let found = problems(&id, &document);
+    if found.is_empty() {
+        Ok(Some((id, document)))
+    } else {
+        Err(found.join("; "))
+    }
+}
+
+type NumberedLines = Box<dyn Iterator<Item = anyhow::Result<(u64, String)>>>;
+
+fn lines_of(path: &Path) -> anyhow::Result<NumberedLines> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let path = path.display().to_string();
+    Ok(Box::new(BufReader::new(file).lines().zip(1..).map(
+        move |(line, number)| {
+            line.map(|line| (number, line))
+                .with_context(|| format!("cannot read line {number} of {path}"))
+        },
+    )))
+}
+
+fn for_each_line(
+    path: &Path,
+    mut visit: impl FnMut(u64, &str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for line in lines_of(path)? {
+        let (number, line) = line?;
+        visit(number, &line)?;
+    }
+    Ok(())
+}
+
+async fn import_batch(
+    batch: Vec<Incoming>,
+    args: &ImportArgs,
+    store: &dyn DocumentStore,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // A document named twice in one batch is imported as its last line says.
+    let mut latest: BTreeMap<(Collection, String), Incoming> = BTreeMap::new();
+    for incoming in batch {
+        latest.insert(
+            (incoming.document.collection(), incoming.id.clone()),
+            incoming,
+        );
+    }
+    for _ in 0..ATTEMPTS {
+        let mut stored: HashMap<(Collection, String), Stored> = HashMap::new();
+        for collection in Collection::ALL {
+            let ids: Vec<String> = latest
+                .keys()
+                .filter(|(c, _)| *c == collection)
+                .map(|(_, id)| id.clone())
+                .collect();
+            if !ids.is_empty() {
+                for found in store.get(collection, &ids).await? {
+                    stored.insert((collection, found.id.clone()), found);
+                }
+            }
+        }
+        let plan = plan_batch(&latest, &stored, args.overwrite);
+        if args.dry_run || plan.writes.is_empty() {
+            plan.tell(report);
+            return Ok(());
+        }
+        if store.apply(plan.writes.clone()).await? == Applied::All {
+            plan.tell(report);
+            return Ok(());
+        }
+        report.count("retriesAfterConcurrentWrites", 1);
+    }
+    anyhow::bail!("the store kept changing under the import; run it again")
+}
+
+/// What one batch writes, and what it reports.
+struct BatchPlan {
+    writes: Vec<DocumentWrite>,
+    counts: Vec<&'static str>,
+    findings: Vec<(String, String)>,
+}
+
+impl BatchPlan {
+    fn tell(self, report: &mut Report) {
+        for what in self.counts {
+            report.count(what, 1);
+        }
+        for (subject, problem) in self.findings {
+            report.finding(subject, problem);
+        }
+    }
+}
+
+fn plan_batch(
+    latest: &BTreeMap<(Collection, String), Incoming>,
+    stored: &HashMap<(Collection, String), Stored>,
+    overwrite: bool,
+) -> BatchPlan {
+    let mut plan = BatchPlan {
+        writes: Vec::new(),
+        counts: Vec::new(),
+        findings: Vec::new(),
+    };
+    for (key, incoming) in latest {
+        let (collection, id) = key;
+        let condition = match stored.get(key) {
+            None => {
+                plan.counts.push("documentsCreated");
+                Condition::Missing
+            }
+            Some(existing) => {
+                let refusal = match &existing.content {
+                    Ok(current) if same(current, &incoming.document) => {
+                        plan.counts.push("documentsUnchanged");
+                        continue;
+                    }
+                    Ok(current) if !overwrite && newer(current, &incoming.document) => {
+                        Some(format!(
+                            "kept: the stored document is newer ({}) than line {} ({}); --overwrite replaces it",
+                            current.updated().to_rfc3339(),
+                            incoming.line,
+                            incoming.document.updated().to_rfc3339()
+                        ))
+                    }
+                    Err(why) if !overwrite => Some(format!(
+                        "kept: the stored document does not decode ({why}); --overwrite replaces it"
+                    )),
+                    _ => None,
+                };
+                if let Some(refusal) = refusal {
+                    plan.findings.push((subject(*collection, id), refusal));
+                    continue;
+                }
+                plan.counts.push("documentsReplaced");
+                Condition::Unchanged(existing.version.clone())
+            }
+        };
+        plan.writes.push(DocumentWrite {
+            collection: *collection,
+            id: id.clone(),
+            change: Change::Put(incoming.document.clone()),
+            condition,
+        });
+    }
+    plan
+}
+
+/// Firestore keeps timestamps to the microsecond: a document read back from it is the same
+/// as the one written with nanoseconds.
+fn to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.trunc_subsecs(6)
+}
+
+fn normalized(document: &Document) -> Document {
+    match document.clone() {
+        Document::Day(mut day) => {
+            day.last_updated = to_micros(day.last_updated);
+            day.reset_at = to_micros(day.reset_at);
+            Document::Day(day)
+        }
+        Document::Month(mut month) => {
+            month.created_at = to_micros(month.created_at);
+            month.updated_at = to_micros(month.updated_at);
+            Document::Month(month)
+        }
+    }
+}
+
+fn same(stored: &Document, incoming: &Document) -> bool {
+    normalized(stored) == normalized(incoming)
+}
+
+fn newer(stored: &Document, incoming: &Document) -> bool {
+    to_micros(stored.updated()) > to_micros(incoming.updated())
+}

@@ -1,0 +1,147 @@
+//! `verify`: every document decodes, has the schema's fields and types and the id its fields
+//! give it, follows the month's aggregate rules, and every day agrees with its month.
+
+use chrono::Datelike;
+use clap::Args;
+
+use super::check::{day_against_month, problems};
+use super::output::{Outcome, Report};
+use super::scope::Scope;
+use super::store::{Collection, Document, DocumentStore, Scan, ScanCursor, Stored};
+use super::{PAGE_SIZE, subject};
+use crate::config::StoreSettings;
+use crate::usage::{DailyUsage, MonthlyUsage};
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub store: StoreSettings,
+    #[command(flatten)]
+    pub scope: Scope,
+    /// The most findings the JSON summary lists (all are counted, and a terminal shows all).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+/// The month last looked up for a day: the days of one month come one after another in id
+/// order, so one read serves them all.
+struct MonthCache {
+    id: String,
+    month: StoredMonth,
+}
+
+/// A month as found: a month that does not decode is its own finding, not its days'.
+enum StoredMonth {
+    Missing,
+    Unreadable,
+    Found(MonthlyUsage),
+}
+
+impl StoredMonth {
+    fn of(stored: Option<Stored>) -> Self {
+        match stored.map(|stored| stored.content) {
+            None => Self::Missing,
+            Some(Ok(Document::Month(month))) => Self::Found(month),
+            Some(_) => Self::Unreadable,
+        }
+    }
+
+    /// How `day` disagrees with this month, unless the month cannot be read.
+    fn disagreement(&self, day: &DailyUsage) -> Option<String> {
+        match self {
+            Self::Missing => day_against_month(day, None),
+            Self::Unreadable => None,
+            Self::Found(month) => day_against_month(day, Some(month)),
+        }
+    }
+}
+
+pub async fn run(args: &VerifyArgs, store: &dyn DocumentStore) -> anyhow::Result<Outcome> {
+    let mut report = Report::new("verify", false, args.limit);
+    let mut cache: Option<MonthCache> = None;
+    for collection in Collection::ALL {
+        let scan = Scan::Collection {
+            collection,
+            user: args.scope.user.clone(),
+        };
+        let mut after: Option<ScanCursor> = None;
+        loop {
+            let page = store.scan(&scan, after.as_ref(), PAGE_SIZE).await?;
+            report.advance(page.len() as u64);
+            for stored in &page {
+                check(stored, &args.scope, store, &mut cache, &mut report).await?;
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE_SIZE as usize => after = Some(last.cursor.clone()),
+                _ => break,
+            }
+        }
+    }
+    Ok(report.finish())
+}
+
+async fn check(
+    stored: &Stored,
+    scope: &Scope,
+    store: &dyn DocumentStore,
+    cache: &mut Option<MonthCache>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let name = subject(stored.collection, &stored.id);
+    let document = match &stored.content {
+        Err(why) if scope.may_hold(&stored.id) => {
+            report.count("documentsChecked", 1);
+            report.finding(name, format!("does not decode: {why}"));
+            return Ok(());
+        }
+        Err(_) => return Ok(()),
+        Ok(document) if !scope.holds(document) => return Ok(()),
+        Ok(document) => document,
+    };
+    report.count("documentsChecked", 1);
+    for problem in problems(&stored.id, document) {
+        report.finding(name.clone(), problem);
+    }
+    if let Document::Day(day) = document
+        && let Some(problem) = disagreement(day, store, cache).await?
+    {
+        report.finding(name, problem);
+    }
+    Ok(())
+}
+
+/// How the day disagrees with its month, confirmed by reading both at one instant: live
+/// traffic may have written either between the scan and the month's read.
+async fn disagreement(
+    day: &DailyUsage,
+    store: &dyn DocumentStore,
+    cache: &mut Option<MonthCache>,
+) -> anyhow::Result<Option<String>> {
+    let (year, month) = (day.date.year(), day.date.month());
+    let month_id = MonthlyUsage::document_id(&day.user_id, year, month);
+    if cache.as_ref().is_none_or(|cached| cached.id != month_id) {
+        let found = store
+            .get(Collection::History, std::slice::from_ref(&month_id))
+            .await?;
+        *cache = Some(MonthCache {
+            id: month_id,
+            month: StoredMonth::of(found.into_iter().next()),
+        });
+    }
+    let seen = cache
+        .as_ref()
+        .and_then(|cached| cached.month.disagreement(day));
+    if seen.is_none() {
+        return Ok(None);
+    }
+    let snapshot = store.month_with_days(&day.user_id, year, month).await?;
+    let day_then = snapshot
+        .days
+        .into_iter()
+        .find_map(|stored| match stored.content {
+            Ok(Document::Day(found)) if found.date == day.date => Some(found),
+            _ => None,
+        });
+    let month_then = StoredMonth::of(snapshot.month);
+    Ok(day_then.and_then(|day_then| month_then.disagreement(&day_then)))
+}

@@ -1,0 +1,350 @@
+//! The maintenance port on Firestore: scans ordered by document name (or by `date`, for the
+//! days past retention) resumed from the last document's values, consistent reads at one read
+//! time, and commits whose every write carries an `updateTime` or `exists: false` precondition.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use firestore::gcloud_sdk::google::firestore::v1::precondition::ConditionType;
+use firestore::gcloud_sdk::google::firestore::v1::structured_query::{
+    Direction as OrderDirection, FieldReference, Filter, Order, field_filter,
+};
+use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
+use firestore::gcloud_sdk::google::firestore::v1::{
+    Cursor, Document as FirestoreDocument, DocumentMask, Precondition, StructuredQuery, Value,
+    Write, write,
+};
+use firestore::gcloud_sdk::prost_types::Timestamp;
+use firestore::gcloud_sdk::tonic::{Code, Status};
+
+use super::queries::{self, QueryShape};
+use super::{
+    FirestoreStore, all_of, codec, field_condition, read_failure, string_value, structured_query,
+};
+use crate::lifecycle::{
+    Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
+    Scan, ScanCursor, Stored, Version, strict_user_type,
+};
+use crate::usage::{MonthlyUsage, StoreError, UserId};
+
+/// Reads are retried a few times: a long scan should not fail on one dropped call.
+fn read_retries() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(5)
+}
+
+fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+fn version_of(update_time: Option<Timestamp>) -> Version {
+    Version(
+        update_time
+            .map(|at| format!("{}.{:09}", at.seconds, at.nanos))
+            .unwrap_or_default(),
+    )
+}
+
+fn update_time_of(version: &Version) -> Option<Timestamp> {
+    let (seconds, nanos) = version.0.split_once('.')?;
+    Some(Timestamp {
+        seconds: seconds.parse().ok()?,
+        nanos: nanos.parse().ok()?,
+    })
+}
+
+fn stored_from(collection: Collection, document: &FirestoreDocument) -> Stored {
+    let id = document
+        .name
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let date = match document
+        .fields
+        .get("date")
+        .and_then(|v| v.value_type.as_ref())
+    {
+        Some(ValueType::StringValue(date)) => Some(date.clone()),
+        _ => None,
+    };
+    let decoded = match collection {
+        Collection::Daily => codec::day_from(document).map(Document::Day),
+        Collection::History => codec::month_from(document).map(Document::Month),
+    };
+    let content = decoded.map_err(|e| e.to_string()).and_then(|decoded| {
+        match document
+            .fields
+            .get("userType")
+            .and_then(|v| v.value_type.as_ref())
+        {
+            Some(ValueType::StringValue(raw)) => strict_user_type(raw).map(|_| decoded),
+            _ => Err("field userType is not a string".to_owned()),
+        }
+    });
+    Stored {
+        collection,
+        version: version_of(document.update_time),
+        cursor: ScanCursor {
+            id: id.clone(),
+            date,
+        },
+        id,
+        content,
+    }
+}
+
+/// The query's equality filters and `more`, all required.
+fn and(query: &mut StructuredQuery, more: Vec<Filter>) {
+    let mut filters: Vec<Filter> = query.r#where.take().into_iter().collect();
+    filters.extend(more);
+    query.r#where = all_of(filters);
+}
+
+fn by_name() -> Order {
+    Order {
+        field: Some(FieldReference {
+            field_path: "__name__".to_owned(),
+        }),
+        direction: OrderDirection::Ascending as i32,
+    }
+}
+
+fn date_value(date: NaiveDate) -> Value {
+    string_value(&date.format("%Y-%m-%d").to_string())
+}
+
+impl FirestoreStore {
+    /// A query, retried while Firestore is unavailable.
+    async fn query_retrying(
+        &self,
+        query: StructuredQuery,
+        read_time: Option<Timestamp>,
+    ) -> Result<Vec<FirestoreDocument>, StoreError> {
+        (|| self.run_query(query.clone(), read_time))
+            .retry(read_retries())
+            .sleep(tokio::time::sleep)
+            .when(|error| matches!(error, StoreError::Unavailable(_)))
+            .await
+    }
+
+    /// The named documents that exist and the time they were read at, retried while
+    /// Firestore is unavailable.
+    async fn read_at_once(
+        &self,
+        names: &[String],
+    ) -> Result<(Vec<FirestoreDocument>, Option<Timestamp>), StoreError> {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let (found, read_time) = (|| self.batch_get_at(&names))
+            .retry(read_retries())
+            .sleep(tokio::time::sleep)
+            .when(transient)
+            .await
+            .map_err(|status| read_failure(status).into_store_error())?;
+        Ok((found.into_values().collect(), read_time))
+    }
+
+    fn lifecycle_write(&self, write: &DocumentWrite) -> Write {
+        let name = self.document_name(write.collection.name(), &write.id);
+        let condition = match &write.condition {
+            Condition::Missing => Some(ConditionType::Exists(false)),
+            Condition::Unchanged(version) => update_time_of(version).map(ConditionType::UpdateTime),
+        };
+        let current_document = Some(Precondition {
+            condition_type: Some(condition.unwrap_or(ConditionType::Exists(true))),
+        });
+        match &write.change {
+            Change::Delete => Write {
+                operation: Some(write::Operation::Delete(name)),
+                current_document,
+                ..Default::default()
+            },
+            Change::Put(document) => {
+                let (fields, owned) = match document {
+                    Document::Day(day) => (codec::day_fields(day), codec::DAY_FIELDS),
+                    Document::Month(month) => (codec::month_fields(month), codec::MONTH_FIELDS),
+                };
+                Write {
+                    operation: Some(write::Operation::Update(FirestoreDocument {
+                        name,
+                        fields,
+                        ..Default::default()
+                    })),
+                    update_mask: Some(DocumentMask {
+                        field_paths: owned.iter().map(|field| field.to_string()).collect(),
+                    }),
+                    current_document,
+                    ..Default::default()
+                }
+            }
+        }
+    }
+}
+
+/// The query a scan runs, and the collection it reads.
+fn scan_query(
+    scan: &Scan,
+    after: Option<&ScanCursor>,
+    names: &dyn Fn(Collection, &str) -> String,
+) -> (Collection, StructuredQuery) {
+    match scan {
+        Scan::Collection { collection, user } => {
+            let shape: &QueryShape = match collection {
+                Collection::Daily => &queries::USER_DAYS_BY_NAME,
+                Collection::History => &queries::USER_MONTHS_BY_NAME,
+            };
+            let mut query = match user {
+                Some(user) => structured_query(shape, &[string_value(user.as_str())]),
+                None => structured_query(shape, &[]),
+            };
+            query.order_by = vec![by_name()];
+            query.start_at = after.map(|cursor| Cursor {
+                values: vec![reference(names(*collection, &cursor.id))],
+                before: false,
+            });
+            (*collection, query)
+        }
+        Scan::DaysBefore(date) => {
+            let mut query = structured_query(&queries::DAYS_BEFORE, &[]);
+            and(
+                &mut query,
+                vec![field_condition(
+                    "date",
+                    field_filter::Operator::LessThan,
+                    date_value(*date),
+                )],
+            );
+            query.order_by.push(by_name());
+            query.start_at = after.map(|cursor| Cursor {
+                values: vec![
+                    string_value(cursor.date.as_deref().unwrap_or_default()),
+                    reference(names(Collection::Daily, &cursor.id)),
+                ],
+                before: false,
+            });
+            (Collection::Daily, query)
+        }
+    }
+}
+
+fn reference(name: String) -> Value {
+    Value {
+        value_type: Some(ValueType::ReferenceValue(name)),
+    }
+}
+
+#[async_trait]
+impl DocumentStore for FirestoreStore {
+    async fn scan(
+        &self,
+        scan: &Scan,
+        after: Option<&ScanCursor>,
+        limit: u32,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let names = |collection: Collection, id: &str| self.document_name(collection.name(), id);
+        let (collection, mut query) = scan_query(scan, after, &names);
+        query.limit = Some(i32::try_from(limit).unwrap_or(i32::MAX));
+        let documents = self.query_retrying(query, None).await?;
+        Ok(documents
+            .iter()
+            .map(|document| stored_from(collection, document))
+            .collect())
+    }
+
+    async fn get(&self, collection: Collection, ids: &[String]) -> Result<Vec<Stored>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = ids
+            .iter()
+            .map(|id| self.document_name(collection.name(), id))
+            .collect();
+        let (found, _) = self.read_at_once(&names).await?;
+        Ok(found
+            .iter()
+            .map(|document| stored_from(collection, document))
+            .collect())
+    }
+
+    /// The month by name, then its days by a query at the month's read time.
+    async fn month_with_days(
+        &self,
+        user_id: &UserId,
+        year: i32,
+        month: u32,
+    ) -> Result<MonthSnapshot, StoreError> {
+        let first = NaiveDate::from_ymd_opt(year, month, 1)
+            .ok_or_else(|| StoreError::Internal(format!("{year}-{month} is no month")))?;
+        let last = first
+            .checked_add_months(chrono::Months::new(1))
+            .and_then(|next| next.pred_opt())
+            .unwrap_or(first);
+        let month_id = MonthlyUsage::document_id(user_id, first.year(), first.month());
+        let name = self.document_name(Collection::History.name(), &month_id);
+        let (found, read_time) = self.read_at_once(&[name]).await?;
+        let read_time = read_time.ok_or_else(|| {
+            StoreError::Internal("a batch read came without its read time".to_owned())
+        })?;
+        let mut query = structured_query(
+            &queries::USER_DAYS_OF_MONTH,
+            &[string_value(user_id.as_str())],
+        );
+        and(
+            &mut query,
+            vec![
+                field_condition(
+                    "date",
+                    field_filter::Operator::GreaterThanOrEqual,
+                    date_value(first),
+                ),
+                field_condition(
+                    "date",
+                    field_filter::Operator::LessThanOrEqual,
+                    date_value(last),
+                ),
+            ],
+        );
+        let days = self.query_retrying(query, Some(read_time)).await?;
+        Ok(MonthSnapshot {
+            month: found
+                .first()
+                .map(|document| stored_from(Collection::History, document)),
+            days: days
+                .iter()
+                .map(|document| stored_from(Collection::Daily, document))
+                .collect(),
+        })
+    }
+
+    async fn apply(&self, writes: Vec<DocumentWrite>) -> Result<Applied, StoreError> {
+        let writes: Vec<Write> = writes.iter().map(|w| self.lifecycle_write(w)).collect();
+        match self.commit(writes).await {
+            Ok(()) => Ok(Applied::All),
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::AlreadyExists | Code::NotFound | Code::Aborted
+                ) =>
+            {
+                Ok(Applied::Nothing)
+            }
+            Err(status) => Err(read_failure(status).into_store_error()),
+        }
+    }
+
+    /// A TTL policy on `expiresAt` deletes them (see the deploy guide).
+    async fn delete_expired_keys(
+        &self,
+        _now: DateTime<Utc>,
+        _limit: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+}
