@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use binary::{Server, client};
 use emulator::Emulator;
 use serde_json::{Value, json};
+use sha2::Digest;
 
 fn emulator() -> &'static Emulator {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -257,6 +258,10 @@ fn round_trip(target: &Target) {
         5 * 16 + 5 + 5,
         "March days and months, today and this month"
     );
+    let nowhere = dir.path().join("nowhere.ndjson");
+    let counted = target.clean(&["export", "--output", nowhere.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(counted["counts"]["documentsExported"], documents);
+    assert!(!nowhere.exists(), "a dry run wrote");
 
     target.wipe();
     assert_eq!(target.export(dir.path(), "empty.ndjson"), "");
@@ -492,6 +497,7 @@ fn traffic(
     target: &Target,
     users: &[String],
     stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
 ) -> (Server, Vec<std::thread::JoinHandle<i64>>) {
     let server = target.serve();
     let admin = target.admin_token();
@@ -499,11 +505,20 @@ fn traffic(
     let workers = users
         .iter()
         .map(|user| {
-            let (user, admin, base, stop) =
-                (user.clone(), admin.clone(), base.clone(), stop.clone());
+            let (user, admin, base, stop, paused) = (
+                user.clone(),
+                admin.clone(),
+                base.clone(),
+                stop.clone(),
+                paused.clone(),
+            );
             std::thread::spawn(move || {
                 let mut admitted = 0;
                 while !stop.load(Ordering::SeqCst) {
+                    if paused.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
                     let response = client()
                         .post(format!("{base}/usage"))
                         .bearer_auth(&admin)
@@ -571,11 +586,17 @@ fn rebuild_under_live_traffic_loses_no_token(target: &Target) {
 
     // Rounds of corruption and repair while the users keep sending: after each rebuild the
     // months must hold exactly their days, which a lost live write would break for good.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (server, workers) = traffic(target, &users, stop.clone());
+    let (stop, paused) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (server, workers) = traffic(target, &users, stop.clone(), paused.clone());
     let mut rewritten = 0;
     for round in 0..6 {
+        // The corruption is planted in a lull; the repair runs under full traffic.
+        paused.store(true, Ordering::SeqCst);
         target.clean(&["import", "--input", file.to_str().unwrap(), "--overwrite"]);
+        paused.store(false, Ordering::SeqCst);
         let run = target.clean(&["rebuild-history"]);
         rewritten += run["counts"]["monthsRewritten"].as_u64().unwrap_or(0);
         let verified = target.run(&["verify"]);
@@ -820,4 +841,74 @@ fn exit_codes_tell_bad_usage_and_failure_apart() {
     let missing = target.run(&["import", "--input", "/nonexistent/file.ndjson"]);
     assert_eq!(missing.code, 3);
     assert!(missing.stderr.contains("cannot open"), "{}", missing.stderr);
+}
+
+/// Five users' January 2024, old enough to be archived, beside the seeded March 2025 and today.
+fn archive_moves_old_months_and_import_restores_them(target: &Target) {
+    let dir = tempfile::tempdir().unwrap();
+    seed(target, dir.path());
+    let old: Vec<String> = (0..5)
+        .flat_map(|n| backfill(&format!("user{n}"), 2024, 1, &[(2, 20 + n), (9, 90)]))
+        .filter(|line| line.contains("token_usage_history"))
+        .collect();
+    let file = dir.path().join("old.ndjson");
+    write_lines(&file, &old);
+    target.clean(&["import", "--input", file.to_str().unwrap()]);
+    let before = target.export(dir.path(), "before.ndjson");
+    let archive = dir.path().join("archive");
+    let archive_arg = archive.to_str().unwrap();
+
+    let dry = target.clean(&["archive", "--destination", archive_arg, "--dry-run"]);
+    assert_eq!(dry["changesTotal"], 1, "{dry}");
+    assert!(!archive.exists(), "a dry run wrote");
+
+    let done = target.clean(&["archive", "--destination", archive_arg]);
+    assert_eq!(done["counts"]["monthsArchived"], 1, "{done}");
+    assert_eq!(done["counts"]["documentsDeleted"], 5, "{done}");
+    let month_dir = archive.join("token_usage_history/2024-01");
+    let mut names: Vec<String> = std::fs::read_dir(&month_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(month_dir.join(&names[0])).unwrap()).unwrap();
+    let data = std::fs::read(month_dir.join(&names[1])).unwrap();
+    assert!(names[1].ends_with(".ndjson.gz") && names[0].ends_with(".manifest.json"));
+    assert_eq!(manifest["documents"], 5);
+    assert_eq!(manifest["bytes"], data.len());
+    let digest: String = sha2::Sha256::digest(&data)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert_eq!(manifest["sha256"], digest);
+
+    let left = target.export(dir.path(), "left.ndjson");
+    assert!(
+        !left.contains("_2024_01"),
+        "archived months stay in the store"
+    );
+    assert_eq!(left.lines().count(), before.lines().count() - 5);
+    let again = target.clean(&["archive", "--destination", archive_arg]);
+    assert_eq!(again["counts"].get("monthsArchived"), None, "{again}");
+
+    let restored = target.clean(&[
+        "import",
+        "--input",
+        month_dir.join(&names[1]).to_str().unwrap(),
+    ]);
+    assert_eq!(restored["counts"]["documentsCreated"], 5);
+    assert_eq!(target.export(dir.path(), "after.ndjson"), before);
+}
+
+#[test]
+fn archive_moves_old_months_and_import_restores_them_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    archive_moves_old_months_and_import_restores_them(&Target::sqlite(dir.path(), "usage.db"));
+}
+
+#[test]
+fn archive_moves_old_months_and_import_restores_them_on_firestore() {
+    archive_moves_old_months_and_import_restores_them(&Target::firestore("archive"));
 }

@@ -11,9 +11,9 @@ use super::check::day_against_month;
 use super::output::{Outcome, Report};
 use super::store::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite,
-    MAX_WRITES_PER_COMMIT, Scan, ScanCursor, Stored,
+    MAX_WRITES_PER_COMMIT, Scan, Stored,
 };
-use super::subject;
+use super::{Pages, subject};
 use crate::config::StoreSettings;
 use crate::usage::{DayWindow, MonthlyUsage};
 
@@ -58,11 +58,13 @@ pub async fn run(args: &CleanupArgs, store: &dyn DocumentStore) -> anyhow::Resul
     let batch = (args.batch_size as usize).min(MAX_WRITES_PER_COMMIT);
     let max_deletes = args.max_deletes.unwrap_or(u64::MAX);
     let mut deleted = 0_u64;
-    let mut after: Option<ScanCursor> = None;
+    let mut pages = Pages::new(store, scan);
     while deleted < max_deletes {
         let room = usize::try_from(max_deletes - deleted).unwrap_or(usize::MAX);
         let size = batch.min(room).max(1);
-        let page = store.scan(&scan, after.as_ref(), size as u32).await?;
+        let Some(page) = pages.next(size as u32).await? else {
+            break;
+        };
         report.advance(page.len() as u64);
         let deletions = deletable(&page, store, &mut report).await?;
         let count = deletions.len() as u64;
@@ -76,10 +78,6 @@ pub async fn run(args: &CleanupArgs, store: &dyn DocumentStore) -> anyhow::Resul
             report.count("daysToDelete", count);
         }
         deleted += count;
-        match page.last() {
-            Some(last) if page.len() == size => after = Some(last.cursor.clone()),
-            _ => break,
-        }
     }
     if !args.dry_run {
         expire_keys(store, &mut report).await?;

@@ -13,14 +13,11 @@ use super::output::{Outcome, Report};
 use super::scope::{Scope, YearMonth};
 use super::store::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
-    Scan, ScanCursor,
+    Scan,
 };
-use super::{PAGE_SIZE, subject};
+use super::{PAGE_SIZE, Pages, retry_pauses, subject};
 use crate::config::StoreSettings;
 use crate::usage::{DailyUsage, MonthFigures, MonthlyUsage, UserId, fill_missing_days};
-
-/// How many times a month is read and rebuilt again when live traffic changed it meanwhile.
-const ATTEMPTS: usize = 20;
 
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
@@ -45,9 +42,8 @@ pub async fn run(args: &RebuildArgs, store: &dyn DocumentStore) -> anyhow::Resul
     // Day ids are `{user}_{date}`, so a user's days of one month come one after another: each
     // month is rebuilt once, when its first day is seen.
     let mut last_month: Option<(UserId, YearMonth)> = None;
-    let mut after: Option<ScanCursor> = None;
-    loop {
-        let page = store.scan(&scan, after.as_ref(), PAGE_SIZE).await?;
+    let mut pages = Pages::new(store, scan);
+    while let Some(page) = pages.next(PAGE_SIZE).await? {
         report.advance(page.len() as u64);
         for stored in &page {
             let Ok(Document::Day(day)) = &stored.content else {
@@ -66,10 +62,6 @@ pub async fn run(args: &RebuildArgs, store: &dyn DocumentStore) -> anyhow::Resul
             last_month = Some((day.user_id.clone(), month));
             rebuild_month(&day.user_id, month, args.dry_run, store, &mut report).await?;
         }
-        match page.last() {
-            Some(last) if page.len() == PAGE_SIZE as usize => after = Some(last.cursor.clone()),
-            _ => break,
-        }
     }
     Ok(report.finish())
 }
@@ -83,7 +75,8 @@ async fn rebuild_month(
 ) -> anyhow::Result<()> {
     let id = MonthlyUsage::document_id(user_id, month.year, month.month);
     let name = subject(Collection::History, &id);
-    for _ in 0..ATTEMPTS {
+    let mut pauses = retry_pauses();
+    loop {
         let snapshot = store
             .month_with_days(user_id, month.year, month.month)
             .await?;
@@ -128,8 +121,11 @@ async fn rebuild_month(
             return Ok(());
         }
         report.count("retriesAfterLiveWrites", 1);
+        let Some(pause) = pauses.next() else {
+            anyhow::bail!("{name} kept changing under live traffic; run rebuild-history again")
+        };
+        tokio::time::sleep(pause).await;
     }
-    anyhow::bail!("{name} kept changing under live traffic; run rebuild-history again")
 }
 
 /// The month as its days say it is, or `None` when its total overflows.

@@ -97,6 +97,8 @@ pub enum Scan {
     },
     /// The day documents dated before this date, oldest first.
     DaysBefore(NaiveDate),
+    /// The month documents of one month, by id.
+    Month { year: i32, month: u32 },
 }
 
 /// A month document and the day documents of that month, read at one instant.

@@ -9,20 +9,18 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use chrono::{DateTime, SubsecRound, Utc};
 use clap::{Args, ValueEnum};
+use flate2::read::MultiGzDecoder;
 
 use super::check::problems;
 use super::ndjson;
 use super::output::{Outcome, Report};
 use super::store::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite,
-    MAX_WRITES_PER_COMMIT, Scan, ScanCursor, Stored,
+    MAX_WRITES_PER_COMMIT, Scan, Stored,
 };
-use super::{PAGE_SIZE, subject};
+use super::{PAGE_SIZE, Pages, retry_pauses, subject};
 use crate::config::StoreSettings;
 use crate::usage::UserId;
-
-/// How many times a batch of an import is planned again when the store changed meanwhile.
-const ATTEMPTS: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CollectionArg {
@@ -45,6 +43,9 @@ pub struct ExportArgs {
     /// Only this user's documents.
     #[arg(long, value_parser = |raw: &str| UserId::parse(raw).map_err(|e| e.to_string()))]
     pub user: Option<UserId>,
+    /// Count what would be exported, and write no file.
+    #[arg(long)]
+    pub dry_run: bool,
     /// The most findings the JSON summary lists (all are counted, and a terminal shows all).
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
@@ -54,7 +55,7 @@ pub struct ExportArgs {
 pub struct ImportArgs {
     #[command(flatten)]
     pub store: StoreSettings,
-    /// The NDJSON file to read, as `export` writes it.
+    /// The NDJSON file to read, as `export` writes it (or `archive`, gzip-compressed).
     #[arg(long)]
     pub input: PathBuf,
     /// Replace stored documents even when they are newer than the file's, or do not decode.
@@ -69,11 +70,15 @@ pub struct ImportArgs {
 }
 
 pub async fn export(args: &ExportArgs, store: &dyn DocumentStore) -> anyhow::Result<Outcome> {
-    let mut report = Report::new("export", false, args.limit);
+    let mut report = Report::new("export", args.dry_run, args.limit);
     let partial = partial_path(&args.output);
-    let file =
-        File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    let mut out = BufWriter::new(file);
+    let mut out: Box<dyn Write> = if args.dry_run {
+        Box::new(std::io::sink())
+    } else {
+        let file = File::create(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        Box::new(BufWriter::new(file))
+    };
     let collections = match args.collection {
         None => Collection::ALL.to_vec(),
         Some(CollectionArg::Daily) => vec![Collection::Daily],
@@ -84,9 +89,8 @@ pub async fn export(args: &ExportArgs, store: &dyn DocumentStore) -> anyhow::Res
             collection,
             user: args.user.clone(),
         };
-        let mut after: Option<ScanCursor> = None;
-        loop {
-            let page = store.scan(&scan, after.as_ref(), PAGE_SIZE).await?;
+        let mut pages = Pages::new(store, scan);
+        while let Some(page) = pages.next(PAGE_SIZE).await? {
             report.advance(page.len() as u64);
             for stored in &page {
                 match &stored.content {
@@ -100,18 +104,17 @@ pub async fn export(args: &ExportArgs, store: &dyn DocumentStore) -> anyhow::Res
                     ),
                 }
             }
-            match page.last() {
-                Some(last) if page.len() == PAGE_SIZE as usize => after = Some(last.cursor.clone()),
-                _ => break,
-            }
         }
     }
-    out.into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()
-        .context("cannot flush the export")?;
-    std::fs::rename(&partial, &args.output)
-        .with_context(|| format!("cannot rename {} into place", partial.display()))?;
+    if !args.dry_run {
+        out.flush().context("cannot write the export")?;
+        drop(out);
+        File::open(&partial)
+            .and_then(|file| file.sync_all())
+            .context("cannot flush the export")?;
+        std::fs::rename(&partial, &args.output)
+            .with_context(|| format!("cannot rename {} into place", partial.display()))?;
+    }
     Ok(report.finish())
 }
 
@@ -186,10 +189,16 @@ fn validate(line: &str) -> Result<Option<(String, Document)>, String> {
 
 type NumberedLines = Box<dyn Iterator<Item = anyhow::Result<(u64, String)>>>;
 
+/// The numbered lines of an NDJSON file, gzip-compressed (`.gz`, as `archive` writes) or not.
 fn lines_of(path: &Path) -> anyhow::Result<NumberedLines> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader: Box<dyn BufRead> = if path.extension().is_some_and(|ext| ext == "gz") {
+        Box::new(BufReader::new(MultiGzDecoder::new(file)))
+    } else {
+        Box::new(BufReader::new(file))
+    };
     let path = path.display().to_string();
-    Ok(Box::new(BufReader::new(file).lines().zip(1..).map(
+    Ok(Box::new(reader.lines().zip(1..).map(
         move |(line, number)| {
             line.map(|line| (number, line))
                 .with_context(|| format!("cannot read line {number} of {path}"))
@@ -222,7 +231,8 @@ async fn import_batch(
             incoming,
         );
     }
-    for _ in 0..ATTEMPTS {
+    let mut pauses = retry_pauses();
+    loop {
         let mut stored: HashMap<(Collection, String), Stored> = HashMap::new();
         for collection in Collection::ALL {
             let ids: Vec<String> = latest
@@ -246,8 +256,11 @@ async fn import_batch(
             return Ok(());
         }
         report.count("retriesAfterConcurrentWrites", 1);
+        let Some(pause) = pauses.next() else {
+            anyhow::bail!("the store kept changing under the import; run it again")
+        };
+        tokio::time::sleep(pause).await;
     }
-    anyhow::bail!("the store kept changing under the import; run it again")
 }
 
 /// What one batch writes, and what it reports.

@@ -7,8 +7,8 @@ use clap::Args;
 use super::check::{day_against_month, problems};
 use super::output::{Outcome, Report};
 use super::scope::Scope;
-use super::store::{Collection, Document, DocumentStore, Scan, ScanCursor, Stored};
-use super::{PAGE_SIZE, subject};
+use super::store::{Collection, Document, DocumentStore, Scan, Stored};
+use super::{PAGE_SIZE, Pages, subject};
 use crate::config::StoreSettings;
 use crate::usage::{DailyUsage, MonthlyUsage};
 
@@ -64,16 +64,11 @@ pub async fn run(args: &VerifyArgs, store: &dyn DocumentStore) -> anyhow::Result
             collection,
             user: args.scope.user.clone(),
         };
-        let mut after: Option<ScanCursor> = None;
-        loop {
-            let page = store.scan(&scan, after.as_ref(), PAGE_SIZE).await?;
+        let mut pages = Pages::new(store, scan);
+        while let Some(page) = pages.next(PAGE_SIZE).await? {
             report.advance(page.len() as u64);
             for stored in &page {
                 check(stored, &args.scope, store, &mut cache, &mut report).await?;
-            }
-            match page.last() {
-                Some(last) if page.len() == PAGE_SIZE as usize => after = Some(last.cursor.clone()),
-                _ => break,
             }
         }
     }

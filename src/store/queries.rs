@@ -109,6 +109,14 @@ pub const USER_MONTHS_BY_NAME: QueryShape = QueryShape {
     order: &[],
 };
 
+/// One month's documents in name order (`archive`).
+pub const MONTH_BY_NAME: QueryShape = QueryShape {
+    name: "maintenance: one month by name",
+    collection: HISTORY_COLLECTION,
+    equality: &["year", "month"],
+    order: &[],
+};
+
 /// The day documents dated before a date, oldest first (`cleanup`). The range on `date` needs
 /// the same index as an order on it.
 pub const DAYS_BEFORE: QueryShape = QueryShape {
@@ -130,6 +138,7 @@ pub const USER_DAYS_OF_MONTH: QueryShape = QueryShape {
 pub const MAINTENANCE: &[QueryShape] = &[
     USER_DAYS_BY_NAME,
     USER_MONTHS_BY_NAME,
+    MONTH_BY_NAME,
     DAYS_BEFORE,
     USER_DAYS_OF_MONTH,
 ];
@@ -160,6 +169,7 @@ pub const ALL: &[QueryShape] = &[
     SCHEMA_MONTHLY_BY_TYPE,
     USER_DAYS_BY_NAME,
     USER_MONTHS_BY_NAME,
+    MONTH_BY_NAME,
     DAYS_BEFORE,
     USER_DAYS_OF_MONTH,
 ];

@@ -102,6 +102,16 @@ fn scan(
             )?;
             rows.collect()
         }
+        Scan::Month { year, month } => {
+            let mut statement = connection.prepare_cached(
+                "SELECT * FROM token_usage_history
+                 WHERE year = ?1 AND month = ?2 AND (?3 IS NULL OR id > ?3) ORDER BY id LIMIT ?4",
+            )?;
+            let rows = statement.query_map(params![year, month, after_id, limit], |row| {
+                stored_from(Collection::History, row)
+            })?;
+            rows.collect()
+        }
         Scan::DaysBefore(date) => {
             let after_date = after.and_then(|cursor| cursor.date.as_deref());
             let mut statement = connection.prepare_cached(&format!(
