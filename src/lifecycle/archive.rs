@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::{Datelike, Months, NaiveDate, Utc};
+use chrono::{Months, NaiveDate, Utc};
 use chrono_tz::Tz;
 use clap::Args;
 use flate2::Compression;
@@ -34,7 +34,7 @@ use super::store::{
 };
 use super::{PAGE_SIZE, Pages, subject};
 use crate::config::StoreSettings;
-use crate::usage::DayWindow;
+use crate::usage::{DayWindow, month_start};
 
 #[derive(Debug, Args)]
 pub struct ArchiveArgs {
@@ -61,9 +61,8 @@ pub struct ArchiveArgs {
 
 /// The first month kept: `retention` months back from the current one, which counts as one.
 pub fn keep_from(today: NaiveDate, retention_months: u32) -> YearMonth {
-    let month_start = today.with_day(1).unwrap_or(today);
     YearMonth::of(
-        month_start
+        month_start(today)
             .checked_sub_months(Months::new(retention_months.saturating_sub(1)))
             .unwrap_or(NaiveDate::MIN),
     )

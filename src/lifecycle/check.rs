@@ -1,10 +1,10 @@
 //! The validation checks, pure: what a document must satisfy on its own, and how a day must
 //! agree with its month. `verify` reports them; `import` refuses a line that fails them.
 
-use chrono::{Datelike, NaiveDate};
+use chrono::Datelike;
 
-use super::store::Document;
-use crate::usage::{DailyUsage, MonthFigures, MonthlyUsage};
+use super::store::{Document, Stored};
+use crate::usage::{DailyUsage, MonthFigures, MonthlyUsage, month_dates};
 
 /// Everything wrong with one decoded document stored under `id`; empty when it is sound.
 pub fn problems(id: &str, document: &Document) -> Vec<String> {
@@ -30,17 +30,14 @@ fn day_problems(day: &DailyUsage, problems: &mut Vec<String>) {
 }
 
 fn month_problems(month: &MonthlyUsage, problems: &mut Vec<String>) {
-    let Some(first) = NaiveDate::from_ymd_opt(month.year, month.month, 1) else {
+    let Some((_, last)) = month_dates(month.year, month.month) else {
         problems.push(format!(
             "year {} month {} is no month",
             month.year, month.month
         ));
         return;
     };
-    let days_in_month = first
-        .checked_add_months(chrono::Months::new(1))
-        .and_then(|next| next.pred_opt())
-        .map_or(31, |last| last.day());
+    let days_in_month = last.day();
     let mut days = Vec::new();
     for (key, tokens) in &month.daily_usage {
         match key.parse::<u32>() {
@@ -89,7 +86,7 @@ fn month_problems(month: &MonthlyUsage, problems: &mut Vec<String>) {
 
 /// How a day document disagrees with its month document (`None` when it has none), if it does.
 pub fn day_against_month(day: &DailyUsage, month: Option<&MonthlyUsage>) -> Option<String> {
-    let month_id = MonthlyUsage::document_id(&day.user_id, day.date.year(), day.date.month());
+    let month_id = day.month_document_id();
     let key = day.date.format("%d").to_string();
     match month.map(|month| month.daily_usage.get(&key)) {
         None => Some(format!("its month {month_id} does not exist")),
@@ -99,6 +96,32 @@ pub fn day_against_month(day: &DailyUsage, month: Option<&MonthlyUsage>) -> Opti
             day.tokens_used
         )),
         Some(Some(_)) => None,
+    }
+}
+
+/// A month as found: a month that does not decode is its own finding, not its days'.
+pub enum StoredMonth {
+    Missing,
+    Unreadable,
+    Found(MonthlyUsage),
+}
+
+impl StoredMonth {
+    pub fn of(stored: Option<&Stored>) -> Self {
+        match stored.map(|stored| &stored.content) {
+            None => Self::Missing,
+            Some(Ok(Document::Month(month))) => Self::Found(month.clone()),
+            Some(_) => Self::Unreadable,
+        }
+    }
+
+    /// How `day` disagrees with this month, unless the month cannot be read.
+    pub fn disagreement(&self, day: &DailyUsage) -> Option<String> {
+        match self {
+            Self::Missing => day_against_month(day, None),
+            Self::Unreadable => None,
+            Self::Found(month) => day_against_month(day, Some(month)),
+        }
     }
 }
 

@@ -3,11 +3,11 @@
 //! on the condition that each is unchanged since it was checked, so a crash loses nothing and
 //! a second run simply carries on with what is left.
 
-use chrono::{Datelike, Days, NaiveDate, Utc};
+use chrono::{Days, NaiveDate, Utc};
 use chrono_tz::Tz;
 use clap::Args;
 
-use super::check::day_against_month;
+use super::check::StoredMonth;
 use super::output::{Outcome, Report};
 use super::store::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite,
@@ -15,7 +15,7 @@ use super::store::{
 };
 use super::{Pages, subject};
 use crate::config::StoreSettings;
-use crate::usage::{DayWindow, MonthlyUsage};
+use crate::usage::{DayWindow, month_start};
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
@@ -47,8 +47,7 @@ pub fn keep_from(today: NaiveDate, retention_days: u64) -> NaiveDate {
     let by_retention = today
         .checked_sub_days(Days::new(retention_days))
         .unwrap_or(NaiveDate::MIN);
-    let month_start = today.with_day(1).unwrap_or(today);
-    by_retention.min(month_start)
+    by_retention.min(month_start(today))
 }
 
 pub async fn run(args: &CleanupArgs, store: &dyn DocumentStore) -> anyhow::Result<Outcome> {
@@ -95,23 +94,14 @@ async fn deletable(
     let month_ids: Vec<String> = page
         .iter()
         .filter_map(|stored| match &stored.content {
-            Ok(Document::Day(day)) => Some(MonthlyUsage::document_id(
-                &day.user_id,
-                day.date.year(),
-                day.date.month(),
-            )),
+            Ok(Document::Day(day)) => Some(day.month_document_id()),
             _ => None,
         })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
     let months = store.get(Collection::History, &month_ids).await?;
-    let month_of = |id: &str| {
-        months
-            .iter()
-            .find(|stored| stored.id == id)
-            .map(|stored| &stored.content)
-    };
+    let month_of = |id: &str| StoredMonth::of(months.iter().find(|stored| stored.id == id));
     let mut deletions = Vec::new();
     for stored in page {
         let name = subject(Collection::Daily, &stored.id);
@@ -119,11 +109,10 @@ async fn deletable(
             report.finding(name, "kept: it does not decode".to_owned());
             continue;
         };
-        let month_id = MonthlyUsage::document_id(&day.user_id, day.date.year(), day.date.month());
+        let month_id = day.month_document_id();
         let disagreement = match month_of(&month_id) {
-            None => day_against_month(day, None),
-            Some(Ok(Document::Month(month))) => day_against_month(day, Some(month)),
-            Some(_) => Some(format!("its month {month_id} does not decode")),
+            StoredMonth::Unreadable => Some(format!("its month {month_id} does not decode")),
+            month => month.disagreement(day),
         };
         if let Some(problem) = disagreement {
             report.finding(name, format!("kept: {problem}"));

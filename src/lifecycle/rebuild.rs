@@ -17,7 +17,7 @@ use super::store::{
 };
 use super::{PAGE_SIZE, Pages, retry_pauses, subject};
 use crate::config::StoreSettings;
-use crate::usage::{DailyUsage, MonthFigures, MonthlyUsage, UserId, fill_missing_days};
+use crate::usage::{DailyUsage, MonthOf, MonthlyUsage, UserId};
 
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
@@ -149,8 +149,6 @@ fn rebuilt(
     for day in &days {
         daily_usage.insert(format!("{:02}", day.date.day()), day.tokens_used);
     }
-    fill_missing_days(&mut daily_usage);
-    let figures = MonthFigures::of(&daily_usage)?;
     let latest_day = days.iter().max_by_key(|day| day.date);
     // The service writes a month's type with each day's, so the latest day's is the month's.
     let user_type = latest_day
@@ -159,19 +157,15 @@ fn rebuilt(
     let created_at = current
         .map(|m| m.created_at)
         .or_else(|| days.iter().map(|day| day.last_updated).min())?;
-    Some(MonthlyUsage {
+    MonthOf {
         user_id: user_id.clone(),
         year: month.year,
         month: month.month,
-        daily_usage,
-        total_monthly_tokens: figures.total,
-        average_daily_usage: figures.average,
-        peak_usage_date: figures.peak_date,
-        peak_usage_tokens: figures.peak_tokens,
         user_type,
         created_at,
         updated_at: now,
-    })
+    }
+    .with_daily_usage(daily_usage)
 }
 
 /// What rebuilding changes, field by field; `None` when the figures are already right.

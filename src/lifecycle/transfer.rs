@@ -135,9 +135,10 @@ pub async fn import(args: &ImportArgs, store: &dyn DocumentStore) -> anyhow::Res
     let mut report = Report::new("import", args.dry_run, args.limit);
     // Every line is checked before anything is written: one bad line writes nothing.
     let mut bad_lines = false;
-    for_each_line(&args.input, |number, line| {
+    for line in lines_of(&args.input)? {
+        let (number, line) = line?;
         report.advance(1);
-        match validate(line) {
+        match validate(&line) {
             Ok(Some(_)) => report.count("linesValid", 1),
             Ok(None) => {}
             Err(problem) => {
@@ -145,30 +146,26 @@ pub async fn import(args: &ImportArgs, store: &dyn DocumentStore) -> anyhow::Res
                 report.finding(format!("line {number}"), problem);
             }
         }
-        Ok(())
-    })?;
+    }
     if bad_lines {
         return Ok(report.finish());
     }
     let mut batch: Vec<Incoming> = Vec::new();
-    let mut lines = lines_of(&args.input)?;
-    loop {
-        let next = lines.next().transpose()?;
-        if let Some((number, line)) = &next
-            && let Some((id, document)) = validate(line).map_err(anyhow::Error::msg)?
-        {
+    for line in lines_of(&args.input)? {
+        let (number, line) = line?;
+        if let Some((id, document)) = validate(&line).map_err(anyhow::Error::msg)? {
             batch.push(Incoming {
-                line: *number,
+                line: number,
                 id,
                 document,
             });
         }
-        if batch.len() == MAX_WRITES_PER_COMMIT || (next.is_none() && !batch.is_empty()) {
+        if batch.len() == MAX_WRITES_PER_COMMIT {
             import_batch(std::mem::take(&mut batch), args, store, &mut report).await?;
         }
-        if next.is_none() {
-            break;
-        }
+    }
+    if !batch.is_empty() {
+        import_batch(batch, args, store, &mut report).await?;
     }
     Ok(report.finish())
 }
@@ -204,17 +201,6 @@ fn lines_of(path: &Path) -> anyhow::Result<NumberedLines> {
                 .with_context(|| format!("cannot read line {number} of {path}"))
         },
     )))
-}
-
-fn for_each_line(
-    path: &Path,
-    mut visit: impl FnMut(u64, &str) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    for line in lines_of(path)? {
-        let (number, line) = line?;
-        visit(number, &line)?;
-    }
-    Ok(())
 }
 
 async fn import_batch(

@@ -4,13 +4,13 @@
 use chrono::Datelike;
 use clap::Args;
 
-use super::check::{day_against_month, problems};
+use super::check::{StoredMonth, problems};
 use super::output::{Outcome, Report};
 use super::scope::Scope;
 use super::store::{Collection, Document, DocumentStore, Scan, Stored};
 use super::{PAGE_SIZE, Pages, subject};
 use crate::config::StoreSettings;
-use crate::usage::{DailyUsage, MonthlyUsage};
+use crate::usage::DailyUsage;
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -28,32 +28,6 @@ pub struct VerifyArgs {
 struct MonthCache {
     id: String,
     month: StoredMonth,
-}
-
-/// A month as found: a month that does not decode is its own finding, not its days'.
-enum StoredMonth {
-    Missing,
-    Unreadable,
-    Found(MonthlyUsage),
-}
-
-impl StoredMonth {
-    fn of(stored: Option<Stored>) -> Self {
-        match stored.map(|stored| stored.content) {
-            None => Self::Missing,
-            Some(Ok(Document::Month(month))) => Self::Found(month),
-            Some(_) => Self::Unreadable,
-        }
-    }
-
-    /// How `day` disagrees with this month, unless the month cannot be read.
-    fn disagreement(&self, day: &DailyUsage) -> Option<String> {
-        match self {
-            Self::Missing => day_against_month(day, None),
-            Self::Unreadable => None,
-            Self::Found(month) => day_against_month(day, Some(month)),
-        }
-    }
 }
 
 pub async fn run(args: &VerifyArgs, store: &dyn DocumentStore) -> anyhow::Result<Outcome> {
@@ -112,15 +86,14 @@ async fn disagreement(
     store: &dyn DocumentStore,
     cache: &mut Option<MonthCache>,
 ) -> anyhow::Result<Option<String>> {
-    let (year, month) = (day.date.year(), day.date.month());
-    let month_id = MonthlyUsage::document_id(&day.user_id, year, month);
+    let month_id = day.month_document_id();
     if cache.as_ref().is_none_or(|cached| cached.id != month_id) {
         let found = store
             .get(Collection::History, std::slice::from_ref(&month_id))
             .await?;
         *cache = Some(MonthCache {
             id: month_id,
-            month: StoredMonth::of(found.into_iter().next()),
+            month: StoredMonth::of(found.first()),
         });
     }
     let seen = cache
@@ -129,7 +102,9 @@ async fn disagreement(
     if seen.is_none() {
         return Ok(None);
     }
-    let snapshot = store.month_with_days(&day.user_id, year, month).await?;
+    let snapshot = store
+        .month_with_days(&day.user_id, day.date.year(), day.date.month())
+        .await?;
     let day_then = snapshot
         .days
         .into_iter()
@@ -137,6 +112,6 @@ async fn disagreement(
             Ok(Document::Day(found)) if found.date == day.date => Some(found),
             _ => None,
         });
-    let month_then = StoredMonth::of(snapshot.month);
+    let month_then = StoredMonth::of(snapshot.month.as_ref());
     Ok(day_then.and_then(|day_then| month_then.disagreement(&day_then)))
 }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::month::{MonthFigures, fill_missing_days};
+use super::month::MonthOf;
 use super::{DailyUsage, DayWindow, Limits, MonthlyUsage, Tokens, UserId, UserType};
 
 /// What a store must decide on, read inside its transaction.
@@ -103,23 +103,15 @@ fn next_month(current: Option<&MonthlyUsage>, input: &DecisionInput<'_>) -> Opti
     let mut daily_usage = current.map(|m| m.daily_usage.clone()).unwrap_or_default();
     let today = daily_usage.entry(input.window.day_key()).or_insert(0);
     *today = today.checked_add(input.tokens.get())?;
-    fill_missing_days(&mut daily_usage);
-
-    let figures = MonthFigures::of(&daily_usage)?;
-
-    Some(MonthlyUsage {
+    MonthOf {
         user_id: input.user_id.clone(),
         year: input.window.year(),
         month: input.window.month(),
-        total_monthly_tokens: figures.total,
-        average_daily_usage: figures.average,
-        peak_usage_date: figures.peak_date,
-        peak_usage_tokens: figures.peak_tokens,
-        daily_usage,
         user_type: input.user_type,
         created_at: current.map_or(input.now, |m| m.created_at),
         updated_at: input.now,
-    })
+    }
+    .with_daily_usage(daily_usage)
 }
 
 #[cfg(test)]

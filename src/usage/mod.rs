@@ -16,7 +16,7 @@ pub use directory::{DirectoryError, OfflineDirectory, UserDirectory};
 pub use idempotency::{
     Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, InvalidIdempotencyKey,
 };
-pub use month::{MonthFigures, fill_missing_days};
+pub use month::{MonthFigures, MonthOf, month_dates, month_start};
 pub use record::{Plan, RecordOutcome, RecordRequest, Snapshot, Writes};
 pub use service::{Subject, TypeSource, UsageError, UsageService};
 pub use store::{
@@ -28,7 +28,7 @@ pub use window::DayWindow;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A Firebase uid that can name a Firestore document (`{uid}_{date}`, `{uid}_{yyyy}_{mm}`).
@@ -129,6 +129,11 @@ pub struct DailyUsage {
 impl DailyUsage {
     pub fn document_id(user_id: &UserId, date: NaiveDate) -> String {
         format!("{user_id}_{}", date.format("%Y-%m-%d"))
+    }
+
+    /// `token_usage_history/{id}` of the month this day belongs to.
+    pub fn month_document_id(&self) -> String {
+        MonthlyUsage::document_id(&self.user_id, self.date.year(), self.date.month())
     }
 
     pub fn remaining(&self) -> i64 {

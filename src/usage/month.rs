@@ -3,6 +3,55 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
+
+use super::{MonthlyUsage, UserId, UserType};
+
+/// What a month document holds besides its days and the figures derived from them.
+#[derive(Debug, Clone)]
+pub struct MonthOf {
+    pub user_id: UserId,
+    pub year: i32,
+    pub month: u32,
+    pub user_type: UserType,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl MonthOf {
+    /// The month document holding `daily_usage`, its skipped days filled in and its figures
+    /// derived; `None` when its total does not fit in 64 bits.
+    pub fn with_daily_usage(self, mut daily_usage: BTreeMap<String, i64>) -> Option<MonthlyUsage> {
+        fill_missing_days(&mut daily_usage);
+        let figures = MonthFigures::of(&daily_usage)?;
+        Some(MonthlyUsage {
+            user_id: self.user_id,
+            year: self.year,
+            month: self.month,
+            daily_usage,
+            total_monthly_tokens: figures.total,
+            average_daily_usage: figures.average,
+            peak_usage_date: figures.peak_date,
+            peak_usage_tokens: figures.peak_tokens,
+            user_type: self.user_type,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// The first and the last day of a month; `None` for no month.
+pub fn month_dates(year: i32, month: u32) -> Option<(NaiveDate, NaiveDate)> {
+    let first = NaiveDate::from_ymd_opt(year, month, 1)?;
+    let last = first.checked_add_months(Months::new(1))?.pred_opt()?;
+    Some((first, last))
+}
+
+/// The first day of the month of `date`.
+pub fn month_start(date: NaiveDate) -> NaiveDate {
+    date.with_day(1).unwrap_or(date)
+}
+
 /// What a month derives from its `dailyUsage`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MonthFigures {
@@ -45,7 +94,7 @@ impl MonthFigures {
 
 /// Adds a zero entry for every day between the first and the last day present, so that the
 /// average counts the days a user skipped.
-pub fn fill_missing_days(daily_usage: &mut BTreeMap<String, i64>) {
+fn fill_missing_days(daily_usage: &mut BTreeMap<String, i64>) {
     let days: Vec<u32> = daily_usage.keys().filter_map(|k| k.parse().ok()).collect();
     if let (Some(&first), Some(&last)) = (days.iter().min(), days.iter().max()) {
         for day in first..=last {
@@ -79,6 +128,21 @@ mod tests {
             MonthFigures::of(&usage(&[("01", i64::MAX), ("02", 1)])),
             None
         );
+    }
+
+    #[test]
+    fn a_month_knows_its_first_and_last_day() {
+        let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+        assert_eq!(
+            month_dates(2024, 2),
+            Some((day("2024-02-01"), day("2024-02-29")))
+        );
+        assert_eq!(
+            month_dates(2026, 12),
+            Some((day("2026-12-01"), day("2026-12-31")))
+        );
+        assert_eq!(month_dates(2026, 13), None);
+        assert_eq!(month_start(day("2026-11-29")), day("2026-11-01"));
     }
 
     #[test]

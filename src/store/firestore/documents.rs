@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use firestore::gcloud_sdk::google::firestore::v1::precondition::ConditionType;
 use firestore::gcloud_sdk::google::firestore::v1::structured_query::{
     Direction as OrderDirection, FieldReference, Filter, Order, field_filter,
@@ -17,17 +17,18 @@ use firestore::gcloud_sdk::google::firestore::v1::{
     Write, write,
 };
 use firestore::gcloud_sdk::prost_types::Timestamp;
-use firestore::gcloud_sdk::tonic::{Code, Status};
+use firestore::gcloud_sdk::tonic::Code;
 
 use super::queries::{self, QueryShape};
 use super::{
-    FirestoreStore, all_of, codec, field_condition, read_failure, string_value, structured_query,
+    AttemptError, FirestoreStore, all_of, codec, field_condition, read_failure, string_value,
+    structured_query,
 };
 use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
     Scan, ScanCursor, Stored, Version, strict_user_type,
 };
-use crate::usage::{MonthlyUsage, StoreError, UserId};
+use crate::usage::{MonthlyUsage, StoreError, UserId, month_dates};
 
 /// Reads are retried a few times: a long scan should not fail on one dropped call.
 fn read_retries() -> ExponentialBuilder {
@@ -35,13 +36,6 @@ fn read_retries() -> ExponentialBuilder {
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(2))
         .with_max_times(5)
-}
-
-fn transient(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
-    )
 }
 
 fn version_of(update_time: Option<Timestamp>) -> Version {
@@ -142,13 +136,56 @@ impl FirestoreStore {
         names: &[String],
     ) -> Result<(Vec<FirestoreDocument>, Option<Timestamp>), StoreError> {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let (found, read_time) = (|| self.batch_get_at(&names))
-            .retry(read_retries())
-            .sleep(tokio::time::sleep)
-            .when(transient)
-            .await
-            .map_err(|status| read_failure(status).into_store_error())?;
+        let (found, read_time) =
+            (|| async { self.batch_get_at(&names).await.map_err(read_failure) })
+                .retry(read_retries())
+                .sleep(tokio::time::sleep)
+                .when(AttemptError::retryable)
+                .await
+                .map_err(AttemptError::into_store_error)?;
         Ok((found.into_values().collect(), read_time))
+    }
+
+    /// The query a scan runs, and the collection it reads. Every scan's order ends with the
+    /// document name, so that a page resumes just after the previous page's last document.
+    fn scan_query(&self, scan: &Scan, after: Option<&ScanCursor>) -> (Collection, StructuredQuery) {
+        let (collection, mut query) = match scan {
+            Scan::Collection { collection, user } => {
+                let shape: &QueryShape = match collection {
+                    Collection::Daily => &queries::USER_DAYS_BY_NAME,
+                    Collection::History => &queries::USER_MONTHS_BY_NAME,
+                };
+                let equals: Vec<Value> = user.iter().map(|u| string_value(u.as_str())).collect();
+                (*collection, structured_query(shape, &equals))
+            }
+            Scan::Month { year, month } => {
+                let equals = [
+                    codec::integer(i64::from(*year)),
+                    codec::integer(i64::from(*month)),
+                ];
+                let query = structured_query(&queries::MONTH_BY_NAME, &equals);
+                (Collection::History, query)
+            }
+            Scan::DaysBefore(date) => {
+                let mut query = structured_query(&queries::DAYS_BEFORE, &[]);
+                let before =
+                    field_condition("date", field_filter::Operator::LessThan, date_value(*date));
+                and(&mut query, vec![before]);
+                (Collection::Daily, query)
+            }
+        };
+        query.order_by.push(by_name());
+        query.start_at = after.map(|cursor| {
+            // Ordered by date first, a page resumes after the last document's date too.
+            let date = matches!(scan, Scan::DaysBefore(_))
+                .then(|| string_value(cursor.date.as_deref().unwrap_or_default()));
+            let name = reference(self.document_name(collection.name(), &cursor.id));
+            Cursor {
+                values: date.into_iter().chain([name]).collect(),
+                before: false,
+            }
+        });
+        (collection, query)
     }
 
     fn lifecycle_write(&self, write: &DocumentWrite) -> Write {
@@ -188,65 +225,6 @@ impl FirestoreStore {
     }
 }
 
-/// The query a scan runs, and the collection it reads.
-fn scan_query(
-    scan: &Scan,
-    after: Option<&ScanCursor>,
-    names: &dyn Fn(Collection, &str) -> String,
-) -> (Collection, StructuredQuery) {
-    match scan {
-        Scan::Collection { collection, user } => {
-            let shape: &QueryShape = match collection {
-                Collection::Daily => &queries::USER_DAYS_BY_NAME,
-                Collection::History => &queries::USER_MONTHS_BY_NAME,
-            };
-            let mut query = match user {
-                Some(user) => structured_query(shape, &[string_value(user.as_str())]),
-                None => structured_query(shape, &[]),
-            };
-            query.order_by = vec![by_name()];
-            query.start_at = after.map(|cursor| Cursor {
-                values: vec![reference(names(*collection, &cursor.id))],
-                before: false,
-            });
-            (*collection, query)
-        }
-        Scan::Month { year, month } => {
-            let equals = [
-                codec::integer(i64::from(*year)),
-                codec::integer(i64::from(*month)),
-            ];
-            let mut query = structured_query(&queries::MONTH_BY_NAME, &equals);
-            query.order_by = vec![by_name()];
-            query.start_at = after.map(|cursor| Cursor {
-                values: vec![reference(names(Collection::History, &cursor.id))],
-                before: false,
-            });
-            (Collection::History, query)
-        }
-        Scan::DaysBefore(date) => {
-            let mut query = structured_query(&queries::DAYS_BEFORE, &[]);
-            and(
-                &mut query,
-                vec![field_condition(
-                    "date",
-                    field_filter::Operator::LessThan,
-                    date_value(*date),
-                )],
-            );
-            query.order_by.push(by_name());
-            query.start_at = after.map(|cursor| Cursor {
-                values: vec![
-                    string_value(cursor.date.as_deref().unwrap_or_default()),
-                    reference(names(Collection::Daily, &cursor.id)),
-                ],
-                before: false,
-            });
-            (Collection::Daily, query)
-        }
-    }
-}
-
 fn reference(name: String) -> Value {
     Value {
         value_type: Some(ValueType::ReferenceValue(name)),
@@ -261,8 +239,7 @@ impl DocumentStore for FirestoreStore {
         after: Option<&ScanCursor>,
         limit: u32,
     ) -> Result<Vec<Stored>, StoreError> {
-        let names = |collection: Collection, id: &str| self.document_name(collection.name(), id);
-        let (collection, mut query) = scan_query(scan, after, &names);
+        let (collection, mut query) = self.scan_query(scan, after);
         query.limit = Some(i32::try_from(limit).unwrap_or(i32::MAX));
         let documents = self.query_retrying(query, None).await?;
         Ok(documents
@@ -296,12 +273,8 @@ impl DocumentStore for FirestoreStore {
         year: i32,
         month: u32,
     ) -> Result<MonthSnapshot, StoreError> {
-        let first = NaiveDate::from_ymd_opt(year, month, 1)
+        let (first, last) = month_dates(year, month)
             .ok_or_else(|| StoreError::Internal(format!("{year}-{month} is no month")))?;
-        let last = first
-            .checked_add_months(chrono::Months::new(1))
-            .and_then(|next| next.pred_opt())
-            .unwrap_or(first);
         let mut query = structured_query(
             &queries::USER_DAYS_OF_MONTH,
             &[string_value(user_id.as_str())],
@@ -322,7 +295,7 @@ impl DocumentStore for FirestoreStore {
             ],
         );
         let listed = self.query_retrying(query, None).await?;
-        let month_id = MonthlyUsage::document_id(user_id, first.year(), first.month());
+        let month_id = MonthlyUsage::document_id(user_id, year, month);
         let month_name = self.document_name(Collection::History.name(), &month_id);
         let names: Vec<String> = std::iter::once(month_name.clone())
             .chain(listed.into_iter().map(|document| document.name))

@@ -3,7 +3,7 @@
 //! holds exactly what was read.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
@@ -12,7 +12,7 @@ use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
     Scan, ScanCursor, Stored, Version, strict_user_type,
 };
-use crate::usage::{StoreError, UserId};
+use crate::usage::{MonthlyUsage, StoreError, UserId, month_dates};
 
 fn table(collection: Collection) -> &'static str {
     collection.name()
@@ -134,13 +134,9 @@ fn month_with_days(
     month: u32,
 ) -> rusqlite::Result<MonthSnapshot> {
     let transaction = connection.transaction()?;
-    let first = NaiveDate::from_ymd_opt(year, month, 1)
+    let (first, last) = month_dates(year, month)
         .ok_or_else(|| rusqlite::Error::InvalidParameterName(format!("{year}-{month}")))?;
-    let last = first
-        .checked_add_months(chrono::Months::new(1))
-        .and_then(|next| next.pred_opt())
-        .unwrap_or(first);
-    let month_id = crate::usage::MonthlyUsage::document_id(user_id, first.year(), first.month());
+    let month_id = MonthlyUsage::document_id(user_id, year, month);
     let month = read_stored(&transaction, Collection::History, &month_id)?;
     let days = {
         let mut statement = transaction.prepare_cached(&format!(
