@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use token_limits::store::{FirestoreSettings, FirestoreStore, OperationCounts, SqliteStore};
 use token_limits::usage::{
-    DayWindow, Fingerprint, IdempotencyKey, Limits, RecordOutcome, RecordRequest, StoreError,
-    Tokens, UsageStore, UserId, UserType,
+    Action, DayWindow, Fingerprint, IdempotencyKey, Limits, RecordOutcome, RecordRequest,
+    ReservationId, StoreError, Tokens, UsageStore, UserId, UserType,
 };
 use tokio::task::JoinSet;
 
@@ -123,21 +123,46 @@ impl Moment {
     fn request(&self, user: &UserId, tokens: i64) -> RecordRequest {
         RecordRequest {
             user_id: user.clone(),
-            tokens: Tokens::bounded(tokens, i64::MAX).expect("a positive token count"),
-            user_type: UserType::Trial,
+            action: Action::Spend {
+                tokens: Self::tokens(tokens),
+                user_type: UserType::Trial,
+            },
             window: self.window,
             limits: LIMITS,
+            commit_grace: chrono::Duration::zero(),
             now: self.now,
             idempotency: None,
         }
     }
 
+    fn tokens(tokens: i64) -> Tokens {
+        Tokens::bounded(tokens, i64::MAX).expect("a positive token count")
+    }
+
+    /// A reservation of `tokens` for ten minutes, on the run's day.
+    fn reserve(&self, user: &UserId, tokens: i64) -> RecordRequest {
+        RecordRequest {
+            action: Action::Reserve {
+                id: ReservationId::new(self.window.date, self.now + chrono::Duration::minutes(10)),
+                tokens: Self::tokens(tokens),
+                user_type: UserType::Trial,
+            },
+            ..self.request(user, tokens)
+        }
+    }
+
+    fn settle(&self, user: &UserId, action: Action) -> RecordRequest {
+        RecordRequest {
+            action,
+            ..self.request(user, 1)
+        }
+    }
+
     fn keyed_request(&self, user: &UserId, tokens: i64, key: &str) -> RecordRequest {
         let key = IdempotencyKey::parse(key).expect("a valid idempotency key");
-        let request = self.request(user, tokens);
         RecordRequest {
-            idempotency: Some((key, Fingerprint::of(user, request.tokens, None))),
-            ..request
+            idempotency: Some((key, Fingerprint::of(user, Self::tokens(tokens), None))),
+            ..self.request(user, tokens)
         }
     }
 }
@@ -196,7 +221,14 @@ async fn warm_up(emulator: &Emulator, moment: Moment) {
         users: 100,
         records: 400,
     };
-    concurrent(stores[0].clone(), moment, "warm-load", warm_load).await;
+    concurrent(
+        stores[0].clone(),
+        moment,
+        "warm-load",
+        warm_load,
+        Work::Record,
+    )
+    .await;
     for round in 0..3 {
         let user = user(&format!("warm-contended-{round}"));
         burst(
@@ -216,10 +248,27 @@ type Answer = Result<RecordOutcome, StoreError>;
 /// One record's latency and answer.
 type Sample = (Duration, Answer);
 
+/// A streamed reply's pair: reserve, then commit the same tokens. The sample is the pair's
+/// time and the commit's answer.
+async fn timed_pair(store: &dyn UsageStore, moment: &Moment, user: &UserId) -> Sample {
+    let started = Instant::now();
+    let (_, reserved) = timed_record(store, moment.reserve(user, SMALL_RECORD)).await;
+    let id = match reserved {
+        Ok(RecordOutcome::Reserved(reservation, _)) => reservation.id,
+        other => return (started.elapsed(), other),
+    };
+    let commit = Action::Commit {
+        id,
+        tokens: Moment::tokens(SMALL_RECORD),
+    };
+    let (_, committed) = timed_record(store, moment.settle(user, commit)).await;
+    (started.elapsed(), committed)
+}
+
 async fn timed_record(store: &dyn UsageStore, request: RecordRequest) -> Sample {
     let started = Instant::now();
     let answer = store.record(request, Instant::now() + DEADLINE).await;
-    (started.elapsed(), answer)
+    (started.elapsed(), answer.map(|recorded| recorded.outcome))
 }
 
 /// The answers of a run: the definitive ones, and errors by message, to tell why an answer
@@ -238,7 +287,7 @@ impl Tally {
             match answer {
                 Ok(RecordOutcome::Admitted(_)) => tally.admitted += 1,
                 Ok(RecordOutcome::Denied(_)) => tally.denied += 1,
-                Ok(RecordOutcome::Replayed(_) | RecordOutcome::KeyReused) => {}
+                Ok(_) => {}
                 Err(error) => *tally.errors.entry(error.to_string()).or_default() += 1,
             }
         }
@@ -506,8 +555,76 @@ async fn cost_per_request(emulator: &Emulator, moment: Moment) -> bool {
             .chain([millis(Latencies::of(&samples).mean())]),
         );
     }
+    sound &= reservation_costs(&store, &moment, &users, &mut table).await;
     table.print();
     emulator.clear(&project).await;
+    sound
+}
+
+/// Rows of the cost table for reservations: reserve, then commit (or release) each.
+async fn reservation_costs(
+    store: &Arc<FirestoreStore>,
+    moment: &Moment,
+    users: &[UserId],
+    table: &mut Table,
+) -> bool {
+    let mut sound = true;
+    for settle in ["commit", "release"] {
+        let mut row = |label: &str, samples: &[Sample], counts: OperationCounts, ok: usize| {
+            sound &= ok == COST_REQUESTS;
+            table.row(
+                [
+                    label.to_owned(),
+                    format!("{ok}/{COST_REQUESTS} {}", check_mark(ok == COST_REQUESTS)),
+                ]
+                .into_iter()
+                .chain(per_record(counts, COST_REQUESTS))
+                .chain([millis(Latencies::of(samples).mean())]),
+            );
+        };
+        let before = counts(store);
+        let mut held = Vec::with_capacity(COST_REQUESTS);
+        let mut samples = Vec::with_capacity(COST_REQUESTS);
+        for index in 0..COST_REQUESTS {
+            let user = &users[index % users.len()];
+            let (took, answer) = timed_record(store.as_ref(), moment.reserve(user, 1)).await;
+            if let Ok(RecordOutcome::Reserved(reservation, _)) = &answer {
+                held.push((user.clone(), reservation.id.clone()));
+            }
+            samples.push((took, answer));
+        }
+        row(
+            &format!("reserve (then {settle})"),
+            &samples,
+            counts(store) - before,
+            held.len(),
+        );
+        let before = counts(store);
+        let mut samples = Vec::with_capacity(COST_REQUESTS);
+        for (user, id) in held {
+            let action = match settle {
+                "commit" => Action::Commit {
+                    id,
+                    tokens: Moment::tokens(1),
+                },
+                _ => Action::Release { id },
+            };
+            samples.push(timed_record(store.as_ref(), moment.settle(&user, action)).await);
+        }
+        let settled = samples
+            .iter()
+            .filter(|(_, answer)| {
+                matches!(
+                    answer,
+                    Ok(RecordOutcome::Settled {
+                        replayed: false,
+                        ..
+                    })
+                )
+            })
+            .count();
+        row(settle, &samples, counts(store) - before, settled);
+    }
     sound
 }
 
@@ -594,22 +711,49 @@ async fn throughput(emulator: &Emulator, sqlite: &Arc<dyn UsageStore>, moment: M
     ]);
 
     let before = counts(&firestore);
-    let on_firestore = concurrent(firestore.clone(), moment, "load", LOAD).await;
+    let on_firestore = concurrent(firestore.clone(), moment, "load", LOAD, Work::Record).await;
     let records = on_firestore.samples.len();
-    let counts = per_record(counts(&firestore) - before, records);
+    let record_counts = per_record(counts(&firestore) - before, records);
     table.row(
         load_row("Firestore (emulator)", &on_firestore)
             .into_iter()
-            .chain(counts),
+            .chain(record_counts),
     );
 
-    let on_sqlite = concurrent(sqlite.clone(), moment, "load", LOAD).await;
-    let no_counts = std::iter::repeat_n("–".to_owned(), 5);
-    table.row(load_row("SQLite", &on_sqlite).into_iter().chain(no_counts));
+    let before = counts(&firestore);
+    let pairs_on_firestore = concurrent(firestore.clone(), moment, "pairs", LOAD, Work::Pair).await;
+    let pair_counts = per_record(
+        counts(&firestore) - before,
+        pairs_on_firestore.samples.len(),
+    );
+    table.row(
+        load_row(
+            "Firestore (emulator), reserve+commit pairs",
+            &pairs_on_firestore,
+        )
+        .into_iter()
+        .chain(pair_counts),
+    );
+
+    let no_counts = || std::iter::repeat_n("–".to_owned(), 5);
+    let on_sqlite = concurrent(sqlite.clone(), moment, "load", LOAD, Work::Record).await;
+    table.row(
+        load_row("SQLite", &on_sqlite)
+            .into_iter()
+            .chain(no_counts()),
+    );
+    let pairs_on_sqlite = concurrent(sqlite.clone(), moment, "pairs", LOAD, Work::Pair).await;
+    table.row(
+        load_row("SQLite, reserve+commit pairs", &pairs_on_sqlite)
+            .into_iter()
+            .chain(no_counts()),
+    );
 
     table.print();
     let mut all_samples = on_firestore.samples;
     all_samples.extend(on_sqlite.samples);
+    all_samples.extend(pairs_on_firestore.samples);
+    all_samples.extend(pairs_on_sqlite.samples);
     print_errors(&Tally::of(&all_samples));
     emulator.clear(&project).await;
 }
@@ -626,7 +770,22 @@ fn load_row(label: &str, run: &Run) -> [String; 6] {
     ]
 }
 
-async fn concurrent(store: Arc<dyn UsageStore>, moment: Moment, label: &str, load: Load) -> Run {
+/// What each step of a concurrent run does.
+#[derive(Clone, Copy)]
+enum Work {
+    /// One `POST /usage`.
+    Record,
+    /// A reservation, then its commit.
+    Pair,
+}
+
+async fn concurrent(
+    store: Arc<dyn UsageStore>,
+    moment: Moment,
+    label: &str,
+    load: Load,
+    work: Work,
+) -> Run {
     let users: Arc<Vec<UserId>> = Arc::new(
         (0..load.users)
             .map(|i| user(&format!("{label}-{i}")))
@@ -645,8 +804,13 @@ async fn concurrent(store: Arc<dyn UsageStore>, moment: Moment, label: &str, loa
                 if index >= load.records || Instant::now() >= stop_at {
                     return samples;
                 }
-                let request = moment.request(&users[index % users.len()], SMALL_RECORD);
-                samples.push(timed_record(store.as_ref(), request).await);
+                let user = &users[index % users.len()];
+                samples.push(match work {
+                    Work::Record => {
+                        timed_record(store.as_ref(), moment.request(user, SMALL_RECORD)).await
+                    }
+                    Work::Pair => timed_pair(store.as_ref(), &moment, user).await,
+                });
             }
         });
     }
@@ -696,7 +860,7 @@ async fn stored_matches(
         .months(user, 1)
         .await
         .expect("cannot read the month back");
-    let day_tokens = day.map_or(0, |day| day.tokens_used);
+    let day_tokens = day.map_or(0, |day| day.usage.tokens_used);
     let month_tokens = months.first().map_or(0, |month| month.total_monthly_tokens);
     day_tokens == admitted_tokens && month_tokens == admitted_tokens
 }

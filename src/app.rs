@@ -12,7 +12,8 @@ use crate::http::{AppState, EdgeSettings, router};
 use crate::server::{self, ConnectionSettings, Draining};
 use crate::store::{FirestoreSettings, FirestoreStore, Instrumented, SqliteStore};
 use crate::usage::{
-    DirectoryError, OfflineDirectory, StoreError, UsageService, UsageStore, UserDirectory,
+    Clock, DirectoryError, OfflineDirectory, StoreError, SystemClock, UsageService, UsageSettings,
+    UsageStore, UserDirectory,
 };
 
 /// How long one fetch of the signing keys may take.
@@ -68,6 +69,14 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// [`Self::build`], reading the time from `clock`.
+    pub async fn build_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
         config.validate().map_err(StartupError::Config)?;
         // Installed first, so that nothing counted before the first scrape is lost.
         crate::metrics::registry();
@@ -113,9 +122,13 @@ impl Application {
             usage: Arc::new(UsageService::new(
                 store,
                 user_directory(&config)?,
-                config.limits,
-                config.reset_timezone,
-                config.store_deadline(),
+                UsageSettings {
+                    limits: config.limits,
+                    zone: config.reset_timezone,
+                    store_budget: config.store_deadline(),
+                    reservations: config.reservation_rules(),
+                },
+                clock,
             )),
             verifier,
             max_tokens_per_request: config.max_tokens_per_request,

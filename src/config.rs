@@ -11,7 +11,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::lifecycle::LifecycleCommand;
 use crate::server::ConnectionSettings;
-use crate::usage::{Limits, UserType};
+use crate::usage::{Limits, ReservationRules, UserType};
 
 /// Google's JWK set for Firebase ID tokens.
 pub const GOOGLE_JWKS_URL: &str =
@@ -96,6 +96,20 @@ pub struct Config {
     /// The most tokens one `POST /usage` may ask for.
     #[arg(long, env = "MAX_TOKENS_PER_REQUEST", default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub max_tokens_per_request: i64,
+
+    /// Seconds a reservation holds its tokens when the client does not say.
+    #[arg(long, env = "RESERVATION_DEFAULT_TTL_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub reservation_default_ttl_secs: u64,
+
+    /// The longest `ttlSeconds` a client may ask for: also the longest a leaked hold can keep
+    /// a user's tokens.
+    #[arg(long, env = "RESERVATION_MAX_TTL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub reservation_max_ttl_secs: u64,
+
+    /// Seconds after a reservation expires during which its commit is still recorded (its
+    /// hold no longer counts).
+    #[arg(long, env = "RESERVATION_COMMIT_GRACE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub reservation_commit_grace_secs: u64,
 
     /// Comma-separated origins allowed to call from a browser (the admin dashboard).
     #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
@@ -264,6 +278,16 @@ impl Config {
         self.store.firestore_project()
     }
 
+    pub fn reservation_rules(&self) -> ReservationRules {
+        let seconds =
+            |secs: u64| chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX));
+        ReservationRules {
+            default_ttl: seconds(self.reservation_default_ttl_secs),
+            max_ttl: seconds(self.reservation_max_ttl_secs),
+            commit_grace: seconds(self.reservation_commit_grace_secs),
+        }
+    }
+
     /// Checks what no single flag can: the combinations.
     pub fn validate(&self) -> Result<(), String> {
         let production_firestore =
@@ -274,6 +298,12 @@ impl Config {
                  tokens, which must never write to a production Firestore: set \
                  FIRESTORE_EMULATOR_HOST or a real FIREBASE_PROJECT_ID",
                 self.store.firebase_project_id
+            ));
+        }
+        if self.reservation_default_ttl_secs > self.reservation_max_ttl_secs {
+            return Err(format!(
+                "RESERVATION_DEFAULT_TTL_SECS ({}) cannot exceed RESERVATION_MAX_TTL_SECS ({})",
+                self.reservation_default_ttl_secs, self.reservation_max_ttl_secs
             ));
         }
         Ok(())

@@ -14,6 +14,8 @@ pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
 pub const DECISIONS: &str = "token_limits_decisions_total";
 pub const TOKENS: &str = "token_limits_tokens_total";
 pub const TOKENS_BY_HOUR: &str = "token_limits_admitted_tokens_by_hour_total";
+pub const RESERVATIONS: &str = "token_limits_reservations_total";
+pub const RESERVATION_TOKENS: &str = "token_limits_reservation_tokens_total";
 pub const RECORD_ERRORS: &str = "token_limits_record_errors_total";
 pub const ACTIVE_USERS_TODAY: &str = "token_limits_active_users_today";
 pub const TOKENS_TODAY: &str = "token_limits_tokens_today";
@@ -72,6 +74,12 @@ fn start_at_zero() {
     ] {
         metrics::counter!(RECORD_ERRORS, "kind" => kind).absolute(0);
     }
+    for event in ["opened", "committed", "released", "expired"] {
+        metrics::counter!(RESERVATIONS, "event" => event).absolute(0);
+    }
+    for event in ["held", "freed", "committed"] {
+        metrics::counter!(RESERVATION_TOKENS, "event" => event).absolute(0);
+    }
     for reason in ["contention", "transient"] {
         metrics::counter!(STORE_RETRIES, "reason" => reason).absolute(0);
     }
@@ -113,6 +121,14 @@ fn describe() {
     describe_counter!(
         TOKENS_BY_HOUR,
         "Admitted tokens by hour of the day in RESET_TIMEZONE (00-23): when usage peaks"
+    );
+    describe_counter!(
+        RESERVATIONS,
+        "Reservations by event (opened, committed, released, expired; an expired hold is counted when a write of its day drops it)"
+    );
+    describe_counter!(
+        RESERVATION_TOKENS,
+        "Reservation tokens by event: held (estimate, on open), freed (estimate, when the hold ends), committed (actual); held now = held - freed"
     );
     describe_counter!(
         RECORD_ERRORS,

@@ -39,6 +39,8 @@ fn bad_configuration_stops_with_one_line_naming_the_variable() {
         ("FIREBASE_PROJECT_ID", "Bad_Project"),
         ("LOG_FORMAT", "xml"),
         ("HOST", "localhost:80"),
+        ("RESERVATION_MAX_TTL_SECS", "0"),
+        ("RESERVATION_COMMIT_GRACE_SECS", "-5"),
     ];
     for (variable, value) in cases {
         let output = command().env(variable, value).output().unwrap();
@@ -60,6 +62,18 @@ fn emulator_tokens_never_write_to_a_production_firestore() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("FIRESTORE_EMULATOR_HOST"), "{stderr}");
+}
+
+#[test]
+fn a_default_reservation_ttl_above_the_maximum_is_refused() {
+    let output = command()
+        .env("RESERVATION_MAX_TTL_SECS", "60")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("RESERVATION_DEFAULT_TTL_SECS"), "{stderr}");
 }
 
 #[test]

@@ -160,6 +160,29 @@ fn record(server: &Server, admin: &str, user: &str, tokens: i64) -> Value {
     body
 }
 
+/// Holds `tokens` for `user` through the API, as an admin acting for them; returns its id.
+fn reserve(server: &Server, admin: &str, user: &str, tokens: i64) -> String {
+    let response = client()
+        .post(format!("{}/usage/reservations", server.base))
+        .bearer_auth(admin)
+        .json(&json!({"tokens": tokens, "userId": user, "userType": "trial"}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+fn commit(server: &Server, admin: &str, user: &str, id: &str, tokens: i64) {
+    let response = client()
+        .post(format!("{}/usage/reservations/{id}/commit", server.base))
+        .bearer_auth(admin)
+        .json(&json!({"tokens": tokens, "userId": user}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
 fn get(server: &Server, admin: &str, path: &str) -> Value {
     let response = client()
         .get(format!("{}{path}", server.base))
@@ -222,7 +245,9 @@ fn write_lines(path: &Path, lines: &[String]) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
-/// Five users' March 2025 (days 1 to 20) and a few records today through the API.
+/// Five users' March 2025 (days 1 to 20) and a few records today through the API, with a
+/// reservation held, one committed, and a user who has only held one (a day without tokens,
+/// which needs no month).
 fn seed(target: &Target, dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     for n in 0..5 {
@@ -243,6 +268,10 @@ fn seed(target: &Target, dir: &Path) -> Vec<String> {
             record(&server, &admin, &format!("user{n}"), tokens + n);
         }
     }
+    reserve(&server, &admin, "user0", 40);
+    let settled = reserve(&server, &admin, "user1", 60);
+    commit(&server, &admin, "user1", &settled, 55);
+    reserve(&server, &admin, "user9", 30);
     server.stop();
     lines
 }
@@ -255,8 +284,8 @@ fn round_trip(target: &Target) {
     let documents = before.lines().count();
     assert_eq!(
         documents,
-        5 * 16 + 5 + 5,
-        "March days and months, today and this month"
+        5 * 16 + 5 + 5 + 1,
+        "March days and months, today and this month, and a day that only held tokens"
     );
     let nowhere = dir.path().join("nowhere.ndjson");
     let counted = target.clean(&["export", "--output", nowhere.to_str().unwrap(), "--dry-run"]);
@@ -300,7 +329,7 @@ fn a_deployment_moves_from_sqlite_to_firestore_with_every_figure() {
 
     let firestore = Target::firestore("move");
     let imported = firestore.clean(&["import", "--input", export.to_str().unwrap()]);
-    assert_eq!(imported["counts"]["documentsCreated"], 90);
+    assert_eq!(imported["counts"]["documentsCreated"], 91);
     firestore.clean(&["verify"]);
 
     let today = chrono::Utc::now().date_naive();
@@ -359,7 +388,8 @@ fn a_bad_line_writes_nothing_and_is_named_by_number() {
     }
 }
 
-/// A day, a month and a wrong-typed field planted straight into the store.
+/// A day, a month, a wrong-typed field and a contradictory reservation planted straight into
+/// the store.
 fn plant_faults(target: &Target) {
     match target {
         Target::Sqlite(path) => {
@@ -368,7 +398,11 @@ fn plant_faults(target: &Target) {
                 "UPDATE daily_token_usage SET tokens_used = 999 WHERE id = 'user1_2025-03-05';
                  UPDATE token_usage_history SET average_daily_usage = 1.5 WHERE id = 'user2_2025_03';
                  UPDATE daily_token_usage SET id = 'someone_2025-03-06' WHERE id = 'user3_2025-03-06';
-                 UPDATE daily_token_usage SET user_type = 'premium' WHERE id = 'user4_2025-03-07';",
+                 UPDATE daily_token_usage SET user_type = 'premium' WHERE id = 'user4_2025-03-07';
+                 UPDATE daily_token_usage SET reservations = '{\"20250309-1741514400-0123456789abcdef\":
+                     {\"tokens\": 300, \"createdAt\": \"2025-03-09T10:00:00Z\",
+                      \"expiresAt\": \"2025-03-09T10:10:00Z\", \"status\": \"committed\"}}'
+                     WHERE id = 'user0_2025-03-09';",
             )
             .unwrap();
         }
@@ -426,6 +460,18 @@ fn plant_faults(target: &Target) {
                 "daily_token_usage/user4_2025-03-07",
                 json!({"tokensUsed": {"stringValue": "70"}}),
             );
+            let timestamp = |at: &str| json!({ "timestampValue": at });
+            patch(
+                "daily_token_usage/user0_2025-03-09",
+                json!({"reservations": {"mapValue": {"fields": {
+                    "20250309-1741514400-0123456789abcdef": {"mapValue": {"fields": {
+                        "tokens": {"integerValue": "300"},
+                        "createdAt": timestamp("2025-03-09T10:00:00Z"),
+                        "expiresAt": timestamp("2025-03-09T10:10:00Z"),
+                        "status": {"stringValue": "committed"},
+                    }}}
+                }}}}),
+            );
         }
     }
 }
@@ -473,7 +519,11 @@ fn verify_finds_each_planted_fault(target: &Target) {
         Target::Firestore { .. } => "tokensUsed is not an integer",
     };
     expect("daily_token_usage/user4_2025-03-07", wrong_type);
-    assert_eq!(findings.len(), 4, "{findings:?}");
+    expect(
+        "daily_token_usage/user0_2025-03-09",
+        "status \"committed\" does not fit its fields",
+    );
+    assert_eq!(findings.len(), 5, "{findings:?}");
 
     let narrowed = target.run(&["verify", "--user", "user2", "--month", "2025-03"]);
     assert_eq!(narrowed.summary["findingsTotal"], 1, "{}", narrowed.summary);

@@ -15,8 +15,9 @@ use std::time::Instant;
 
 use token_limits::store::{FirestoreSettings, FirestoreStore, SqliteStore};
 use token_limits::usage::{
-    DailyUsage, DayWindow, Fingerprint, IdempotencyKey, Limits, MonthlyUsage, RecordOutcome,
-    RecordRequest, Tokens, UsageStore, UserId, UserType,
+    Action, DailyUsage, DayWindow, Fingerprint, IdempotencyKey, Limits, MonthlyUsage,
+    RecordOutcome, RecordRequest, ReservationId, StoredAnswer, Tokens, UsageStore, UserId,
+    UserType,
 };
 
 const LIMITS: Limits = Limits {
@@ -39,34 +40,61 @@ fn user(uid: &str) -> UserId {
 }
 
 fn request(uid: &str, tokens: i64, user_type: UserType, now: &str) -> RecordRequest {
+    let tokens = Tokens::bounded(tokens, i64::MAX).unwrap();
+    action(uid, Action::Spend { tokens, user_type }, now)
+}
+
+fn action(uid: &str, action: Action, now: &str) -> RecordRequest {
     let now = at(now);
+    let window = match &action {
+        Action::Commit { id, .. } | Action::Release { id } => {
+            DayWindow::of_date(id.date(), Tz::UTC)
+        }
+        Action::Spend { .. } | Action::Reserve { .. } => DayWindow::containing(now, Tz::UTC),
+    };
     RecordRequest {
         user_id: user(uid),
-        tokens: Tokens::bounded(tokens, i64::MAX).unwrap(),
-        user_type,
-        window: DayWindow::containing(now, Tz::UTC),
+        action,
+        window,
         limits: LIMITS,
+        commit_grace: chrono::Duration::seconds(30),
         now,
         idempotency: None,
     }
 }
 
 fn keyed(mut request: RecordRequest, key: &str) -> RecordRequest {
-    let fingerprint = Fingerprint::of(&request.user_id, request.tokens, None);
+    let Action::Spend { tokens, .. } = request.action else {
+        panic!("only records are keyed here")
+    };
+    let fingerprint = Fingerprint::of(&request.user_id, tokens, None);
     request.idempotency = Some((IdempotencyKey::parse(key).unwrap(), fingerprint));
     request
 }
 
 async fn record(store: &dyn UsageStore, request: RecordRequest) -> RecordOutcome {
     let deadline = Instant::now() + Duration::from_secs(5);
-    store.record(request, deadline).await.unwrap()
+    store.record(request, deadline).await.unwrap().outcome
 }
 
 fn admitted(outcome: RecordOutcome) -> DailyUsage {
     match outcome {
-        RecordOutcome::Admitted(day) => day,
+        RecordOutcome::Admitted(standing) => standing.day,
         other => panic!("not admitted: {other:?}"),
     }
+}
+
+/// The stored day's figures, without its reservations.
+async fn stored_day(
+    store: &dyn UsageStore,
+    user_id: &UserId,
+    date: chrono::NaiveDate,
+) -> Option<DailyUsage> {
+    store
+        .day(user_id, date)
+        .await
+        .unwrap()
+        .map(|stored| stored.usage)
 }
 
 async fn first_use_creates_the_day_and_the_month(h: &impl Harness) {
@@ -80,7 +108,7 @@ async fn first_use_creates_the_day_and_the_month(h: &impl Harness) {
     assert_eq!(day.last_updated, at(now));
     assert_eq!(day.reset_at, at("2024-01-16T00:00:00Z"));
     assert_eq!(
-        store.day(&user("alice"), day.date).await.unwrap(),
+        stored_day(&*store, &user("alice"), day.date).await,
         Some(day)
     );
     let months = store.months(&user("alice"), 12).await.unwrap();
@@ -104,11 +132,13 @@ async fn usage_accumulates(h: &impl Harness) {
     ] {
         record(&*store, request("alice", tokens, UserType::Trial, now)).await;
     }
-    let day = store
-        .day(&user("alice"), at("2024-01-15T00:00:00Z").date_naive())
-        .await
-        .unwrap()
-        .unwrap();
+    let day = stored_day(
+        &*store,
+        &user("alice"),
+        at("2024-01-15T00:00:00Z").date_naive(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (day.tokens_used, day.last_updated),
         (600, at("2024-01-15T03:00:00Z"))
@@ -116,7 +146,7 @@ async fn usage_accumulates(h: &impl Harness) {
     let month = &store.months(&user("alice"), 1).await.unwrap()[0];
     assert_eq!(month.total_monthly_tokens, 600);
     assert_eq!(month.created_at, at("2024-01-15T01:00:00Z"));
-    assert!(store.day(&user("bob"), day.date).await.unwrap().is_none());
+    assert!(stored_day(&*store, &user("bob"), day.date).await.is_none());
 }
 
 async fn the_limit_is_exact_and_a_denial_writes_nothing(h: &impl Harness) {
@@ -124,10 +154,10 @@ async fn the_limit_is_exact_and_a_denial_writes_nothing(h: &impl Harness) {
     let now = "2024-01-15T10:00:00Z";
     let date = at(now).date_naive();
     match record(&*store, request("alice", 1_001, UserType::Trial, now)).await {
-        RecordOutcome::Denied(day) => assert_eq!((day.tokens_used, day.token_limit), (0, 1_000)),
+        RecordOutcome::Denied(s) => assert_eq!((s.day.tokens_used, s.day.token_limit), (0, 1_000)),
         other => panic!("{other:?}"),
     }
-    assert!(store.day(&user("alice"), date).await.unwrap().is_none());
+    assert!(stored_day(&*store, &user("alice"), date).await.is_none());
     assert!(store.months(&user("alice"), 12).await.unwrap().is_empty());
 
     admitted(record(&*store, request("alice", 999, UserType::Trial, now)).await);
@@ -135,10 +165,10 @@ async fn the_limit_is_exact_and_a_denial_writes_nothing(h: &impl Harness) {
     assert_eq!(full.tokens_used, 1_000);
     let later = "2024-01-15T11:00:00Z";
     match record(&*store, request("alice", 1, UserType::Trial, later)).await {
-        RecordOutcome::Denied(day) => assert_eq!(day, full),
+        RecordOutcome::Denied(standing) => assert_eq!(standing.day, full),
         other => panic!("{other:?}"),
     }
-    assert_eq!(store.day(&user("alice"), date).await.unwrap(), Some(full));
+    assert_eq!(stored_day(&*store, &user("alice"), date).await, Some(full));
     assert_eq!(
         store.months(&user("alice"), 1).await.unwrap()[0].total_monthly_tokens,
         1_000
@@ -158,13 +188,14 @@ async fn an_upgrade_mid_day_raises_the_stored_limit(h: &impl Harness) {
         (day.tokens_used, day.token_limit, day.user_type),
         (1_010, 5_000, UserType::Subscribed)
     );
-    let stored = store.day(&user("alice"), day.date).await.unwrap().unwrap();
+    let stored = stored_day(&*store, &user("alice"), day.date).await.unwrap();
     assert_eq!(stored.user_type, UserType::Subscribed);
     // The plan of the request applies, whatever the stored day says.
     let day = admitted(record(&*store, request("alice", 2_000, UserType::Subscribed, now)).await);
     assert_eq!(day.token_limit, 5_000);
     match record(&*store, request("alice", 1, UserType::Trial, now)).await {
-        RecordOutcome::Denied(day) => {
+        RecordOutcome::Denied(standing) => {
+            let day = standing.day;
             assert_eq!((day.token_limit, day.user_type), (1_000, UserType::Trial))
         }
         other => panic!("a downgrade kept the stored plan: {other:?}"),
@@ -187,7 +218,10 @@ async fn an_idempotency_key_replays_and_refuses_reuse(h: &impl Harness) {
         keyed(request("alice", 300, UserType::Trial, later), "k1"),
     )
     .await;
-    assert_eq!(again, RecordOutcome::Replayed(first.clone()));
+    let RecordOutcome::Replayed(StoredAnswer::Recorded(replayed)) = again else {
+        panic!("not replayed: {again:?}")
+    };
+    assert_eq!(replayed.day, first);
     let reused = record(
         &*store,
         keyed(request("alice", 301, UserType::Trial, later), "k1"),
@@ -195,7 +229,7 @@ async fn an_idempotency_key_replays_and_refuses_reuse(h: &impl Harness) {
     .await;
     assert_eq!(reused, RecordOutcome::KeyReused);
     assert_eq!(
-        store.day(&user("alice"), first.date).await.unwrap(),
+        stored_day(&*store, &user("alice"), first.date).await,
         Some(first.clone())
     );
     // Another user's key space is their own.
@@ -348,6 +382,157 @@ async fn it_answers_ping(h: &impl Harness) {
 }
 
 /// Runs every case of the suite against a fresh harness each.
+fn reserve(uid: &str, tokens: i64, now: &str, expires: &str) -> RecordRequest {
+    let expires = at(expires);
+    let date = DayWindow::containing(at(now), Tz::UTC).date;
+    let reserve = Action::Reserve {
+        id: ReservationId::new(date, expires),
+        tokens: Tokens::bounded(tokens, i64::MAX).unwrap(),
+        user_type: UserType::Trial,
+    };
+    action(uid, reserve, now)
+}
+
+/// Reserves and returns the reservation's id.
+async fn held(store: &dyn UsageStore, request: RecordRequest) -> ReservationId {
+    match record(store, request).await {
+        RecordOutcome::Reserved(reservation, _) => reservation.id,
+        other => panic!("not reserved: {other:?}"),
+    }
+}
+
+fn commit(uid: &str, id: &ReservationId, tokens: i64, now: &str) -> RecordRequest {
+    let tokens = Tokens::bounded(tokens, i64::MAX).unwrap();
+    action(
+        uid,
+        Action::Commit {
+            id: id.clone(),
+            tokens,
+        },
+        now,
+    )
+}
+
+async fn a_hold_is_stored_and_frees_its_tokens_when_it_expires(h: &impl Harness) {
+    let store = h.store();
+    let date = at("2024-01-15T10:00:00Z").date_naive();
+    let id = held(
+        &*store,
+        reserve("alice", 900, "2024-01-15T10:00:00Z", "2024-01-15T10:10:00Z"),
+    )
+    .await;
+    let stored = store.day(&user("alice"), date).await.unwrap().unwrap();
+    assert_eq!(stored.usage.tokens_used, 0);
+    let entry = stored.reservations.get(&id).expect("the hold is stored");
+    assert_eq!((entry.tokens, entry.settlement), (900, None));
+    assert!(store.months(&user("alice"), 1).await.unwrap().is_empty());
+
+    let before = request("alice", 101, UserType::Trial, "2024-01-15T10:09:59.999Z");
+    assert!(matches!(
+        record(&*store, before).await,
+        RecordOutcome::Denied(_)
+    ));
+    let at_expiry = request("alice", 101, UserType::Trial, "2024-01-15T10:10:00Z");
+    admitted(record(&*store, at_expiry).await);
+    assert!(
+        !store
+            .day(&user("alice"), date)
+            .await
+            .unwrap()
+            .unwrap()
+            .reservations
+            .is_empty()
+    );
+    // Past the commit grace, the next write of the day drops it and says so.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let dropping = request("alice", 1, UserType::Trial, "2024-01-15T10:10:30Z");
+    let recorded = store.record(dropping, deadline).await.unwrap();
+    assert_eq!(recorded.expired_holds.len(), 1);
+    let stored = store.day(&user("alice"), date).await.unwrap().unwrap();
+    assert!(stored.reservations.is_empty());
+    assert_eq!(stored.usage.tokens_used, 102);
+}
+
+async fn a_commit_after_midnight_lands_on_the_reserved_day(h: &impl Harness) {
+    let store = h.store();
+    let id = held(
+        &*store,
+        reserve("alice", 300, "2024-01-15T23:59:59Z", "2024-01-16T00:09:59Z"),
+    )
+    .await;
+    let committed = record(&*store, commit("alice", &id, 450, "2024-01-16T00:00:05Z")).await;
+    let RecordOutcome::Settled {
+        standing,
+        replayed: false,
+        ..
+    } = committed
+    else {
+        panic!("not committed: {committed:?}")
+    };
+    assert_eq!(
+        (standing.day.tokens_used, standing.reserved_tokens),
+        (450, 0)
+    );
+    let the_15th = at("2024-01-15T12:00:00Z").date_naive();
+    let stored = store.day(&user("alice"), the_15th).await.unwrap().unwrap();
+    assert_eq!(stored.usage.tokens_used, 450);
+    assert_eq!(stored.usage.last_updated, at("2024-01-16T00:00:05Z"));
+    assert!(
+        stored_day(
+            &*store,
+            &user("alice"),
+            at("2024-01-16T01:00:00Z").date_naive()
+        )
+        .await
+        .is_none()
+    );
+    let month = &store.months(&user("alice"), 1).await.unwrap()[0];
+    assert_eq!(month.daily_usage, BTreeMap::from([("15".to_owned(), 450)]));
+
+    let again = record(&*store, commit("alice", &id, 450, "2024-01-16T00:00:06Z")).await;
+    assert!(matches!(
+        again,
+        RecordOutcome::Settled { replayed: true, .. }
+    ));
+    assert_eq!(
+        store.months(&user("alice"), 1).await.unwrap()[0].total_monthly_tokens,
+        450
+    );
+}
+
+async fn a_release_changes_only_the_reservations(h: &impl Harness) {
+    let store = h.store();
+    let now = "2024-01-15T10:00:00Z";
+    let day = admitted(record(&*store, request("alice", 100, UserType::Trial, now)).await);
+    let id = held(
+        &*store,
+        reserve("alice", 900, "2024-01-15T10:01:00Z", "2024-01-15T10:11:00Z"),
+    )
+    .await;
+    let release = action(
+        "alice",
+        Action::Release { id: id.clone() },
+        "2024-01-15T10:02:00Z",
+    );
+    assert!(matches!(
+        record(&*store, release).await,
+        RecordOutcome::Settled {
+            replayed: false,
+            ..
+        }
+    ));
+    let stored = store.day(&user("alice"), day.date).await.unwrap().unwrap();
+    assert_eq!(stored.usage, day, "a release records nothing");
+    assert!(stored.reservations.get(&id).unwrap().settlement.is_some());
+    admitted(
+        record(
+            &*store,
+            request("alice", 900, UserType::Trial, "2024-01-15T10:03:00Z"),
+        )
+        .await,
+    );
+}
+
 macro_rules! conformance_suite {
     ($store:ident, $harness:expr) => {
         mod $store {
@@ -362,6 +547,9 @@ macro_rules! conformance_suite {
                 a_pre_existing_month_document_is_continued,
                 history_is_newest_first_and_limited,
                 a_summary_is_one_instant_while_users_upgrade,
+                a_hold_is_stored_and_frees_its_tokens_when_it_expires,
+                a_commit_after_midnight_lands_on_the_reserved_day,
+                a_release_changes_only_the_reservations,
                 it_answers_ping,
             );
         }

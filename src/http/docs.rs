@@ -51,7 +51,7 @@ impl Modify for BearerAuth {
 /// Completes the document that the handlers' annotations made: the responses every
 /// authenticated operation shares, written once here, and the bounds that come from the
 /// configuration.
-pub fn complete(document: &mut utoipa::openapi::OpenApi, max_tokens_per_request: i64) {
+pub fn complete(document: &mut utoipa::openapi::OpenApi, bounds: ConfiguredBounds) {
     for operation in document.paths.paths.values_mut().flat_map(|item| {
         [
             &mut item.get,
@@ -75,16 +75,24 @@ pub fn complete(document: &mut utoipa::openapi::OpenApi, max_tokens_per_request:
             .as_ref()
             .is_some_and(|tags| tags.iter().any(|tag| tag == "admin"));
         let responses = &mut operation.responses.responses;
-        for (status, response) in shared_responses(admin) {
+        let has_body = operation.request_body.is_some();
+        for (status, response) in shared_responses(admin, has_body) {
             responses
                 .entry(status.to_owned())
                 .or_insert(response.into());
         }
     }
-    state_max_tokens(document, max_tokens_per_request);
+    state_bounds(document, bounds);
 }
 
-fn shared_responses(admin: bool) -> Vec<(&'static str, Response)> {
+/// The bounds of request bodies that come from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfiguredBounds {
+    pub max_tokens_per_request: i64,
+    pub max_reservation_ttl_secs: i64,
+}
+
+fn shared_responses(admin: bool, has_body: bool) -> Vec<(&'static str, Response)> {
     let error = |description: &str| {
         ResponseBuilder::new().description(description).content(
             "application/json",
@@ -117,18 +125,31 @@ fn shared_responses(admin: bool) -> Vec<(&'static str, Response)> {
     if admin {
         shared.push(("403", error("Not an admin").build()));
     }
+    if has_body {
+        shared.push(("413", error("Body too large").build()));
+        shared.push(("415", error("Body is not JSON").build()));
+    }
     shared
 }
 
-/// `MAX_TOKENS_PER_REQUEST` as the body's maximum, so the document states the real bound.
-fn state_max_tokens(document: &mut utoipa::openapi::OpenApi, max_tokens_per_request: i64) {
-    let body = document
-        .components
-        .as_mut()
-        .and_then(|components| components.schemas.get_mut("RecordBody"));
-    if let Some(RefOr::T(Schema::Object(body))) = body
-        && let Some(RefOr::T(Schema::Object(tokens))) = body.properties.get_mut("tokens")
-    {
-        tokens.maximum = Some(max_tokens_per_request.into());
+/// `MAX_TOKENS_PER_REQUEST` as every body's maximum of tokens, and
+/// `RESERVATION_MAX_TTL_SECS` as the maximum `ttlSeconds`, so the document states the real
+/// bounds.
+fn state_bounds(document: &mut utoipa::openapi::OpenApi, bounds: ConfiguredBounds) {
+    let Some(components) = document.components.as_mut() else {
+        return;
+    };
+    let fields = [
+        ("RecordBody", "tokens", bounds.max_tokens_per_request),
+        ("ReserveBody", "tokens", bounds.max_tokens_per_request),
+        ("CommitBody", "tokens", bounds.max_tokens_per_request),
+        ("ReserveBody", "ttlSeconds", bounds.max_reservation_ttl_secs),
+    ];
+    for (schema, field, maximum) in fields {
+        if let Some(RefOr::T(Schema::Object(body))) = components.schemas.get_mut(schema)
+            && let Some(RefOr::T(Schema::Object(value))) = body.properties.get_mut(field)
+        {
+            value.maximum = Some(maximum.into());
+        }
     }
 }

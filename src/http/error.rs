@@ -34,6 +34,18 @@ pub enum ApiError {
     /// 415 `unsupported_media_type`.
     #[error("the request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
+    /// 404 `reservation_not_found`.
+    #[error("no reservation with this id is held for this user")]
+    ReservationNotFound,
+    /// 409 `reservation_committed`.
+    #[error("this reservation was already committed, with {0} tokens")]
+    ReservationCommitted(i64),
+    /// 409 `reservation_released`.
+    #[error("this reservation was released")]
+    ReservationReleased,
+    /// 410 `reservation_expired`.
+    #[error("this reservation expired before it was settled; it holds nothing")]
+    ReservationExpired,
     /// 422 `idempotency_key_reused`.
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
@@ -61,7 +73,9 @@ impl ApiError {
             Self::InvalidRequest(_) | Self::InvalidUserId(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::ReservationNotFound => StatusCode::NOT_FOUND,
+            Self::ReservationCommitted(_) | Self::ReservationReleased => StatusCode::CONFLICT,
+            Self::ReservationExpired => StatusCode::GONE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -77,6 +91,10 @@ impl ApiError {
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound => "not_found",
+            Self::ReservationNotFound => "reservation_not_found",
+            Self::ReservationCommitted(_) => "reservation_committed",
+            Self::ReservationReleased => "reservation_released",
+            Self::ReservationExpired => "reservation_expired",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::IdempotencyKeyReused => "idempotency_key_reused",

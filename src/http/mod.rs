@@ -8,6 +8,7 @@ mod observe;
 mod ops;
 mod page_token;
 mod params;
+mod reservations;
 mod usage;
 
 pub use error::ApiError;
@@ -26,7 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::TokenVerifier;
 use crate::server::Draining;
-use crate::usage::UsageService;
+use crate::usage::{Tokens, UsageService};
 
 /// The largest request body accepted; a usage request is a few dozen bytes.
 const BODY_LIMIT_BYTES: usize = 16 * 1024;
@@ -43,6 +44,14 @@ pub struct AppState {
     pub metrics_token: Option<String>,
 }
 
+impl AppState {
+    /// A body's `tokens`, within `MAX_TOKENS_PER_REQUEST`.
+    fn tokens(&self, raw: i64) -> Result<Tokens, ApiError> {
+        Tokens::bounded(raw, self.max_tokens_per_request)
+            .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+    }
+}
+
 /// How the edge behaves, beyond the handlers.
 #[derive(Debug, Clone)]
 pub struct EdgeSettings {
@@ -52,18 +61,22 @@ pub struct EdgeSettings {
 
 /// The routes and their OpenAPI description, made from the same declarations so that the two
 /// cannot drift apart.
-pub fn routes(max_tokens_per_request: i64) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+pub fn routes(bounds: docs::ConfiguredBounds) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (routes, mut document) = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(usage::router())
+        .merge(reservations::router())
         .merge(admin::router())
         .merge(ops::router())
         .split_for_parts();
-    docs::complete(&mut document, max_tokens_per_request);
+    docs::complete(&mut document, bounds);
     (routes, document)
 }
 
 pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
-    let (routes, document) = routes(state.max_tokens_per_request);
+    let (routes, document) = routes(docs::ConfiguredBounds {
+        max_tokens_per_request: state.max_tokens_per_request,
+        max_reservation_ttl_secs: state.usage.reservation_rules().max_ttl.num_seconds(),
+    });
     let mut app = routes
         .layer(Extension(Arc::new(document)))
         .fallback(|| async { ApiError::NotFound })
@@ -86,7 +99,7 @@ pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
 fn cors(origins: &[axum::http::HeaderValue]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins.iter().cloned()))
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -14,10 +14,11 @@ use super::extract::{AppJson, AppQuery};
 use super::params::{Caller, IdempotencyKeyHeader, Months, MonthsQuery};
 use super::{ApiError, AppState};
 use crate::usage::{
-    DailyUsage, MonthlyUsage, RecordOutcome, Subject, Tokens, TypeSource, UserId, UserType,
+    DailyUsage, MonthlyUsage, RecordOutcome, Standing, StoredAnswer, Subject, TypeSource, UserId,
+    UserType,
 };
 
-const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -47,15 +48,31 @@ pub(super) struct RecordBody {
 pub struct UsageView {
     #[serde(flatten)]
     day: DailyUsage,
-    /// `max(0, tokenLimit - tokensUsed)`.
+    /// Tokens held by open reservations (replies being streamed). Absent from reports, which
+    /// count committed tokens only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reserved_tokens: Option<i64>,
+    /// `max(0, tokenLimit - tokensUsed - reservedTokens)`.
     remaining: i64,
 }
 
+/// A report's item: committed tokens only.
 impl From<DailyUsage> for UsageView {
     fn from(day: DailyUsage) -> Self {
         Self {
             remaining: day.remaining(),
+            reserved_tokens: None,
             day,
+        }
+    }
+}
+
+impl From<Standing> for UsageView {
+    fn from(standing: Standing) -> Self {
+        Self {
+            remaining: standing.remaining(),
+            reserved_tokens: Some(standing.reserved_tokens),
+            day: standing.day,
         }
     }
 }
@@ -63,11 +80,12 @@ impl From<DailyUsage> for UsageView {
 /// The answer to a check: the day as it stands, whether the tokens were admitted, and on a
 /// denial why.
 #[derive(Serialize, utoipa::ToSchema)]
-struct RecordAnswer {
+pub(super) struct RecordAnswer {
     #[serde(flatten)]
     usage: UsageView,
     allowed: bool,
-    /// Present when `allowed` is false: `daily_limit_exceeded`.
+    /// Present when `allowed` is false: `daily_limit_exceeded` (or, for a reservation,
+    /// `too_many_reservations`).
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ErrorBody>,
 }
@@ -87,10 +105,8 @@ struct RecordAnswer {
          headers(("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
         (status = 400, description = "Invalid body, user id or Idempotency-Key", body = ErrorEnvelope),
         (status = 403, description = "Only an admin may record for another user", body = ErrorEnvelope),
-        (status = 413, description = "Body too large", body = ErrorEnvelope),
-        (status = 415, description = "Body is not JSON", body = ErrorEnvelope),
         (status = 422, description = "Idempotency-Key reused with another body", body = ErrorEnvelope),
-        (status = 429, description = "The daily limit would be exceeded; nothing recorded", body = RecordAnswer,
+        (status = 429, description = "The daily limit would be exceeded (tokens used and held count); nothing recorded", body = RecordAnswer,
          headers(("Retry-After" = u64, description = "Seconds until the limit resets"))),
     ),
     security(("bearer" = []))
@@ -101,27 +117,31 @@ async fn record(
     IdempotencyKeyHeader(idempotency_key): IdempotencyKeyHeader,
     AppJson(body): AppJson<RecordBody>,
 ) -> Result<Response, ApiError> {
-    let tokens = Tokens::bounded(body.tokens, state.max_tokens_per_request)
-        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let tokens = state.tokens(body.tokens)?;
     let subject = subject(&caller, body.user_id, body.user_type)?;
     let outcome = state.usage.record(subject, tokens, idempotency_key).await?;
     Ok(match outcome {
-        RecordOutcome::Admitted(day) => admitted(day).into_response(),
-        RecordOutcome::Replayed(day) => {
-            let mut response = admitted(day).into_response();
-            response
-                .headers_mut()
-                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-            response
+        RecordOutcome::Admitted(standing) => admitted(standing).into_response(),
+        RecordOutcome::Replayed(StoredAnswer::Recorded(standing)) => {
+            replayed(admitted(standing).into_response())
         }
-        RecordOutcome::Denied(day) => denied(day),
-        RecordOutcome::KeyReused => return Err(ApiError::IdempotencyKeyReused),
+        RecordOutcome::Denied(standing) => denied(standing, state.usage.now()),
+        // A key's fingerprint names its kind of request, so any other outcome is a key reused.
+        _ => return Err(ApiError::IdempotencyKeyReused),
     })
+}
+
+/// Marks an answer as the replay of an earlier request's.
+pub(super) fn replayed(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    response
 }
 
 /// Whom a record counts, and how their plan is known: the caller's own token, or for an
 /// admin acting for another user, what the admin states or else the user directory.
-fn subject(
+pub(super) fn subject(
     caller: &Caller,
     user_id: Option<String>,
     stated_type: Option<UserType>,
@@ -152,32 +172,40 @@ fn subject(
     Ok(Subject { user_id, user_type })
 }
 
-fn admitted(day: DailyUsage) -> Json<RecordAnswer> {
+fn admitted(standing: Standing) -> Json<RecordAnswer> {
     Json(RecordAnswer {
-        usage: day.into(),
+        usage: standing.into(),
         allowed: true,
         error: None,
     })
 }
 
-fn denied(day: DailyUsage) -> Response {
-    let retry_after = day.seconds_until_reset(Utc::now());
+/// 429: the day cannot take the tokens; the same answer for a record and a reservation.
+pub(super) fn denied(standing: Standing, now: DateTime<Utc>) -> Response {
+    let day = &standing.day;
+    let retry_after = day.seconds_until_reset(now);
+    let error = ErrorBody {
+        code: "daily_limit_exceeded".to_owned(),
+        message: format!(
+            "the daily limit of {} tokens would be exceeded; it resets at {}",
+            day.token_limit,
+            day.reset_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    };
+    refused_429(standing, error, retry_after)
+}
+
+/// A 429 with the day as it stands, why, and when to try again.
+pub(super) fn refused_429(standing: Standing, error: ErrorBody, retry_after_secs: i64) -> Response {
     let answer = RecordAnswer {
-        error: Some(ErrorBody {
-            code: "daily_limit_exceeded".to_owned(),
-            message: format!(
-                "the daily limit of {} tokens would be exceeded; it resets at {}",
-                day.token_limit,
-                day.reset_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-        }),
-        usage: day.into(),
+        error: Some(error),
+        usage: standing.into(),
         allowed: false,
     };
     (
         StatusCode::TOO_MANY_REQUESTS,
-        [(header::RETRY_AFTER, retry_after.to_string())],
+        [(header::RETRY_AFTER, retry_after_secs.to_string())],
         Json(answer),
     )
         .into_response()
@@ -186,6 +214,7 @@ fn denied(day: DailyUsage) -> Response {
 /// The caller's usage today.
 ///
 /// Zeros and today's limit when nothing was recorded yet; reading never creates a document.
+/// `reservedTokens` are held by the caller's open reservations.
 #[utoipa::path(
     get,
     path = "/usage/today",

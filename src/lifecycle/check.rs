@@ -4,7 +4,10 @@
 use chrono::Datelike;
 
 use super::store::{Document, Stored};
-use crate::usage::{DailyUsage, MonthFigures, MonthlyUsage, month_dates};
+use crate::usage::{
+    DailyUsage, MAX_ENTRIES_PER_DAY, MonthFigures, MonthlyUsage, ReservationId, StoredDay,
+    month_dates,
+};
 
 /// Everything wrong with one decoded document stored under `id`; empty when it is sound.
 pub fn problems(id: &str, document: &Document) -> Vec<String> {
@@ -20,12 +23,43 @@ pub fn problems(id: &str, document: &Document) -> Vec<String> {
     problems
 }
 
-fn day_problems(day: &DailyUsage, problems: &mut Vec<String>) {
+fn day_problems(stored: &StoredDay, problems: &mut Vec<String>) {
+    let day = &stored.usage;
     if day.tokens_used < 0 {
         problems.push(format!("tokensUsed is negative ({})", day.tokens_used));
     }
     if day.token_limit < 0 {
         problems.push(format!("tokenLimit is negative ({})", day.token_limit));
+    }
+    reservation_problems(stored, problems);
+}
+
+/// Each entry's own form is checked as it decodes; here, how the entries fit their day: an id
+/// that names the day and the entry's expiry, and no more entries than a day may keep.
+fn reservation_problems(stored: &StoredDay, problems: &mut Vec<String>) {
+    let count = stored.reservations.len();
+    if count > MAX_ENTRIES_PER_DAY {
+        problems.push(format!(
+            "reservations has {count} entries, more than the {MAX_ENTRIES_PER_DAY} a day keeps"
+        ));
+    }
+    for (id, entry) in stored.reservations.iter() {
+        match ReservationId::parse(id) {
+            Err(_) => problems.push(format!(
+                "reservations has {id:?}, which is no reservation id"
+            )),
+            Ok(parsed) if parsed.date() != stored.usage.date => problems.push(format!(
+                "reservations.{id} names {} but the day is {}",
+                parsed.date(),
+                stored.usage.date
+            )),
+            Ok(parsed) if parsed.expires_at() != entry.expires_at => problems.push(format!(
+                "reservations.{id} expires at {} but its id says {}",
+                entry.expires_at,
+                parsed.expires_at()
+            )),
+            Ok(_) => {}
+        }
     }
 }
 
@@ -85,10 +119,12 @@ fn month_problems(month: &MonthlyUsage, problems: &mut Vec<String>) {
 }
 
 /// How a day document disagrees with its month document (`None` when it has none), if it does.
+/// A day without tokens (it only held reservations) needs no month entry.
 pub fn day_against_month(day: &DailyUsage, month: Option<&MonthlyUsage>) -> Option<String> {
     let month_id = day.month_document_id();
     let key = day.date.format("%d").to_string();
     match month.map(|month| month.daily_usage.get(&key)) {
+        None | Some(None) if day.tokens_used == 0 => None,
         None => Some(format!("its month {month_id} does not exist")),
         Some(None) => Some(format!("its month {month_id} has no dailyUsage.{key}")),
         Some(Some(&tokens)) if tokens != day.tokens_used => Some(format!(
@@ -173,7 +209,7 @@ mod tests {
     fn sound_documents_have_no_problems() {
         let sound = month(&[("01", 10), ("02", 30), ("03", 30)]);
         assert!(problems("alice_2024_02", &Document::Month(sound)).is_empty());
-        let sound_day = Document::Day(day("2024-02-02", 30));
+        let sound_day = Document::Day(stored(day("2024-02-02", 30)));
         assert!(problems("alice_2024-02-02", &sound_day).is_empty());
     }
 
@@ -197,12 +233,65 @@ mod tests {
         ] {
             assert!(found.contains(expected), "{expected} missing from {found}");
         }
-        let found = problems("alice_2024-02-02", &Document::Day(day("2024-02-02", -5)));
+        let found = problems(
+            "alice_2024-02-02",
+            &Document::Day(stored(day("2024-02-02", -5))),
+        );
         assert_eq!(found, ["tokensUsed is negative (-5)"]);
+    }
+
+    fn stored(usage: DailyUsage) -> StoredDay {
+        StoredDay {
+            usage,
+            reservations: Default::default(),
+        }
+    }
+
+    #[test]
+    fn reservations_must_name_their_day_and_expiry() {
+        let entry = |expires: &str| crate::usage::ReservationEntry {
+            tokens: 300,
+            created_at: at("2024-02-02T10:00:00Z"),
+            expires_at: at(expires),
+            settlement: None,
+        };
+        let date = "2024-02-02".parse().unwrap();
+        let sound = ReservationId::new(date, at("2024-02-02T10:10:00Z"));
+        let other_day =
+            ReservationId::new("2024-02-01".parse().unwrap(), at("2024-02-02T10:10:00Z"));
+        let mut day = stored(day("2024-02-02", 30));
+        day.reservations = [
+            (sound.to_string(), entry("2024-02-02T10:10:00Z")),
+            (other_day.to_string(), entry("2024-02-02T10:10:00Z")),
+            ("not-an-id".to_owned(), entry("2024-02-02T10:10:00Z")),
+            (
+                ReservationId::new(date, at("2024-02-02T10:20:00Z")).to_string(),
+                entry("2024-02-02T10:10:00Z"),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let found = problems("alice_2024-02-02", &Document::Day(day)).join("\n");
+        assert!(
+            found.contains("names 2024-02-01 but the day is 2024-02-02"),
+            "{found}"
+        );
+        assert!(
+            found.contains("\"not-an-id\", which is no reservation id"),
+            "{found}"
+        );
+        assert!(found.contains("but its id says"), "{found}");
+        assert_eq!(found.lines().count(), 3, "{found}");
     }
 
     #[test]
     fn a_day_must_match_its_months_entry() {
+        let unused = day("2024-02-02", 0);
+        assert_eq!(day_against_month(&unused, None), None);
+        assert_eq!(
+            day_against_month(&unused, Some(&month(&[("01", 10)]))),
+            None
+        );
         let m = month(&[("01", 10), ("02", 30)]);
         assert_eq!(day_against_month(&day("2024-02-02", 30), Some(&m)), None);
         let wrong = day_against_month(&day("2024-02-02", 31), Some(&m)).unwrap();

@@ -94,7 +94,7 @@ async fn deletable(
     let month_ids: Vec<String> = page
         .iter()
         .filter_map(|stored| match &stored.content {
-            Ok(Document::Day(day)) => Some(day.month_document_id()),
+            Ok(Document::Day(day)) => Some(day.usage.month_document_id()),
             _ => None,
         })
         .collect::<std::collections::BTreeSet<_>>()
@@ -109,10 +109,10 @@ async fn deletable(
             report.finding(name, "kept: it does not decode".to_owned());
             continue;
         };
-        let month_id = day.month_document_id();
+        let month_id = day.usage.month_document_id();
         let disagreement = match month_of(&month_id) {
             StoredMonth::Unreadable => Some(format!("its month {month_id} does not decode")),
-            month => month.disagreement(day),
+            month => month.disagreement(&day.usage),
         };
         if let Some(problem) = disagreement {
             report.finding(name, format!("kept: {problem}"));

@@ -6,13 +6,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::store::{Collection, Document};
-use crate::usage::{DailyUsage, MonthlyUsage};
+use crate::usage::{MonthlyUsage, StoredDay};
 
 #[derive(Debug, Serialize)]
 #[serde(tag = "collection")]
 enum Line {
     #[serde(rename = "daily_token_usage")]
-    Daily { id: String, data: DailyUsage },
+    Daily { id: String, data: StoredDay },
     #[serde(rename = "token_usage_history")]
     History { id: String, data: MonthlyUsage },
 }
@@ -47,7 +47,7 @@ pub fn decode(line: &str) -> Result<(String, Document), String> {
     let data = Value::Object(raw.data.clone());
     let (document, canonical) = match Collection::from_name(&raw.collection) {
         Some(Collection::Daily) => {
-            let day: DailyUsage = serde_json::from_value(data).map_err(|e| e.to_string())?;
+            let day: StoredDay = serde_json::from_value(data).map_err(|e| e.to_string())?;
             let canonical = serde_json::to_value(&day).map_err(|e| e.to_string())?;
             (Document::Day(day), canonical)
         }

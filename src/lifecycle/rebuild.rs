@@ -53,14 +53,14 @@ pub async fn run(args: &RebuildArgs, store: &dyn DocumentStore) -> anyhow::Resul
                 );
                 continue;
             };
-            let month = YearMonth::of(day.date);
+            let month = YearMonth::of(day.usage.date);
             if !args.scope.holds(&Document::Day(day.clone()))
-                || last_month.as_ref() == Some(&(day.user_id.clone(), month))
+                || last_month.as_ref() == Some(&(day.usage.user_id.clone(), month))
             {
                 continue;
             }
-            last_month = Some((day.user_id.clone(), month));
-            rebuild_month(&day.user_id, month, args.dry_run, store, &mut report).await?;
+            last_month = Some((day.usage.user_id.clone(), month));
+            rebuild_month(&day.usage.user_id, month, args.dry_run, store, &mut report).await?;
         }
     }
     Ok(report.finish())
@@ -91,7 +91,12 @@ async fn rebuild_month(
                 return Ok(());
             }
         };
-        let rebuilt = rebuilt(user_id, month, current.as_ref(), &snapshot, Utc::now());
+        let days = used_days(user_id, current.as_ref(), &snapshot);
+        if current.is_none() && days.is_empty() {
+            // Days that only ever held reservations make no month.
+            return Ok(());
+        }
+        let rebuilt = rebuilt(user_id, month, current.as_ref(), &days, Utc::now());
         let Some(rebuilt) = rebuilt else {
             report.finding(name, "its days' total does not fit in 64 bits".to_owned());
             return Ok(());
@@ -128,25 +133,38 @@ async fn rebuild_month(
     }
 }
 
+/// The user's days of the month that count in it: those with tokens, and those its month
+/// already has. A day with none that its month lacks only ever held reservations.
+fn used_days<'a>(
+    user_id: &UserId,
+    current: Option<&MonthlyUsage>,
+    snapshot: &'a MonthSnapshot,
+) -> Vec<&'a DailyUsage> {
+    snapshot
+        .days
+        .iter()
+        .filter_map(|stored| match &stored.content {
+            Ok(Document::Day(day)) if &day.usage.user_id == user_id => Some(&day.usage),
+            _ => None,
+        })
+        .filter(|day| {
+            let key = format!("{:02}", day.date.day());
+            day.tokens_used > 0 || current.is_some_and(|m| m.daily_usage.contains_key(&key))
+        })
+        .collect()
+}
+
 /// The month as its days say it is, or `None` when its total overflows.
 fn rebuilt(
     user_id: &UserId,
     month: YearMonth,
     current: Option<&MonthlyUsage>,
-    snapshot: &MonthSnapshot,
+    days: &[&DailyUsage],
     now: DateTime<Utc>,
 ) -> Option<MonthlyUsage> {
-    let days: Vec<&DailyUsage> = snapshot
-        .days
-        .iter()
-        .filter_map(|stored| match &stored.content {
-            Ok(Document::Day(day)) if &day.user_id == user_id => Some(day),
-            _ => None,
-        })
-        .collect();
     let mut daily_usage: BTreeMap<String, i64> =
         current.map(|m| m.daily_usage.clone()).unwrap_or_default();
-    for day in &days {
+    for day in days {
         daily_usage.insert(format!("{:02}", day.date.day()), day.tokens_used);
     }
     let latest_day = days.iter().max_by_key(|day| day.date);

@@ -57,7 +57,7 @@ impl Scope {
     /// Whether a decoded document is in scope (its user is already filtered by the scan).
     pub fn holds(&self, document: &Document) -> bool {
         let month = match document {
-            Document::Day(day) => YearMonth::of(day.date),
+            Document::Day(day) => YearMonth::of(day.usage.date),
             Document::Month(month) => YearMonth {
                 year: month.year,
                 month: month.month,

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::usage::{DailyUsage, MonthlyUsage, StoreError, UserId, UserType};
+use crate::usage::{DailyUsage, MonthlyUsage, StoreError, StoredDay, UserId, UserType};
 
 /// The schema's two collections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,7 +32,7 @@ impl Collection {
 /// A document of either collection, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Document {
-    Day(DailyUsage),
+    Day(StoredDay),
     Month(MonthlyUsage),
 }
 
@@ -47,7 +47,7 @@ impl Document {
     /// The id the schema gives a document with these fields.
     pub fn expected_id(&self) -> String {
         match self {
-            Self::Day(day) => DailyUsage::document_id(&day.user_id, day.date),
+            Self::Day(day) => DailyUsage::document_id(&day.usage.user_id, day.usage.date),
             Self::Month(month) => {
                 MonthlyUsage::document_id(&month.user_id, month.year, month.month)
             }
@@ -57,7 +57,7 @@ impl Document {
     /// When the document was last written, by its own timestamp.
     pub fn updated(&self) -> DateTime<Utc> {
         match self {
-            Self::Day(day) => day.last_updated,
+            Self::Day(day) => day.usage.last_updated,
             Self::Month(month) => month.updated_at,
         }
     }

@@ -330,8 +330,8 @@ fn to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
 fn normalized(document: &Document) -> Document {
     match document.clone() {
         Document::Day(mut day) => {
-            day.last_updated = to_micros(day.last_updated);
-            day.reset_at = to_micros(day.reset_at);
+            day.usage.last_updated = to_micros(day.usage.last_updated);
+            day.usage.reset_at = to_micros(day.usage.reset_at);
             Document::Day(day)
         }
         Document::Month(mut month) => {

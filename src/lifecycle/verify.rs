@@ -72,7 +72,7 @@ async fn check(
         report.finding(name.clone(), problem);
     }
     if let Document::Day(day) = document
-        && let Some(problem) = disagreement(day, store, cache).await?
+        && let Some(problem) = disagreement(&day.usage, store, cache).await?
     {
         report.finding(name, problem);
     }
@@ -109,7 +109,7 @@ async fn disagreement(
         .days
         .into_iter()
         .find_map(|stored| match stored.content {
-            Ok(Document::Day(found)) if found.date == day.date => Some(found),
+            Ok(Document::Day(found)) if found.usage.date == day.date => Some(found.usage),
             _ => None,
         });
     let month_then = StoredMonth::of(snapshot.month.as_ref());

@@ -8,8 +8,8 @@ use chrono::NaiveDate;
 
 use crate::metrics::{STORE_OPERATION_DURATION, STORE_OPERATIONS};
 use crate::usage::{
-    DailySummary, DailyUsage, MonthlyUsage, Page, PageRequest, RecordOutcome, RecordRequest,
-    StoreError, UsageStore, UserId, UserType,
+    DailySummary, DailyUsage, MonthlyUsage, Page, PageRequest, RecordRequest, Recorded, StoreError,
+    StoredDay, UsageStore, UserId, UserType,
 };
 
 pub struct Instrumented<S> {
@@ -51,7 +51,7 @@ impl<S: UsageStore> UsageStore for Instrumented<S> {
         &self,
         request: RecordRequest,
         deadline: Instant,
-    ) -> Result<RecordOutcome, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         self.measure("record", self.store.record(request, deadline))
             .await
     }
@@ -60,7 +60,7 @@ impl<S: UsageStore> UsageStore for Instrumented<S> {
         &self,
         user_id: &UserId,
         date: NaiveDate,
-    ) -> Result<Option<DailyUsage>, StoreError> {
+    ) -> Result<Option<StoredDay>, StoreError> {
         self.measure("day", self.store.day(user_id, date)).await
     }
 

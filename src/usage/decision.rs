@@ -17,6 +17,8 @@ pub struct DecisionInput<'a> {
     pub user_type: UserType,
     pub window: &'a DayWindow,
     pub limits: &'a Limits,
+    /// Tokens held by the user's open reservations: they count against the limit too.
+    pub held_tokens: i64,
     pub now: DateTime<Utc>,
 }
 
@@ -39,19 +41,24 @@ impl Decision {
     }
 }
 
-/// A stored month that no request can continue: someone else wrote figures whose sum does
+/// A stored document that no request can continue: someone else wrote figures whose sum does
 /// not fit. It names the document, so that an operator can repair it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "the month document {document} cannot be continued: its dailyUsage total does not fit in a 64-bit integer"
-)]
+#[error("the document {document} cannot be continued: its total does not fit in a 64-bit integer")]
 pub struct DecisionError {
     pub document: String,
 }
 
+/// Whether `tokens` more fit under `limit` beside what is used and held.
+pub fn admits(limit: i64, used: i64, held: i64, tokens: Tokens) -> bool {
+    used.checked_add(held)
+        .and_then(|total| total.checked_add(tokens.get()))
+        .is_some_and(|total| total <= limit)
+}
+
 /// Decides one request against the current day and month documents (absent when not yet
-/// created). Tokens are admitted while `tokensUsed + tokens <= limit`, with the limit of the
-/// user type in force now, so an upgrade mid-day takes effect at once.
+/// created). Tokens are admitted while `tokensUsed + held + tokens <= limit`, with the limit of
+/// the user type in force now, so an upgrade mid-day takes effect at once.
 pub fn decide(
     current_day: Option<&DailyUsage>,
     current_month: Option<&MonthlyUsage>,
@@ -63,7 +70,7 @@ pub fn decide(
 
     let new_total = tokens_used
         .checked_add(input.tokens.get())
-        .filter(|total| *total <= token_limit);
+        .filter(|_| admits(token_limit, tokens_used, input.held_tokens, input.tokens));
     let Some(new_total) = new_total else {
         let day = DailyUsage {
             user_id: input.user_id.clone(),
@@ -86,32 +93,40 @@ pub fn decide(
         last_updated: input.now,
         reset_at: input.window.reset_at,
     };
-    let month = next_month(current_month, &input).ok_or_else(|| DecisionError {
+    let month = month_after(current_month, &input)?;
+    Ok(Decision::Admitted { day, month })
+}
+
+/// The month document after adding the input's tokens to its day's entry, continuing whatever
+/// the stored document holds (a backfill, another writer) rather than replacing it.
+pub fn month_after(
+    current: Option<&MonthlyUsage>,
+    input: &DecisionInput<'_>,
+) -> Result<MonthlyUsage, DecisionError> {
+    let mut daily_usage = current.map(|m| m.daily_usage.clone()).unwrap_or_default();
+    let key = input.window.day_key();
+    let day_total = daily_usage.get(&key).copied().unwrap_or(0);
+    let month = day_total
+        .checked_add(input.tokens.get())
+        .and_then(|tokens| {
+            daily_usage.insert(key, tokens);
+            MonthOf {
+                user_id: input.user_id.clone(),
+                year: input.window.year(),
+                month: input.window.month(),
+                user_type: input.user_type,
+                created_at: current.map_or(input.now, |m| m.created_at),
+                updated_at: input.now,
+            }
+            .with_daily_usage(daily_usage)
+        });
+    month.ok_or_else(|| DecisionError {
         document: MonthlyUsage::document_id(
             input.user_id,
             input.window.year(),
             input.window.month(),
         ),
-    })?;
-    Ok(Decision::Admitted { day, month })
-}
-
-/// The month document after adding the request's tokens to today's entry, continuing whatever
-/// the stored document holds (a backfill, another writer) rather than replacing it. `None`
-/// when its figures overflow.
-fn next_month(current: Option<&MonthlyUsage>, input: &DecisionInput<'_>) -> Option<MonthlyUsage> {
-    let mut daily_usage = current.map(|m| m.daily_usage.clone()).unwrap_or_default();
-    let today = daily_usage.entry(input.window.day_key()).or_insert(0);
-    *today = today.checked_add(input.tokens.get())?;
-    MonthOf {
-        user_id: input.user_id.clone(),
-        year: input.window.year(),
-        month: input.window.month(),
-        user_type: input.user_type,
-        created_at: current.map_or(input.now, |m| m.created_at),
-        updated_at: input.now,
-    }
-    .with_daily_usage(daily_usage)
+    })
 }
 
 #[cfg(test)]
@@ -159,6 +174,7 @@ mod tests {
                 user_type,
                 window: &self.window,
                 limits: &LIMITS,
+                held_tokens: 0,
                 now: self.now,
             }
         }
@@ -478,6 +494,7 @@ mod tests {
             user_type: UserType::Trial,
             window: &window,
             limits: &LIMITS,
+            held_tokens: 0,
             now,
         };
         let (day, month) = admitted(decide(None, None, input));

@@ -1,9 +1,12 @@
-//! Idempotency keys: a retried `POST /usage` answers as the first one did and counts once.
+//! Idempotency keys: a retried `POST /usage` or reservation answers as the first one did and
+//! counts or holds once.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{DailyUsage, Tokens, UserId, UserType};
+use super::{
+    DailyUsage, Reservation, ReservationEntry, ReservationId, Standing, Tokens, UserId, UserType,
+};
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, scoped to one user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,6 +47,17 @@ impl Fingerprint {
         })
     }
 
+    /// A reservation's body: a key used for `POST /usage` never matches it.
+    pub fn of_reservation(
+        user_id: &UserId,
+        tokens: Tokens,
+        ttl_seconds: i64,
+        stated_type: Option<UserType>,
+    ) -> Self {
+        let Self(usage) = Self::of(user_id, tokens, stated_type);
+        Self(format!("reserve;ttlSeconds={ttl_seconds};{usage}"))
+    }
+
     pub fn from_stored(raw: String) -> Self {
         Self(raw)
     }
@@ -57,8 +71,84 @@ impl Fingerprint {
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdempotencyRecord {
     pub fingerprint: Fingerprint,
-    pub response: DailyUsage,
+    pub response: StoredAnswer,
     pub expires_at: DateTime<Utc>,
+}
+
+/// The first answer to a request with a key: what its retries get.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "AnswerJson", into = "AnswerJson")]
+pub enum StoredAnswer {
+    /// `POST /usage` admitted the tokens.
+    Recorded(Standing),
+    /// `POST /usage/reservations` held them.
+    Reserved(Reservation, Standing),
+}
+
+impl StoredAnswer {
+    pub fn standing(&self) -> &Standing {
+        match self {
+            Self::Recorded(standing) | Self::Reserved(_, standing) => standing,
+        }
+    }
+}
+
+/// The stored JSON of an answer: the day's fields, `reservedTokens` (0 when absent, as in
+/// answers stored before reservations existed) and, for a reservation, the reservation.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerJson {
+    #[serde(flatten)]
+    day: DailyUsage,
+    #[serde(default)]
+    reserved_tokens: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reservation: Option<ReservationJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ReservationJson {
+    id: String,
+    #[serde(flatten)]
+    entry: ReservationEntry,
+}
+
+impl TryFrom<AnswerJson> for StoredAnswer {
+    type Error = String;
+
+    fn try_from(json: AnswerJson) -> Result<Self, String> {
+        let standing = Standing {
+            day: json.day,
+            reserved_tokens: json.reserved_tokens,
+        };
+        Ok(match json.reservation {
+            None => Self::Recorded(standing),
+            Some(ReservationJson { id, entry }) => {
+                let id = ReservationId::parse(&id).map_err(|e| format!("{id:?}: {e}"))?;
+                Self::Reserved(Reservation { id, entry }, standing)
+            }
+        })
+    }
+}
+
+impl From<StoredAnswer> for AnswerJson {
+    fn from(answer: StoredAnswer) -> Self {
+        let (standing, reservation) = match answer {
+            StoredAnswer::Recorded(standing) => (standing, None),
+            StoredAnswer::Reserved(Reservation { id, entry }, standing) => (
+                standing,
+                Some(ReservationJson {
+                    id: id.to_string(),
+                    entry,
+                }),
+            ),
+        };
+        Self {
+            day: standing.day,
+            reserved_tokens: standing.reserved_tokens,
+            reservation,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,7 +156,7 @@ pub enum IdempotencyCheck {
     /// Never seen (or expired): decide and record as usual.
     New,
     /// Seen with the same body: answer as before, record nothing.
-    Replay(DailyUsage),
+    Replay(StoredAnswer),
     /// Seen with another body: refuse.
     Reused,
 }
@@ -125,6 +215,10 @@ mod tests {
             last_updated: now,
             reset_at: now,
         };
+        let response = StoredAnswer::Recorded(Standing {
+            day: response,
+            reserved_tokens: 0,
+        });
         let record = IdempotencyRecord {
             fingerprint: Fingerprint::of(&alice, tokens(10), None),
             response: response.clone(),
@@ -133,6 +227,11 @@ mod tests {
         let same = Fingerprint::of(&alice, tokens(10), None);
         let other = Fingerprint::of(&alice, tokens(11), None);
         let stated = Fingerprint::of(&alice, tokens(10), Some(UserType::Subscribed));
+        let reservation = Fingerprint::of_reservation(&alice, tokens(10), 600, None);
+        assert_eq!(
+            IdempotencyCheck::of(Some(&record), &reservation, now),
+            IdempotencyCheck::Reused
+        );
         assert_eq!(
             IdempotencyCheck::of(None, &same, now),
             IdempotencyCheck::New
@@ -153,6 +252,45 @@ mod tests {
         assert_eq!(
             IdempotencyCheck::of(Some(&record), &other, later),
             IdempotencyCheck::New
+        );
+    }
+
+    #[test]
+    fn stored_answers_round_trip_and_older_ones_still_read() {
+        let older = serde_json::json!({
+            "userId": "alice", "date": "2024-01-15", "tokensUsed": 10, "tokenLimit": 100,
+            "userType": "trial", "lastUpdated": "2024-01-15T12:00:00Z",
+            "resetAt": "2024-01-16T00:00:00Z",
+        });
+        let StoredAnswer::Recorded(standing) = serde_json::from_value(older).unwrap() else {
+            panic!("a reservation was read")
+        };
+        assert_eq!(
+            (standing.day.tokens_used, standing.reserved_tokens),
+            (10, 0)
+        );
+
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let id = ReservationId::new(standing.day.date, at("2024-01-15T12:10:00Z"));
+        let reserved = StoredAnswer::Reserved(
+            Reservation {
+                id,
+                entry: ReservationEntry {
+                    tokens: 300,
+                    created_at: at("2024-01-15T12:00:00Z"),
+                    expires_at: at("2024-01-15T12:10:00Z"),
+                    settlement: None,
+                },
+            },
+            Standing {
+                reserved_tokens: 300,
+                ..standing
+            },
+        );
+        let json = serde_json::to_string(&reserved).unwrap();
+        assert_eq!(
+            serde_json::from_str::<StoredAnswer>(&json).unwrap(),
+            reserved
         );
     }
 }

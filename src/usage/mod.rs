@@ -1,24 +1,34 @@
 //! The usage domain: who is counted, the documents that count them, the pure decision and
 //! record plan, and the ports the adapters implement (the store, the user directory).
 
+mod clock;
 mod decision;
 mod directory;
 mod idempotency;
 mod month;
 mod record;
+mod reservation;
 mod service;
 mod store;
 mod user_type;
 mod window;
 
+pub use clock::{Clock, SystemClock};
 pub use decision::{Decision, DecisionError, DecisionInput, decide};
 pub use directory::{DirectoryError, OfflineDirectory, UserDirectory};
 pub use idempotency::{
     Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, InvalidIdempotencyKey,
+    StoredAnswer,
 };
 pub use month::{MonthFigures, MonthOf, month_dates, month_start};
-pub use record::{Plan, RecordOutcome, RecordRequest, Snapshot, Writes};
-pub use service::{Subject, TypeSource, UsageError, UsageService};
+pub use record::{
+    Action, Plan, RecordOutcome, RecordRequest, Recorded, ReservationRefusal, Snapshot, Writes,
+};
+pub use reservation::{
+    MAX_ENTRIES_PER_DAY, Reservation, ReservationEntry, ReservationId, ReservationRules,
+    Reservations, Settlement, StoredEntry, UnknownReservationId,
+};
+pub use service::{Subject, TypeSource, UsageError, UsageService, UsageSettings};
 pub use store::{
     DailySummary, Page, PageCursor, PageRequest, ReportItem, StoreError, UsageStore, UsageTotals,
 };
@@ -144,6 +154,35 @@ impl DailyUsage {
     pub fn seconds_until_reset(&self, now: DateTime<Utc>) -> i64 {
         let millis = (self.reset_at - now).num_milliseconds();
         ((millis + 999) / 1000).max(1)
+    }
+}
+
+/// A day document as stored: the usage figures and the reservations it keeps (the
+/// `reservations` field, absent when there are none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredDay {
+    #[serde(flatten)]
+    pub usage: DailyUsage,
+    #[serde(default, skip_serializing_if = "Reservations::is_empty")]
+    pub reservations: Reservations,
+}
+
+/// A user's day as an answer shows it: the stored figures and the tokens held right now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    pub day: DailyUsage,
+    /// The estimates of reservations neither settled nor expired.
+    pub reserved_tokens: i64,
+}
+
+impl Standing {
+    /// What the next request may still spend: `max(0, tokenLimit - tokensUsed - reserved)`.
+    pub fn remaining(&self) -> i64 {
+        self.day
+            .token_limit
+            .saturating_sub(self.day.tokens_used)
+            .saturating_sub(self.reserved_tokens)
+            .max(0)
     }
 }
 

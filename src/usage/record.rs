@@ -1,54 +1,116 @@
-//! The record plan: everything a `POST /usage` decides, as one pure function of the documents
-//! it reads. A store only reads the snapshot and applies the writes, all or nothing, on the
-//! condition that the snapshot is still current; the steps themselves live here once.
+//! The record plan: everything a `POST /usage` or a reservation decides, as one pure function
+//! of the documents it reads. A store only reads the snapshot and applies the writes, all or
+//! nothing, on the condition that the snapshot is still current; the steps themselves live
+//! here once.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 
+use super::decision::{admits, month_after};
+use super::reservation::MAX_ENTRIES_PER_DAY;
 use super::{
     DailyUsage, DayWindow, Decision, DecisionError, DecisionInput, Fingerprint, IdempotencyCheck,
-    IdempotencyKey, IdempotencyRecord, Limits, MonthlyUsage, Tokens, UserId, UserType, decide,
+    IdempotencyKey, IdempotencyRecord, Limits, MonthlyUsage, Reservation, ReservationEntry,
+    ReservationId, Reservations, Settlement, Standing, StoredAnswer, StoredDay, Tokens, UserId,
+    UserType, decide,
 };
 
-/// One `POST /usage`, its user type resolved, ready for a store to plan and apply.
+/// What a request does to the user's day.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `POST /usage`: spend tokens now, if they fit.
+    Spend { tokens: Tokens, user_type: UserType },
+    /// Hold an estimate for a reply, if it fits.
+    Reserve {
+        id: ReservationId,
+        tokens: Tokens,
+        user_type: UserType,
+    },
+    /// Record what a reserved reply spent, and end its hold.
+    Commit { id: ReservationId, tokens: Tokens },
+    /// End a hold without recording anything.
+    Release { id: ReservationId },
+}
+
+/// One request, its user type resolved, ready for a store to plan and apply.
 #[derive(Debug, Clone)]
 pub struct RecordRequest {
     pub user_id: UserId,
-    pub tokens: Tokens,
-    pub user_type: UserType,
+    pub action: Action,
+    /// The day the request counts on: today, or a reservation's day.
     pub window: DayWindow,
     pub limits: Limits,
+    /// How long after expiry a reservation may still be committed.
+    pub commit_grace: Duration,
     pub now: DateTime<Utc>,
     pub idempotency: Option<(IdempotencyKey, Fingerprint)>,
+}
+
+/// Why a commit or release cannot be done; nothing is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReservationRefusal {
+    /// No such reservation (it never existed, or is not this user's).
+    NotFound,
+    /// It expired (past any grace) before it was settled.
+    Expired,
+    /// Already committed, with this many tokens.
+    Committed { committed_tokens: i64 },
+    /// Already released.
+    Released,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
     /// Counted; the day as it now stands.
-    Admitted(DailyUsage),
+    Admitted(Standing),
     /// Over the limit, nothing written; the day as it stands.
-    Denied(DailyUsage),
+    Denied(Standing),
     /// The idempotency key was seen with this body: the first answer, nothing written.
-    Replayed(DailyUsage),
+    Replayed(StoredAnswer),
     /// The idempotency key was seen with another body: nothing written.
     KeyReused,
+    /// The estimate is held.
+    Reserved(Reservation, Standing),
+    /// The day keeps as many reservations as it may: nothing held; the day as it stands.
+    Crowded(Standing),
+    /// Committed or released; `replayed` when it already was, with the same outcome.
+    Settled {
+        reservation: Reservation,
+        standing: Standing,
+        replayed: bool,
+    },
+    /// The reservation cannot be settled so; nothing written.
+    Refused(ReservationRefusal),
+}
+
+/// What a store reports once it has applied a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub outcome: RecordOutcome,
+    /// Holds that expired unsettled and that this request's write dropped from the day.
+    pub expired_holds: Vec<ReservationEntry>,
 }
 
 /// The documents a record reads, as they stood at one instant; absent when they do not exist.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    pub day: Option<DailyUsage>,
+    pub day: Option<StoredDay>,
+    /// Read only when the action can change the month (see [`RecordRequest::reads_month`]).
     pub month: Option<MonthlyUsage>,
     /// Read only for a request with an idempotency key.
     pub idempotency: Option<IdempotencyRecord>,
 }
 
-/// What an admitted record writes, all together or not at all.
+/// What a plan writes, all together or not at all.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Writes {
     pub day: DailyUsage,
-    pub month: MonthlyUsage,
+    /// The day's reservations when they change; `None` leaves them as stored.
+    pub reservations: Option<Reservations>,
+    /// The month, when the day's tokens change.
+    pub month: Option<MonthlyUsage>,
     /// The answer remembered under the request's idempotency key.
     pub idempotency: Option<IdempotencyRecord>,
+    pub expired_holds: Vec<ReservationEntry>,
 }
 
 /// The answer, and the writes that must succeed for it to be true.
@@ -65,6 +127,33 @@ impl Plan {
             writes: None,
         }
     }
+
+    /// What happened, once the writes (if any) are applied.
+    pub fn applied(self) -> Recorded {
+        Recorded {
+            outcome: self.outcome,
+            expired_holds: self
+                .writes
+                .map(|writes| writes.expired_holds)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The day's reservations after dropping what can be forgotten, and the tokens still held.
+struct Holds {
+    stored: Reservations,
+    kept: Reservations,
+    expired: Vec<ReservationEntry>,
+    held: i64,
+}
+
+impl Holds {
+    /// The kept reservations, when pruning changed them: a write that changes nothing else of
+    /// them must still store that.
+    fn pruned_if_changed(&self) -> Option<Reservations> {
+        (self.kept != self.stored).then(|| self.kept.clone())
+    }
 }
 
 impl RecordRequest {
@@ -78,50 +167,329 @@ impl RecordRequest {
         MonthlyUsage::document_id(&self.user_id, self.window.year(), self.window.month())
     }
 
+    /// Whether the plan needs the month: only spending and committing change it.
+    pub fn reads_month(&self) -> bool {
+        matches!(self.action, Action::Spend { .. } | Action::Commit { .. })
+    }
+
     pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
         self.idempotency.as_ref().map(|(key, _)| key)
     }
 
-    /// The idempotency check, then the decision, then the writes: the whole rule of a record.
+    /// The idempotency check, then the action's rule, then the writes: the whole rule of a
+    /// request. Every write of a day also drops the reservations it no longer needs.
     pub fn plan(&self, snapshot: &Snapshot) -> Result<Plan, DecisionError> {
         if let Some((_, fingerprint)) = &self.idempotency {
             match IdempotencyCheck::of(snapshot.idempotency.as_ref(), fingerprint, self.now) {
-                IdempotencyCheck::Replay(day) => {
-                    return Ok(Plan::answer(RecordOutcome::Replayed(day)));
+                IdempotencyCheck::Replay(answer) => {
+                    return Ok(Plan::answer(RecordOutcome::Replayed(answer)));
                 }
                 IdempotencyCheck::Reused => return Ok(Plan::answer(RecordOutcome::KeyReused)),
                 IdempotencyCheck::New => {}
             }
         }
+        let stored = snapshot
+            .day
+            .as_ref()
+            .map(|day| day.reservations.clone())
+            .unwrap_or_default();
+        let (kept, expired) = stored.pruned(self.now, self.commit_grace);
+        let holds = Holds {
+            held: kept.held_at(self.now),
+            stored,
+            kept,
+            expired,
+        };
+        let day = snapshot.day.as_ref().map(|day| &day.usage);
+        match &self.action {
+            Action::Spend { tokens, user_type } => {
+                self.spend(day, snapshot.month.as_ref(), holds, *tokens, *user_type)
+            }
+            Action::Reserve {
+                id,
+                tokens,
+                user_type,
+            } => Ok(self.reserve(day, holds, id, *tokens, *user_type)),
+            Action::Commit { id, tokens } => {
+                self.commit(day, snapshot.month.as_ref(), holds, id, *tokens)
+            }
+            Action::Release { id } => Ok(self.release(day, holds, id)),
+        }
+    }
+
+    fn spend(
+        &self,
+        day: Option<&DailyUsage>,
+        month: Option<&MonthlyUsage>,
+        holds: Holds,
+        tokens: Tokens,
+        user_type: UserType,
+    ) -> Result<Plan, DecisionError> {
         let input = DecisionInput {
             user_id: &self.user_id,
-            tokens: self.tokens,
-            user_type: self.user_type,
+            tokens,
+            user_type,
             window: &self.window,
             limits: &self.limits,
+            held_tokens: holds.held,
             now: self.now,
         };
-        let (day, month) = match decide(snapshot.day.as_ref(), snapshot.month.as_ref(), input)? {
+        let standing = |day| Standing {
+            day,
+            reserved_tokens: holds.held,
+        };
+        let (day, month) = match decide(day, month, input)? {
             // A denial writes nothing, not even its idempotency key: a retry is decided afresh.
-            Decision::Denied { day } => return Ok(Plan::answer(RecordOutcome::Denied(day))),
+            Decision::Denied { day } => {
+                return Ok(Plan::answer(RecordOutcome::Denied(standing(day))));
+            }
             Decision::Admitted { day, month } => (day, month),
         };
-        let idempotency = self
-            .idempotency
+        let standing = standing(day.clone());
+        Ok(Plan {
+            writes: Some(Writes {
+                day,
+                reservations: holds.pruned_if_changed(),
+                month: Some(month),
+                idempotency: self.remember(StoredAnswer::Recorded(standing.clone())),
+                expired_holds: holds.expired,
+            }),
+            outcome: RecordOutcome::Admitted(standing),
+        })
+    }
+
+    fn reserve(
+        &self,
+        day: Option<&DailyUsage>,
+        holds: Holds,
+        id: &ReservationId,
+        tokens: Tokens,
+        user_type: UserType,
+    ) -> Plan {
+        let token_limit = self.limits.for_type(user_type);
+        let tokens_used = day.map_or(0, |day| day.tokens_used);
+        let day = DailyUsage {
+            user_id: self.user_id.clone(),
+            date: self.window.date,
+            tokens_used,
+            token_limit,
+            user_type,
+            last_updated: day.map_or(self.now, |day| day.last_updated),
+            reset_at: self.window.reset_at,
+        };
+        if !admits(token_limit, tokens_used, holds.held, tokens) {
+            return Plan::answer(RecordOutcome::Denied(Standing {
+                day,
+                reserved_tokens: holds.held,
+            }));
+        }
+        if holds.kept.len() >= MAX_ENTRIES_PER_DAY {
+            return Plan::answer(RecordOutcome::Crowded(Standing {
+                day,
+                reserved_tokens: holds.held,
+            }));
+        }
+        let reservation = Reservation {
+            id: id.clone(),
+            entry: ReservationEntry {
+                tokens: tokens.get(),
+                created_at: self.now,
+                expires_at: id.expires_at(),
+                settlement: None,
+            },
+        };
+        let mut kept = holds.kept.clone();
+        kept.insert(id, reservation.entry);
+        let standing = Standing {
+            day: day.clone(),
+            reserved_tokens: holds.held + tokens.get(),
+        };
+        Plan {
+            writes: Some(Writes {
+                day,
+                reservations: Some(kept),
+                month: None,
+                idempotency: self.remember(StoredAnswer::Reserved(
+                    reservation.clone(),
+                    standing.clone(),
+                )),
+                expired_holds: holds.expired,
+            }),
+            outcome: RecordOutcome::Reserved(reservation, standing),
+        }
+    }
+
+    fn commit(
+        &self,
+        day: Option<&DailyUsage>,
+        month: Option<&MonthlyUsage>,
+        holds: Holds,
+        id: &ReservationId,
+        tokens: Tokens,
+    ) -> Result<Plan, DecisionError> {
+        let (day, entry) = match self.find(day, &holds, id) {
+            Found::Open(day, entry) => (day, entry),
+            Found::Settled(day, entry) => {
+                let outcome = match entry.settlement {
+                    Some(Settlement::Committed {
+                        committed_tokens, ..
+                    }) if committed_tokens == tokens.get() => {
+                        settled(id, entry, day.clone(), holds.held, true)
+                    }
+                    Some(Settlement::Committed {
+                        committed_tokens, ..
+                    }) => {
+                        RecordOutcome::Refused(ReservationRefusal::Committed { committed_tokens })
+                    }
+                    _ => RecordOutcome::Refused(ReservationRefusal::Released),
+                };
+                return Ok(Plan::answer(outcome));
+            }
+            Found::Refused(refusal) => {
+                return Ok(Plan::answer(RecordOutcome::Refused(refusal)));
+            }
+        };
+        let overflow = || DecisionError {
+            document: self.day_id(),
+        };
+        let day = DailyUsage {
+            tokens_used: day
+                .tokens_used
+                .checked_add(tokens.get())
+                .ok_or_else(overflow)?,
+            last_updated: self.now,
+            ..day.clone()
+        };
+        // The day keeps the plan it was reserved under: the month follows it.
+        let month = month_after(
+            month,
+            &DecisionInput {
+                user_id: &self.user_id,
+                tokens,
+                user_type: day.user_type,
+                window: &self.window,
+                limits: &self.limits,
+                held_tokens: holds.held,
+                now: self.now,
+            },
+        )?;
+        let entry = ReservationEntry {
+            settlement: Some(Settlement::Committed {
+                committed_tokens: tokens.get(),
+                settled_at: self.now,
+            }),
+            ..entry
+        };
+        let mut kept = holds.kept.clone();
+        kept.insert(id, entry);
+        let outcome = settled(id, entry, day.clone(), kept.held_at(self.now), false);
+        Ok(Plan {
+            outcome,
+            writes: Some(Writes {
+                day,
+                reservations: Some(kept),
+                month: Some(month),
+                idempotency: None,
+                expired_holds: holds.expired,
+            }),
+        })
+    }
+
+    fn release(&self, day: Option<&DailyUsage>, holds: Holds, id: &ReservationId) -> Plan {
+        let (day, entry) = match self.find(day, &holds, id) {
+            Found::Open(_, entry) if self.now >= entry.expires_at => {
+                return Plan::answer(RecordOutcome::Refused(ReservationRefusal::Expired));
+            }
+            Found::Open(day, entry) => (day, entry),
+            Found::Settled(day, entry) => {
+                return Plan::answer(match entry.settlement {
+                    Some(Settlement::Committed {
+                        committed_tokens, ..
+                    }) => {
+                        RecordOutcome::Refused(ReservationRefusal::Committed { committed_tokens })
+                    }
+                    _ => settled(id, entry, day.clone(), holds.held, true),
+                });
+            }
+            Found::Refused(refusal) => return Plan::answer(RecordOutcome::Refused(refusal)),
+        };
+        let entry = ReservationEntry {
+            settlement: Some(Settlement::Released {
+                settled_at: self.now,
+            }),
+            ..entry
+        };
+        let mut kept = holds.kept.clone();
+        kept.insert(id, entry);
+        let day = day.clone();
+        let outcome = settled(id, entry, day.clone(), kept.held_at(self.now), false);
+        Plan {
+            outcome,
+            writes: Some(Writes {
+                day,
+                reservations: Some(kept),
+                month: None,
+                idempotency: None,
+                expired_holds: holds.expired,
+            }),
+        }
+    }
+
+    /// The reservation `id` in the day, and whether it can still be settled.
+    fn find<'a>(
+        &self,
+        day: Option<&'a DailyUsage>,
+        holds: &Holds,
+        id: &ReservationId,
+    ) -> Found<'a> {
+        match (day, holds.kept.get(id)) {
+            (Some(day), Some(entry)) if entry.settlement.is_some() => Found::Settled(day, *entry),
+            (Some(day), Some(entry)) => Found::Open(day, *entry),
+            // Its entry is gone once nothing can settle it any more; its id still says when.
+            _ if self.now >= id.expires_at() + self.commit_grace => {
+                Found::Refused(ReservationRefusal::Expired)
+            }
+            _ => Found::Refused(ReservationRefusal::NotFound),
+        }
+    }
+
+    /// The record kept under the request's idempotency key, if it has one.
+    fn remember(&self, answer: StoredAnswer) -> Option<IdempotencyRecord> {
+        self.idempotency
             .as_ref()
             .map(|(_, fingerprint)| IdempotencyRecord {
                 fingerprint: fingerprint.clone(),
-                response: day.clone(),
+                response: answer,
                 expires_at: self.now + IdempotencyKey::LIFETIME,
-            });
-        Ok(Plan {
-            outcome: RecordOutcome::Admitted(day.clone()),
-            writes: Some(Writes {
-                day,
-                month,
-                idempotency,
-            }),
-        })
+            })
+    }
+}
+
+enum Found<'a> {
+    /// Holding (or expired, within the commit grace).
+    Open(&'a DailyUsage, ReservationEntry),
+    Settled(&'a DailyUsage, ReservationEntry),
+    Refused(ReservationRefusal),
+}
+
+/// The answer for a settled reservation: the day with the tokens still held.
+fn settled(
+    id: &ReservationId,
+    entry: ReservationEntry,
+    day: DailyUsage,
+    reserved_tokens: i64,
+    replayed: bool,
+) -> RecordOutcome {
+    RecordOutcome::Settled {
+        reservation: Reservation {
+            id: id.clone(),
+            entry,
+        },
+        standing: Standing {
+            day,
+            reserved_tokens,
+        },
+        replayed,
     }
 }
 
@@ -131,80 +499,397 @@ mod tests {
 
     use super::*;
 
-    fn request(tokens: i64, key: Option<&str>) -> RecordRequest {
-        let now = DateTime::parse_from_rfc3339("2024-01-15T10:00:00Z")
-            .unwrap()
-            .to_utc();
-        let user_id = UserId::parse("alice").unwrap();
-        let tokens = Tokens::bounded(tokens, i64::MAX).unwrap();
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    fn tokens(n: i64) -> Tokens {
+        Tokens::bounded(n, i64::MAX).unwrap()
+    }
+
+    fn alice() -> UserId {
+        UserId::parse("alice").unwrap()
+    }
+
+    fn request(action: Action, now: &str, key: Option<&str>) -> RecordRequest {
+        let now = at(now);
+        let window = match &action {
+            Action::Commit { id, .. } | Action::Release { id } => {
+                DayWindow::of_date(id.date(), Tz::UTC)
+            }
+            _ => DayWindow::containing(now, Tz::UTC),
+        };
         RecordRequest {
             idempotency: key.map(|key| {
                 (
                     IdempotencyKey::parse(key).unwrap(),
-                    Fingerprint::of(&user_id, tokens, None),
+                    Fingerprint::of(&alice(), tokens(1), None),
                 )
             }),
-            user_id,
-            tokens,
-            user_type: UserType::Trial,
-            window: DayWindow::containing(now, Tz::UTC),
-            limits: Limits::uniform(100),
+            user_id: alice(),
+            action,
+            window,
+            limits: Limits::uniform(1_000),
+            commit_grace: Duration::seconds(30),
             now,
+        }
+    }
+
+    fn spend(n: i64) -> Action {
+        Action::Spend {
+            tokens: tokens(n),
+            user_type: UserType::Trial,
+        }
+    }
+
+    fn reserve(n: i64, expires: &str) -> Action {
+        let expires = at(expires);
+        Action::Reserve {
+            id: ReservationId::new(
+                chrono::NaiveDate::from_ymd_opt(2024, 1, 15).unwrap(),
+                expires,
+            ),
+            tokens: tokens(n),
+            user_type: UserType::Trial,
+        }
+    }
+
+    /// The documents, as a store would keep them, applying each plan's writes.
+    #[derive(Default)]
+    struct Ledger {
+        snapshot: Snapshot,
+    }
+
+    impl Ledger {
+        fn run(&mut self, request: &RecordRequest) -> Plan {
+            let plan = request.plan(&self.snapshot).unwrap();
+            if let Some(writes) = plan.writes.clone() {
+                let reservations = writes.reservations.unwrap_or_else(|| {
+                    self.snapshot
+                        .day
+                        .as_ref()
+                        .map(|day| day.reservations.clone())
+                        .unwrap_or_default()
+                });
+                self.snapshot.day = Some(StoredDay {
+                    usage: writes.day,
+                    reservations,
+                });
+                if let Some(month) = writes.month {
+                    self.snapshot.month = Some(month);
+                }
+                if let Some(record) = writes.idempotency {
+                    self.snapshot.idempotency = Some(record);
+                }
+            }
+            plan
+        }
+
+        fn tokens_used(&self) -> i64 {
+            self.snapshot.day.as_ref().unwrap().usage.tokens_used
+        }
+    }
+
+    fn reservation_of(plan: &Plan) -> Reservation {
+        match &plan.outcome {
+            RecordOutcome::Reserved(reservation, _) => reservation.clone(),
+            other => panic!("not reserved: {other:?}"),
         }
     }
 
     #[test]
     fn an_admitted_record_writes_the_day_the_month_and_its_key() {
-        let plan = request(60, Some("k")).plan(&Snapshot::default()).unwrap();
+        let plan = request(spend(60), "2024-01-15T10:00:00Z", Some("k"))
+            .plan(&Snapshot::default())
+            .unwrap();
         let writes = plan.writes.unwrap();
-        assert_eq!(plan.outcome, RecordOutcome::Admitted(writes.day.clone()));
+        let standing = Standing {
+            day: writes.day.clone(),
+            reserved_tokens: 0,
+        };
+        assert_eq!(plan.outcome, RecordOutcome::Admitted(standing.clone()));
         assert_eq!(writes.day.tokens_used, 60);
-        assert_eq!(writes.month.total_monthly_tokens, 60);
+        assert_eq!(writes.month.unwrap().total_monthly_tokens, 60);
+        assert_eq!(writes.reservations, None);
         let remembered = writes.idempotency.unwrap();
-        assert_eq!(remembered.response, writes.day);
+        assert_eq!(remembered.response, StoredAnswer::Recorded(standing));
         assert_eq!(
             remembered.expires_at,
-            request(60, None).now + IdempotencyKey::LIFETIME
-        );
-        assert!(
-            request(60, None)
-                .plan(&Snapshot::default())
-                .unwrap()
-                .writes
-                .unwrap()
-                .idempotency
-                .is_none()
+            at("2024-01-15T10:00:00Z") + IdempotencyKey::LIFETIME
         );
     }
 
     #[test]
     fn a_denial_writes_nothing_not_even_its_key() {
-        let first = request(60, None).plan(&Snapshot::default()).unwrap();
-        let written = first.writes.unwrap();
-        let snapshot = Snapshot {
-            day: Some(written.day),
-            month: Some(written.month),
-            idempotency: None,
-        };
-        let denied = request(41, Some("k")).plan(&snapshot).unwrap();
+        let mut ledger = Ledger::default();
+        ledger.run(&request(spend(600), "2024-01-15T10:00:00Z", None));
+        let denied = ledger.run(&request(spend(401), "2024-01-15T10:00:01Z", Some("k")));
         assert!(matches!(denied.outcome, RecordOutcome::Denied(_)));
         assert_eq!(denied.writes, None);
     }
 
     #[test]
     fn a_seen_key_replays_or_refuses_and_writes_nothing() {
-        let first = request(10, Some("k")).plan(&Snapshot::default()).unwrap();
-        let written = first.writes.unwrap();
-        let snapshot = Snapshot {
-            idempotency: written.idempotency.clone(),
-            day: Some(written.day.clone()),
-            month: Some(written.month),
+        let mut ledger = Ledger::default();
+        let first = ledger.run(&request(spend(10), "2024-01-15T10:00:00Z", Some("k")));
+        let RecordOutcome::Admitted(standing) = first.outcome else {
+            panic!("denied")
         };
-        let replay = request(10, Some("k")).plan(&snapshot).unwrap();
-        assert_eq!(replay.outcome, RecordOutcome::Replayed(written.day));
+        let replay = ledger.run(&request(spend(10), "2024-01-15T10:00:01Z", Some("k")));
+        assert_eq!(
+            replay.outcome,
+            RecordOutcome::Replayed(StoredAnswer::Recorded(standing))
+        );
         assert_eq!(replay.writes, None);
-        let reused = request(11, Some("k")).plan(&snapshot).unwrap();
+        let mut reused = request(spend(11), "2024-01-15T10:00:01Z", None);
+        reused.idempotency = Some((
+            IdempotencyKey::parse("k").unwrap(),
+            Fingerprint::of(&alice(), tokens(11), None),
+        ));
+        let reused = ledger.run(&reused);
         assert_eq!(reused.outcome, RecordOutcome::KeyReused);
         assert_eq!(reused.writes, None);
+    }
+
+    #[test]
+    fn holds_count_against_the_limit_until_they_expire() {
+        let mut ledger = Ledger::default();
+        let held = ledger.run(&request(
+            reserve(700, "2024-01-15T10:10:00Z"),
+            "2024-01-15T10:00:00Z",
+            None,
+        ));
+        let RecordOutcome::Reserved(_, standing) = &held.outcome else {
+            panic!("not reserved")
+        };
+        assert_eq!((standing.reserved_tokens, standing.remaining()), (700, 300));
+        assert_eq!(held.writes.as_ref().unwrap().month, None);
+        // 700 held + 301 > 1,000, for a reservation and for a plain record alike.
+        let over = ledger.run(&request(
+            reserve(301, "2024-01-15T10:10:00Z"),
+            "2024-01-15T10:01:00Z",
+            None,
+        ));
+        assert!(matches!(over.outcome, RecordOutcome::Denied(ref s) if s.reserved_tokens == 700));
+        let over = ledger.run(&request(spend(301), "2024-01-15T10:01:00Z", None));
+        assert!(matches!(over.outcome, RecordOutcome::Denied(_)));
+        assert!(matches!(
+            ledger
+                .run(&request(spend(300), "2024-01-15T10:01:00Z", None))
+                .outcome,
+            RecordOutcome::Admitted(_)
+        ));
+        // At the instant the hold expires its tokens are free again, and the next write
+        // drops it (after the commit grace) and reports it expired.
+        assert!(matches!(
+            ledger
+                .run(&request(spend(700), "2024-01-15T10:09:59.999Z", None))
+                .outcome,
+            RecordOutcome::Denied(_)
+        ));
+        let freed = ledger.run(&request(spend(1), "2024-01-15T10:10:00Z", None));
+        assert!(matches!(freed.outcome, RecordOutcome::Admitted(ref s) if s.reserved_tokens == 0));
+        assert_eq!(
+            freed.writes.unwrap().reservations,
+            None,
+            "kept for the grace"
+        );
+        let dropping = ledger.run(&request(spend(1), "2024-01-15T10:10:30Z", None));
+        let writes = dropping.writes.unwrap();
+        assert_eq!(writes.reservations, Some(Reservations::default()));
+        assert_eq!(writes.expired_holds.len(), 1);
+        assert_eq!(writes.expired_holds[0].tokens, 700);
+    }
+
+    #[test]
+    fn a_commit_records_the_actual_once_on_the_reserved_day() {
+        let mut ledger = Ledger::default();
+        let reservation = reservation_of(&ledger.run(&request(
+            reserve(300, "2024-01-16T00:05:00Z"),
+            "2024-01-15T23:59:59Z",
+            None,
+        )));
+        let commit = Action::Commit {
+            id: reservation.id.clone(),
+            tokens: tokens(450),
+        };
+        // After midnight, still the 15th: the id names the day.
+        let first = ledger.run(&request(commit.clone(), "2024-01-16T00:01:00Z", None));
+        let RecordOutcome::Settled {
+            reservation: settled,
+            standing,
+            replayed: false,
+        } = &first.outcome
+        else {
+            panic!("{:?}", first.outcome)
+        };
+        assert_eq!(settled.overage(), Some(150));
+        assert_eq!(
+            (standing.day.tokens_used, standing.reserved_tokens),
+            (450, 0)
+        );
+        assert_eq!(standing.day.date.to_string(), "2024-01-15");
+        let month = first.writes.as_ref().unwrap().month.clone().unwrap();
+        assert_eq!(month.daily_usage.get("15"), Some(&450));
+
+        let again = ledger.run(&request(commit, "2024-01-16T00:01:01Z", None));
+        assert!(matches!(
+            again.outcome,
+            RecordOutcome::Settled { replayed: true, .. }
+        ));
+        assert_eq!(again.writes, None);
+        let other = Action::Commit {
+            id: reservation.id.clone(),
+            tokens: tokens(451),
+        };
+        assert_eq!(
+            ledger
+                .run(&request(other, "2024-01-16T00:01:02Z", None))
+                .outcome,
+            RecordOutcome::Refused(ReservationRefusal::Committed {
+                committed_tokens: 450
+            })
+        );
+        let release = Action::Release {
+            id: reservation.id.clone(),
+        };
+        assert_eq!(
+            ledger
+                .run(&request(release, "2024-01-16T00:01:03Z", None))
+                .outcome,
+            RecordOutcome::Refused(ReservationRefusal::Committed {
+                committed_tokens: 450
+            })
+        );
+        assert_eq!(ledger.tokens_used(), 450);
+    }
+
+    #[test]
+    fn expiry_refuses_settling_after_the_grace() {
+        let mut ledger = Ledger::default();
+        let id = reservation_of(&ledger.run(&request(
+            reserve(300, "2024-01-15T10:10:00Z"),
+            "2024-01-15T10:00:00Z",
+            None,
+        )))
+        .id;
+        let release = Action::Release { id: id.clone() };
+        assert_eq!(
+            ledger
+                .run(&request(release, "2024-01-15T10:10:00Z", None))
+                .outcome,
+            RecordOutcome::Refused(ReservationRefusal::Expired)
+        );
+        let commit = |n| Action::Commit {
+            id: id.clone(),
+            tokens: tokens(n),
+        };
+        assert_eq!(
+            ledger
+                .run(&request(commit(5), "2024-01-15T10:10:30Z", None))
+                .outcome,
+            RecordOutcome::Refused(ReservationRefusal::Expired)
+        );
+        // Within the grace, a commit still records what was spent.
+        assert!(matches!(
+            ledger
+                .run(&request(commit(5), "2024-01-15T10:10:29Z", None))
+                .outcome,
+            RecordOutcome::Settled {
+                replayed: false,
+                ..
+            }
+        ));
+        assert_eq!(ledger.tokens_used(), 5);
+    }
+
+    #[test]
+    fn a_release_frees_the_hold_and_replays() {
+        let mut ledger = Ledger::default();
+        let id = reservation_of(&ledger.run(&request(
+            reserve(900, "2024-01-15T10:10:00Z"),
+            "2024-01-15T10:00:00Z",
+            None,
+        )))
+        .id;
+        let release = Action::Release { id: id.clone() };
+        let first = ledger.run(&request(release.clone(), "2024-01-15T10:01:00Z", None));
+        assert!(
+            matches!(first.outcome, RecordOutcome::Settled { replayed: false, ref standing, .. } if standing.reserved_tokens == 0)
+        );
+        assert_eq!(first.writes.unwrap().month, None);
+        assert!(matches!(
+            ledger
+                .run(&request(release, "2024-01-15T10:01:01Z", None))
+                .outcome,
+            RecordOutcome::Settled { replayed: true, .. }
+        ));
+        assert_eq!(
+            ledger
+                .run(&request(
+                    Action::Commit {
+                        id,
+                        tokens: tokens(1)
+                    },
+                    "2024-01-15T10:01:02Z",
+                    None
+                ))
+                .outcome,
+            RecordOutcome::Refused(ReservationRefusal::Released)
+        );
+        assert!(matches!(
+            ledger
+                .run(&request(spend(1_000), "2024-01-15T10:02:00Z", None))
+                .outcome,
+            RecordOutcome::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn an_unknown_reservation_is_not_found_until_its_id_says_expired() {
+        let mut ledger = Ledger::default();
+        ledger.run(&request(spend(1), "2024-01-15T10:00:00Z", None));
+        let stranger = ReservationId::new(
+            chrono::NaiveDate::from_ymd_opt(2024, 1, 15).unwrap(),
+            at("2024-01-15T10:10:00Z"),
+        );
+        let release = Action::Release { id: stranger };
+        assert_eq!(
+            ledger
+                .run(&request(release.clone(), "2024-01-15T10:05:00Z", None))
+                .outcome,
+            RecordOutcome::Refused(ReservationRefusal::NotFound)
+        );
+        assert_eq!(
+            ledger
+                .run(&request(release, "2024-01-15T10:10:30Z", None))
+                .outcome,
+            RecordOutcome::Refused(ReservationRefusal::Expired)
+        );
+    }
+
+    #[test]
+    fn a_day_keeps_a_bounded_number_of_reservations() {
+        let mut ledger = Ledger::default();
+        for _ in 0..MAX_ENTRIES_PER_DAY {
+            let reserve = request(
+                reserve(1, "2024-01-15T10:10:00Z"),
+                "2024-01-15T10:00:00Z",
+                None,
+            );
+            let id = reservation_of(&ledger.run(&reserve)).id;
+            ledger.run(&request(
+                Action::Release { id },
+                "2024-01-15T10:00:00Z",
+                None,
+            ));
+        }
+        let crowded = ledger.run(&request(
+            reserve(1, "2024-01-15T10:10:00Z"),
+            "2024-01-15T10:00:01Z",
+            None,
+        ));
+        assert!(matches!(crowded.outcome, RecordOutcome::Crowded(_)));
+        assert_eq!(crowded.writes, None);
     }
 }

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 
 use super::{
-    DailyUsage, DecisionError, MonthlyUsage, RecordOutcome, RecordRequest, UserId, UserType,
+    DailyUsage, DecisionError, MonthlyUsage, RecordRequest, Recorded, StoredDay, UserId, UserType,
 };
 
 /// Where a page of a report resumes: just after the item with this figure and user. Reports
@@ -154,14 +154,11 @@ pub trait UsageStore: Send + Sync {
         &self,
         request: RecordRequest,
         deadline: Instant,
-    ) -> Result<RecordOutcome, StoreError>;
+    ) -> Result<Recorded, StoreError>;
 
-    /// The user's day document, if it exists. Never creates one.
-    async fn day(
-        &self,
-        user_id: &UserId,
-        date: NaiveDate,
-    ) -> Result<Option<DailyUsage>, StoreError>;
+    /// The user's day document with its reservations, if it exists. Never creates one.
+    async fn day(&self, user_id: &UserId, date: NaiveDate)
+    -> Result<Option<StoredDay>, StoreError>;
 
     /// The user's month documents, newest first, at most `limit`.
     async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError>;

@@ -13,7 +13,11 @@ pub struct DayWindow {
 
 impl DayWindow {
     pub fn containing(now: DateTime<Utc>, zone: Tz) -> Self {
-        let date = now.with_timezone(&zone).date_naive();
+        Self::of_date(now.with_timezone(&zone).date_naive(), zone)
+    }
+
+    /// The window of a given day in `zone`.
+    pub fn of_date(date: NaiveDate, zone: Tz) -> Self {
         let next = date.succ_opt().unwrap_or(date);
         Self {
             date,

@@ -1,7 +1,7 @@
 //! A real service on a real port, a real JWK endpoint, and real RS256 tokens.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use token_limits::app::Application;
 use token_limits::config::{Cli, Command, Config};
+use token_limits::usage::{Clock, SystemClock};
 
 pub const PROJECT: &str = "token-limits-test";
 pub const KEY_1: TestKey = TestKey {
@@ -215,6 +216,45 @@ pub async fn spawn_app_on(
     extra: &[&str],
     adjust: impl FnOnce(&mut Config),
 ) -> TestApp {
+    spawn_app_timed(jwks, extra, adjust, Arc::new(SystemClock)).await
+}
+
+/// A clock the test sets and moves: the service's time, not the tokens' (they are checked
+/// against the real time, so that they stay valid).
+pub struct TestClock(Mutex<chrono::DateTime<chrono::Utc>>);
+
+impl TestClock {
+    pub fn at(rfc3339: &str) -> Arc<Self> {
+        let at = chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .to_utc();
+        Arc::new(Self(Mutex::new(at)))
+    }
+
+    pub fn set(&self, rfc3339: &str) {
+        *self.0.lock().unwrap() = chrono::DateTime::parse_from_rfc3339(rfc3339)
+            .unwrap()
+            .to_utc();
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// Starts the service reading the time from `clock`.
+pub async fn spawn_app_timed(
+    jwks: JwksServer,
+    extra: &[&str],
+    adjust: impl FnOnce(&mut Config),
+    clock: Arc<dyn Clock>,
+) -> TestApp {
     // The service's logs, shown with a failing test's output (`RUST_LOG` filters them).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -226,7 +266,7 @@ pub async fn spawn_app_on(
     // Users acted for are looked up in the real Auth emulator; tokens are still signed.
     config.auth_emulator_for_lookups = Some(crate::auth_emulator::shared().await.host());
     adjust(&mut config);
-    let app = Application::build(config).await.unwrap();
+    let app = Application::build_with_clock(config, clock).await.unwrap();
     let base = format!("http://{}", app.local_addr().unwrap());
     let draining = app.draining();
     tokio::spawn(app.run_until(std::future::pending()));

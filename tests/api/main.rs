@@ -17,4 +17,5 @@ mod faults;
 mod firestore;
 mod helpers;
 mod openapi;
+mod reservations;
 mod usage;

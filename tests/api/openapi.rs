@@ -7,8 +7,11 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every endpoint of the service and its methods.
-const ENDPOINTS: [(&str, &str); 11] = [
+const ENDPOINTS: [(&str, &str); 14] = [
     ("/usage", "post"),
+    ("/usage/reservations", "post"),
+    ("/usage/reservations/{id}/commit", "post"),
+    ("/usage/reservations/{id}", "delete"),
     ("/usage/today", "get"),
     ("/usage/history", "get"),
     ("/admin/usage/daily", "get"),
@@ -57,18 +60,29 @@ async fn the_document_lists_exactly_the_served_endpoints() {
 
     // Each listed operation is served: neither 404 nor 405 for its method.
     for (path, method) in ENDPOINTS {
-        let url = app.url(&path.replace("{user_id}", "alice"));
+        let url = app.url(
+            &path
+                .replace("{user_id}", "alice")
+                .replace("{id}", "no-such-id"),
+        );
         let request = match method {
             "post" => app.client.post(url).json(&serde_json::json!({"tokens": 1})),
+            "delete" => app.client.delete(url),
             _ => app.client.get(url),
         };
-        let status = request
+        let response = request
             .bearer_auth(admin_token("dashboard"))
             .send()
             .await
-            .unwrap()
-            .status();
-        assert!(status != 404 && status != 405, "{method} {path}: {status}");
+            .unwrap();
+        let status = response.status();
+        // A reservation that does not exist is a 404 of its own, not an unknown route.
+        let body: Value = response.json().await.unwrap_or_default();
+        let unrouted = status == 404 && body["error"]["code"] == "not_found";
+        assert!(
+            !unrouted && status != 405,
+            "{method} {path}: {status} {body}"
+        );
     }
 }
 
@@ -85,7 +99,10 @@ async fn every_operation_documents_its_answers_and_security() {
 
     for ((path, method), operation) in operations(&document) {
         let responses = operation["responses"].as_object().unwrap();
-        assert!(responses.contains_key("200"), "{method} {path}");
+        assert!(
+            responses.contains_key("200") || responses.contains_key("201"),
+            "{method} {path}"
+        );
         let open = ["/healthz", "/readyz", "/metrics", "/openapi.json"].contains(&path.as_str());
         if open {
             continue;
@@ -141,6 +158,23 @@ async fn parameters_state_the_bounds_they_are_checked_against() {
         .await;
     let body = assert_error(response, 400, "invalid_request").await;
     assert!(body["error"]["message"].as_str().unwrap().contains("5000"));
+    let schemas = &document["components"]["schemas"];
+    for (schema, field, max) in [
+        ("ReserveBody", "tokens", 5000),
+        ("CommitBody", "tokens", 5000),
+        ("ReserveBody", "ttlSeconds", 3600),
+    ] {
+        let bounds = &schemas[schema]["properties"][field];
+        assert_eq!(
+            (bounds["minimum"].as_i64(), bounds["maximum"].as_i64()),
+            (Some(1), Some(max)),
+            "{schema}.{field}"
+        );
+    }
+    let reserve = app
+        .reserve(&token("alice"), serde_json::json!({"tokens": 5001}), None)
+        .await;
+    assert_error(reserve, 400, "invalid_request").await;
 
     for (path, name, min, max) in [
         ("/usage/history", "months", 1, 24),

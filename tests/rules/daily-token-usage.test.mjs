@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { beforeEach, describe, test } from 'node:test';
 import { assertFails, assertSucceeds } from '@firebase/rules-unit-testing';
 import {
-  collection, deleteDoc, doc, getDoc, getDocs, orderBy, query, setDoc, updateDoc, where,
+  FieldPath, Timestamp, collection, deleteDoc, deleteField, doc, getDoc, getDocs, orderBy, query,
+  setDoc, updateDoc, where,
 } from 'firebase/firestore';
 import {
   ADMIN, ADMIN_CLAIMS, ALICE, BOB, DATE, day, dayId, useTestEnvironment,
@@ -186,4 +187,137 @@ describe('no client writes a day', () => {
     await environment.asService((firestore) =>
       assertSucceeds(setDoc(doc(firestore, DAYS, dayId(ALICE)), day(ALICE))));
   });
+});
+
+// Reservation ids as the service makes them: {yyyymmdd}-{expiresAt in Unix seconds}-{random}.
+const HELD = '20240115-1705329300-9f86d081884c7d65';
+const COMMITTED = '20240115-1705327500-3c59dc048e885024';
+const NEW = '20240115-1705329600-a87ff679a2f3e71d';
+
+const at = (iso) => Timestamp.fromDate(new Date(iso));
+
+const heldEntry = () => ({
+  tokens: 800,
+  createdAt: at('2024-01-15T14:30:00Z'),
+  expiresAt: at('2024-01-15T14:35:00Z'),
+  status: 'held',
+});
+
+// A day as the service writes it while one reply streams and another has been committed.
+function dayWithReservations(userId) {
+  return day(userId, {
+    reservations: {
+      [HELD]: heldEntry(),
+      [COMMITTED]: {
+        tokens: 500,
+        createdAt: at('2024-01-15T14:00:00Z'),
+        expiresAt: at('2024-01-15T14:05:00Z'),
+        status: 'committed',
+        settledAt: at('2024-01-15T14:01:00Z'),
+        committedTokens: 420,
+      },
+    },
+  });
+}
+
+describe('reading a day that keeps reservations', () => {
+  beforeEach(async () => {
+    await seed(dayId(ALICE), dayWithReservations(ALICE));
+    await seed(dayId(BOB), dayWithReservations(BOB));
+  });
+
+  test('a user reads their own day and sees its held and committed reservations', async () => {
+    const snapshot = await assertSucceeds(getDoc(doc(asUser(ALICE), DAYS, dayId(ALICE))));
+    assert.deepEqual(snapshot.data().reservations, dayWithReservations(ALICE).reservations);
+  });
+
+  test('a user lists their own day with its reservations by filtering on their userId',
+    async () => {
+      const days = collection(asUser(ALICE), DAYS);
+      const snapshot = await assertSucceeds(getDocs(query(days, where('userId', '==', ALICE))));
+      assert.deepEqual(snapshot.docs.map((d) => d.id), [dayId(ALICE)]);
+      assert.deepEqual(snapshot.docs[0].data().reservations,
+        dayWithReservations(ALICE).reservations);
+    });
+
+  test("a user cannot read another user's reservations", async () => {
+    await assertFails(getDoc(doc(asUser(BOB), DAYS, dayId(ALICE))));
+    await assertFails(getDocs(query(collection(asUser(BOB), DAYS),
+      where('userId', '==', ALICE))));
+  });
+
+  test("an admin reads any user's reservations", async () => {
+    const snapshot = await assertSucceeds(getDoc(doc(asAdmin(), DAYS, dayId(ALICE))));
+    assert.deepEqual(snapshot.data().reservations, dayWithReservations(ALICE).reservations);
+  });
+});
+
+// A client that could settle or drop its own holds could stream replies the limit never
+// sees, so reservations are as server-only as the counter. Every write below targets Alice's
+// day; each succeeds with server credentials, so a denial comes from the rules alone.
+describe('no client writes reservations', () => {
+  const aliceDay = (db) => doc(db, DAYS, dayId(ALICE));
+  const entryField = (id, ...field) => new FieldPath('reservations', id, ...field);
+
+  // [what, the day stored before the write (none when null), the write]
+  const forbiddenWrites = [
+    ['creating a day with reservations', null,
+      (db) => setDoc(aliceDay(db), dayWithReservations(ALICE))],
+    ['adding reservations to a day that keeps none', day(ALICE),
+      (db) => updateDoc(aliceDay(db), { reservations: { [NEW]: heldEntry() } })],
+    ['adding a reservation entry', dayWithReservations(ALICE),
+      (db) => updateDoc(aliceDay(db), entryField(NEW), heldEntry())],
+    ['adding a reservation entry with a merge', dayWithReservations(ALICE),
+      (db) => setDoc(aliceDay(db), { reservations: { [NEW]: heldEntry() } }, { merge: true })],
+    ['releasing a held reservation', dayWithReservations(ALICE),
+      (db) => updateDoc(aliceDay(db), entryField(HELD, 'status'), 'released',
+        entryField(HELD, 'settledAt'), at('2024-01-15T14:31:00Z'))],
+    ['committing a held reservation', dayWithReservations(ALICE),
+      (db) => updateDoc(aliceDay(db), entryField(HELD, 'status'), 'committed',
+        entryField(HELD, 'settledAt'), at('2024-01-15T14:31:00Z'),
+        entryField(HELD, 'committedTokens'), 1)],
+    ["lowering a held reservation's tokens", dayWithReservations(ALICE),
+      (db) => updateDoc(aliceDay(db), entryField(HELD, 'tokens'), 1)],
+    ["extending a held reservation's expiry", dayWithReservations(ALICE),
+      (db) => updateDoc(aliceDay(db), entryField(HELD, 'expiresAt'), at('2024-01-16T14:35:00Z'))],
+    ["lowering a committed reservation's committedTokens", dayWithReservations(ALICE),
+      (db) => updateDoc(aliceDay(db), entryField(COMMITTED, 'committedTokens'), 1)],
+    ['deleting a reservation entry', dayWithReservations(ALICE),
+      (db) => updateDoc(aliceDay(db), entryField(HELD), deleteField())],
+    ['emptying the reservations map', dayWithReservations(ALICE),
+      (db) => updateDoc(aliceDay(db), { reservations: {} })],
+    ['removing the reservations field', dayWithReservations(ALICE),
+      (db) => updateDoc(aliceDay(db), { reservations: deleteField() })],
+    ['overwriting the day without its reservations', dayWithReservations(ALICE),
+      (db) => setDoc(aliceDay(db), day(ALICE))],
+    ['deleting a day that keeps reservations', dayWithReservations(ALICE),
+      (db) => deleteDoc(aliceDay(db))],
+  ];
+
+  const clients = [
+    ['the owner', () => asUser(ALICE)],
+    ['another user', () => asUser(BOB)],
+    ['an admin', () => asAdmin()],
+    ['an unauthenticated client', () => asAnonymous()],
+  ];
+
+  for (const [who, client] of clients) {
+    for (const [what, stored, write] of forbiddenWrites) {
+      test(`${who} is denied ${what}`, async () => {
+        if (stored) {
+          await seed(dayId(ALICE), stored);
+        }
+        await assertFails(write(client()));
+      });
+    }
+  }
+
+  for (const [what, stored, write] of forbiddenWrites) {
+    test(`the service, with server credentials, succeeds at ${what}`, async () => {
+      if (stored) {
+        await seed(dayId(ALICE), stored);
+      }
+      await environment.asService((firestore) => assertSucceeds(write(firestore)));
+    });
+  }
 });

@@ -97,7 +97,7 @@ impl Emulator {
     async fn warm_up(&self) {
         use token_limits::store::{FirestoreSettings, FirestoreStore};
         use token_limits::usage::{
-            DayWindow, Limits, RecordRequest, Tokens, UsageStore, UserId, UserType,
+            Action, DayWindow, Limits, RecordRequest, Tokens, UsageStore, UserId, UserType,
         };
 
         let store = FirestoreStore::connect(FirestoreSettings {
@@ -113,10 +113,13 @@ impl Emulator {
             let now = chrono::Utc::now();
             let request = RecordRequest {
                 user_id: user.clone(),
-                tokens: Tokens::bounded(1, 1).unwrap(),
-                user_type: UserType::DEFAULT,
+                action: Action::Spend {
+                    tokens: Tokens::bounded(1, 1).unwrap(),
+                    user_type: UserType::DEFAULT,
+                },
                 window: DayWindow::containing(now, chrono_tz::Tz::UTC),
                 limits: Limits::uniform(i64::MAX),
+                commit_grace: chrono::Duration::zero(),
                 now,
                 idempotency: None,
             };

@@ -8,7 +8,10 @@ use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use firestore::gcloud_sdk::google::firestore::v1::{Document, MapValue, Value};
 use firestore::gcloud_sdk::prost_types::Timestamp;
 
-use crate::usage::{DailyUsage, Fingerprint, IdempotencyRecord, MonthlyUsage, UserId, UserType};
+use crate::usage::{
+    DailyUsage, Fingerprint, IdempotencyRecord, MonthlyUsage, Reservation, ReservationEntry,
+    ReservationId, Reservations, Standing, StoredAnswer, StoredDay, StoredEntry, UserId, UserType,
+};
 
 pub type Fields = HashMap<String, Value>;
 
@@ -22,6 +25,16 @@ pub const DAY_FIELDS: &[&str] = &[
     "lastUpdated",
     "resetAt",
 ];
+
+/// The day document's map of reservations, by id; absent when it keeps none.
+pub const RESERVATIONS_FIELD: &str = "reservations";
+
+/// Every field of a day document this service writes, its reservations included.
+pub fn stored_day_mask() -> Vec<&'static str> {
+    let mut mask = DAY_FIELDS.to_vec();
+    mask.push(RESERVATIONS_FIELD);
+    mask
+}
 
 /// The fields of a month document this service writes.
 pub const MONTH_FIELDS: &[&str] = &[
@@ -45,14 +58,18 @@ pub const IDEMPOTENCY_FIELDS: &[&str] = &[
     "response",
     "createdAt",
     "expiresAt",
+    RESERVATION_ANSWER,
 ];
+
+/// An idempotency record's answer to a reservation, beside its `response`.
+const RESERVATION_ANSWER: &str = "reservation";
 
 #[derive(Debug, thiserror::Error)]
 #[error("the stored document {document} cannot be used: field {field} {problem}")]
 pub struct DecodeError {
     document: String,
     field: String,
-    problem: &'static str,
+    problem: String,
 }
 
 pub fn day_fields(day: &DailyUsage) -> Fields {
@@ -72,6 +89,118 @@ pub fn day_fields(day: &DailyUsage) -> Fields {
 
 pub fn day_from(document: &Document) -> Result<DailyUsage, DecodeError> {
     decode_day(&Reader::new(&document.name, &document.fields))
+}
+
+/// A day document with its reservations.
+pub fn stored_day_from(document: &Document) -> Result<StoredDay, DecodeError> {
+    let doc = Reader::new(&document.name, &document.fields);
+    let reservations = match doc.fields.get(RESERVATIONS_FIELD) {
+        None => Reservations::default(),
+        Some(_) => doc
+            .map(RESERVATIONS_FIELD)?
+            .iter()
+            .map(|(id, value)| {
+                let field = format!("{RESERVATIONS_FIELD}.{id}");
+                let Some(ValueType::MapValue(entry)) = &value.value_type else {
+                    return Err(doc.error(&field, "is not a map"));
+                };
+                let entry = reservation_entry(&Reader::new(&document.name, &entry.fields))
+                    .map_err(|problem| doc.error(&field, problem))?;
+                Ok((id.clone(), entry))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(StoredDay {
+        usage: decode_day(&doc)?,
+        reservations,
+    })
+}
+
+/// The fields of a day document with its reservations, for a write masked by
+/// [`stored_day_mask`] (so that a day without any loses a stale map).
+pub fn stored_day_fields(usage: &DailyUsage, reservations: &Reservations) -> Fields {
+    let mut fields = day_fields(usage);
+    if !reservations.is_empty() {
+        fields.insert(
+            RESERVATIONS_FIELD.to_owned(),
+            reservations_value(reservations),
+        );
+    }
+    fields
+}
+
+/// The value of the `reservations` field.
+fn reservations_value(reservations: &Reservations) -> Value {
+    map(reservations
+        .iter()
+        .map(|(id, entry)| (id.to_owned(), map(reservation_entry_fields(*entry))))
+        .collect())
+}
+
+fn reservation_entry_fields(entry: ReservationEntry) -> Fields {
+    let stored = StoredEntry::from(entry);
+    let mut fields = Fields::from([
+        ("tokens".to_owned(), integer(stored.tokens)),
+        ("createdAt".to_owned(), timestamp(stored.created_at)),
+        ("expiresAt".to_owned(), timestamp(stored.expires_at)),
+        ("status".to_owned(), string(&stored.status)),
+    ]);
+    if let Some(committed) = stored.committed_tokens {
+        fields.insert("committedTokens".to_owned(), integer(committed));
+    }
+    if let Some(settled_at) = stored.settled_at {
+        fields.insert("settledAt".to_owned(), timestamp(settled_at));
+    }
+    fields
+}
+
+/// An entry of `reservations`, or what is wrong with it.
+fn reservation_entry(entry: &Reader<'_>) -> Result<ReservationEntry, String> {
+    let optional = |field: &str| entry.fields.contains_key(field);
+    let stored = StoredEntry {
+        tokens: entry.integer("tokens").map_err(|e| e.problem_of_field())?,
+        created_at: entry
+            .timestamp("createdAt")
+            .map_err(|e| e.problem_of_field())?,
+        expires_at: entry
+            .timestamp("expiresAt")
+            .map_err(|e| e.problem_of_field())?,
+        status: entry
+            .string("status")
+            .map_err(|e| e.problem_of_field())?
+            .to_owned(),
+        committed_tokens: optional("committedTokens")
+            .then(|| entry.integer("committedTokens"))
+            .transpose()
+            .map_err(|e| e.problem_of_field())?,
+        settled_at: optional("settledAt")
+            .then(|| entry.timestamp("settledAt"))
+            .transpose()
+            .map_err(|e| e.problem_of_field())?,
+    };
+    let known = [
+        "tokens",
+        "createdAt",
+        "expiresAt",
+        "status",
+        "committedTokens",
+        "settledAt",
+    ];
+    if let Some(unknown) = entry
+        .fields
+        .keys()
+        .find(|key| !known.contains(&key.as_str()))
+    {
+        return Err(format!("has an unknown field {unknown:?}"));
+    }
+    ReservationEntry::try_from(stored)
+}
+
+impl DecodeError {
+    /// "field problem", for an error nested in a larger field.
+    fn problem_of_field(&self) -> String {
+        format!("field {} {}", self.field, self.problem)
+    }
 }
 
 fn decode_day(doc: &Reader<'_>) -> Result<DailyUsage, DecodeError> {
@@ -145,25 +274,58 @@ pub fn idempotency_fields(
     record: &IdempotencyRecord,
     now: DateTime<Utc>,
 ) -> Fields {
-    Fields::from([
+    let mut fields = Fields::from([
         ("userId".to_owned(), string(user_id.as_str())),
         ("key".to_owned(), string(key)),
         (
             "fingerprint".to_owned(),
             string(record.fingerprint.as_str()),
         ),
-        ("response".to_owned(), map(day_fields(&record.response))),
         ("createdAt".to_owned(), timestamp(now)),
         ("expiresAt".to_owned(), timestamp(record.expires_at)),
-    ])
+    ]);
+    let standing = record.response.standing();
+    let mut response = day_fields(&standing.day);
+    response.insert(
+        "reservedTokens".to_owned(),
+        integer(standing.reserved_tokens),
+    );
+    fields.insert("response".to_owned(), map(response));
+    if let StoredAnswer::Reserved(reservation, _) = &record.response {
+        let mut answer = reservation_entry_fields(reservation.entry);
+        answer.insert("id".to_owned(), string(reservation.id.as_str()));
+        fields.insert(RESERVATION_ANSWER.to_owned(), map(answer));
+    }
+    fields
 }
 
 pub fn idempotency_from(document: &Document) -> Result<IdempotencyRecord, DecodeError> {
     let doc = Reader::new(&document.name, &document.fields);
-    let response = doc.map("response")?;
+    let response = Reader::new(&document.name, doc.map("response")?);
+    let standing = Standing {
+        day: decode_day(&response)?,
+        // Answers stored before reservations existed held nothing.
+        reserved_tokens: match response.fields.get("reservedTokens") {
+            None => 0,
+            Some(_) => response.integer("reservedTokens")?,
+        },
+    };
+    let answer = match doc.fields.get(RESERVATION_ANSWER) {
+        None => StoredAnswer::Recorded(standing),
+        Some(_) => {
+            let fields = Reader::new(&document.name, doc.map(RESERVATION_ANSWER)?);
+            let id = ReservationId::parse(fields.string("id")?)
+                .map_err(|_| doc.error("reservation.id", "is not a reservation id"))?;
+            let mut entry_fields = fields.fields.clone();
+            entry_fields.remove("id");
+            let entry = reservation_entry(&Reader::new(&document.name, &entry_fields))
+                .map_err(|problem| doc.error(RESERVATION_ANSWER, problem))?;
+            StoredAnswer::Reserved(Reservation { id, entry }, standing)
+        }
+    };
     Ok(IdempotencyRecord {
         fingerprint: Fingerprint::from_stored(doc.string("fingerprint")?.to_owned()),
-        response: decode_day(&Reader::new(&document.name, response))?,
+        response: answer,
         expires_at: doc.timestamp("expiresAt")?,
     })
 }
@@ -212,11 +374,11 @@ impl<'a> Reader<'a> {
         Self { document, fields }
     }
 
-    fn error(&self, field: &str, problem: &'static str) -> DecodeError {
+    fn error(&self, field: &str, problem: impl Into<String>) -> DecodeError {
         DecodeError {
             document: self.document.to_owned(),
             field: field.to_owned(),
-            problem,
+            problem: problem.into(),
         }
     }
 
@@ -442,10 +604,78 @@ mod tests {
                 crate::usage::Tokens::bounded(1250, 1250).unwrap(),
                 None,
             ),
-            response: sample_day(),
+            response: StoredAnswer::Recorded(Standing {
+                day: sample_day(),
+                reserved_tokens: 40,
+            }),
             expires_at: at("2024-01-16T14:30:00.123Z"),
         };
         let fields = idempotency_fields(&user, "k-1", &record, at("2024-01-15T14:30:00.123Z"));
         assert_eq!(idempotency_from(&document(fields)).unwrap(), record);
+
+        let reserved = IdempotencyRecord {
+            response: StoredAnswer::Reserved(
+                Reservation {
+                    id: ReservationId::new(sample_day().date, at("2024-01-15T14:40:00Z")),
+                    entry: held(),
+                },
+                Standing {
+                    day: sample_day(),
+                    reserved_tokens: 300,
+                },
+            ),
+            ..record
+        };
+        let fields = idempotency_fields(&user, "k-2", &reserved, at("2024-01-15T14:30:00.123Z"));
+        assert_eq!(idempotency_from(&document(fields)).unwrap(), reserved);
+    }
+
+    fn held() -> ReservationEntry {
+        ReservationEntry {
+            tokens: 300,
+            created_at: at("2024-01-15T14:30:00.123Z"),
+            expires_at: at("2024-01-15T14:40:00Z"),
+            settlement: None,
+        }
+    }
+
+    #[test]
+    fn a_day_with_reservations_round_trips_and_bad_entries_are_named() {
+        let committed = ReservationEntry {
+            settlement: Some(crate::usage::Settlement::Committed {
+                committed_tokens: 320,
+                settled_at: at("2024-01-15T14:35:00.5Z"),
+            }),
+            ..held()
+        };
+        let id = ReservationId::new(sample_day().date, at("2024-01-15T14:40:00Z"));
+        let day = StoredDay {
+            usage: sample_day(),
+            reservations: [(id.to_string(), held()), ("other".to_owned(), committed)]
+                .into_iter()
+                .collect(),
+        };
+        let fields = stored_day_fields(&day.usage, &day.reservations);
+        assert_eq!(stored_day_from(&document(fields.clone())).unwrap(), day);
+        assert_eq!(day_from(&document(fields.clone())).unwrap(), day.usage);
+
+        let mut broken = fields;
+        let Some(ValueType::MapValue(reservations)) = broken
+            .get_mut(RESERVATIONS_FIELD)
+            .and_then(|value| value.value_type.as_mut())
+        else {
+            panic!("no reservations")
+        };
+        let Some(ValueType::MapValue(entry)) = reservations
+            .fields
+            .get_mut("other")
+            .and_then(|value| value.value_type.as_mut())
+        else {
+            panic!("no entry")
+        };
+        entry.fields.remove("settledAt");
+        let error = stored_day_from(&document(broken)).unwrap_err().to_string();
+        assert!(error.contains("reservations.other"), "{error}");
+        assert!(error.contains("does not fit its fields"), "{error}");
     }
 }

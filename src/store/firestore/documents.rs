@@ -70,7 +70,7 @@ fn stored_from(collection: Collection, document: &FirestoreDocument) -> Stored {
         _ => None,
     };
     let decoded = match collection {
-        Collection::Daily => codec::day_from(document).map(Document::Day),
+        Collection::Daily => codec::stored_day_from(document).map(Document::Day),
         Collection::History => codec::month_from(document).map(Document::Month),
     };
     let content = decoded.map_err(|e| e.to_string()).and_then(|decoded| {
@@ -205,8 +205,13 @@ impl FirestoreStore {
             },
             Change::Put(document) => {
                 let (fields, owned) = match document {
-                    Document::Day(day) => (codec::day_fields(day), codec::DAY_FIELDS),
-                    Document::Month(month) => (codec::month_fields(month), codec::MONTH_FIELDS),
+                    Document::Day(day) => (
+                        codec::stored_day_fields(&day.usage, &day.reservations),
+                        codec::stored_day_mask(),
+                    ),
+                    Document::Month(month) => {
+                        (codec::month_fields(month), codec::MONTH_FIELDS.to_vec())
+                    }
                 };
                 Write {
                     operation: Some(write::Operation::Update(FirestoreDocument {

@@ -47,8 +47,8 @@ use firestore::{FirestoreDb, FirestoreDbOptions};
 use super::queries::{self, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape};
 use crate::usage::{
     DailySummary, DailyUsage, IdempotencyKey, MonthlyUsage, Page, PageCursor, PageRequest,
-    RecordOutcome, RecordRequest, Snapshot, StoreError, UsageStore, UsageTotals, UserId, UserType,
-    Writes,
+    RecordRequest, Recorded, Snapshot, StoreError, StoredDay, UsageStore, UsageTotals, UserId,
+    UserType, Writes,
 };
 
 /// The service's own collection: idempotency records, deleted by a TTL policy on `expiresAt`.
@@ -272,25 +272,31 @@ impl FirestoreStore {
         request: &RecordRequest,
         names: &RecordNames,
         deadline: Instant,
-    ) -> Result<RecordOutcome, AttemptError> {
+    ) -> Result<Recorded, AttemptError> {
         let read = self.batch_get(&names.all()).await.map_err(read_failure)?;
         let snapshot = names.snapshot(&read)?;
         let plan = request
             .plan(&snapshot)
             .map_err(|error| AttemptError::Permanent(error.into()))?;
-        let Some(writes) = plan.writes else {
-            return Ok(plan.outcome);
+        let Some(writes) = &plan.writes else {
+            return Ok(plan.applied());
         };
-        let commit = names.conditional_writes(request, &writes, &read);
+        let commit = names.conditional_writes(request, writes, &read);
         match self.commit(commit.clone()).await {
-            Ok(()) => Ok(plan.outcome),
+            Ok(()) => Ok(plan.applied()),
             Err(status) => match commit_failure(status) {
                 CommitFailure::Refused(error) => Err(error),
                 CommitFailure::AnswerLost(status) => {
                     self.counters.lost_answer();
-                    self.settle_lost_commit(names, commit, &writes.day, status, deadline)
+                    let planned_day = StoredDay {
+                        usage: writes.day.clone(),
+                        reservations: writes.reservations.clone().unwrap_or_else(|| {
+                            snapshot.day.map(|day| day.reservations).unwrap_or_default()
+                        }),
+                    };
+                    self.settle_lost_commit(names, commit, &planned_day, status, deadline)
                         .await
-                        .map(|()| plan.outcome)
+                        .map(|()| plan.applied())
                 }
             },
         }
@@ -306,7 +312,7 @@ impl FirestoreStore {
         &self,
         names: &RecordNames,
         commit: Vec<Write>,
-        planned_day: &DailyUsage,
+        planned_day: &StoredDay,
         status: Status,
         deadline: Instant,
     ) -> Result<(), AttemptError> {
@@ -348,7 +354,10 @@ impl FirestoreStore {
         let Ok(now) = read_back else {
             return Err(unknown(&status, "the day could not be read back"));
         };
-        let day_now = now.get(&names.day).map(codec::day_from).transpose()?;
+        let day_now = now
+            .get(&names.day)
+            .map(codec::stored_day_from)
+            .transpose()?;
         if day_now.as_ref() == Some(planned_day) {
             return Ok(());
         }
@@ -534,21 +543,31 @@ fn decode_all<T>(
 /// The documents one record touches.
 struct RecordNames {
     day: String,
-    month: String,
+    /// Only when the request can change the month.
+    month: Option<String>,
     idempotency: Option<String>,
 }
 
 impl RecordNames {
     fn all(&self) -> Vec<&str> {
-        let mut names = vec![self.day.as_str(), self.month.as_str()];
+        let mut names = vec![self.day.as_str()];
+        names.extend(self.month.as_deref());
         names.extend(self.idempotency.as_deref());
         names
     }
 
     fn snapshot(&self, read: &HashMap<String, Document>) -> Result<Snapshot, codec::DecodeError> {
         Ok(Snapshot {
-            day: read.get(&self.day).map(codec::day_from).transpose()?,
-            month: read.get(&self.month).map(codec::month_from).transpose()?,
+            day: read
+                .get(&self.day)
+                .map(codec::stored_day_from)
+                .transpose()?,
+            month: self
+                .month
+                .as_ref()
+                .and_then(|name| read.get(name))
+                .map(codec::month_from)
+                .transpose()?,
             idempotency: self
                 .idempotency
                 .as_ref()
@@ -565,20 +584,29 @@ impl RecordNames {
         writes: &Writes,
         read: &HashMap<String, Document>,
     ) -> Vec<Write> {
-        let mut conditional = vec![
-            update(
-                &self.day,
-                codec::day_fields(&writes.day),
-                codec::DAY_FIELDS,
-                read.get(&self.day),
+        // Reservations that changed are written whole (none left removes the field); others
+        // stay as stored.
+        let (day_fields, day_mask) = match &writes.reservations {
+            Some(reservations) => (
+                codec::stored_day_fields(&writes.day, reservations),
+                codec::stored_day_mask(),
             ),
-            update(
-                &self.month,
-                codec::month_fields(&writes.month),
+            None => (codec::day_fields(&writes.day), codec::DAY_FIELDS.to_vec()),
+        };
+        let mut conditional = vec![update(
+            &self.day,
+            day_fields,
+            &day_mask,
+            read.get(&self.day),
+        )];
+        if let (Some(name), Some(month)) = (&self.month, &writes.month) {
+            conditional.push(update(
+                name,
+                codec::month_fields(month),
                 codec::MONTH_FIELDS,
-                read.get(&self.month),
-            ),
-        ];
+                read.get(name),
+            ));
+        }
         if let (Some(name), Some(key), Some(record)) = (
             &self.idempotency,
             request.idempotency_key(),
@@ -705,10 +733,12 @@ impl UsageStore for FirestoreStore {
         &self,
         request: RecordRequest,
         deadline: Instant,
-    ) -> Result<RecordOutcome, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         let names = RecordNames {
             day: self.document_name(DAILY_COLLECTION, &request.day_id()),
-            month: self.document_name(HISTORY_COLLECTION, &request.month_id()),
+            month: request
+                .reads_month()
+                .then(|| self.document_name(HISTORY_COLLECTION, &request.month_id())),
             idempotency: request.idempotency_key().map(|key| {
                 self.document_name(IDEMPOTENCY, &idempotency_document_id(&request.user_id, key))
             }),
@@ -744,11 +774,11 @@ impl UsageStore for FirestoreStore {
         &self,
         user_id: &UserId,
         date: NaiveDate,
-    ) -> Result<Option<DailyUsage>, StoreError> {
+    ) -> Result<Option<StoredDay>, StoreError> {
         let name = self.document_name(DAILY_COLLECTION, &DailyUsage::document_id(user_id, date));
         self.get(name)
             .await?
-            .map(|document| codec::day_from(&document))
+            .map(|document| codec::stored_day_from(&document))
             .transpose()
             .map_err(StoreError::from)
     }

@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
-use super::{DAY_COLUMNS, SqliteStore, day_from_row, month_from_row, write_day, write_month};
+use super::{
+    STORED_DAY_COLUMNS, SqliteStore, month_from_row, stored_day_from_row, write_day, write_month,
+};
 use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
     Scan, ScanCursor, Stored, Version, strict_user_type,
@@ -21,7 +23,7 @@ fn table(collection: Collection) -> &'static str {
 /// The columns a scan selects: the decoder's own, then the id.
 fn columns(collection: Collection) -> String {
     match collection {
-        Collection::Daily => format!("{DAY_COLUMNS}, id"),
+        Collection::Daily => format!("{STORED_DAY_COLUMNS}, id"),
         Collection::History => "*".to_owned(),
     }
 }
@@ -47,7 +49,7 @@ fn stored_from(collection: Collection, row: &Row<'_>) -> rusqlite::Result<Stored
         Collection::History => None,
     };
     let decoded = match collection {
-        Collection::Daily => day_from_row(row).map(Document::Day),
+        Collection::Daily => stored_day_from_row(row).map(Document::Day),
         Collection::History => month_from_row(row).map(Document::Month),
     };
     let content = decoded.map_err(|e| e.to_string()).and_then(|document| {
@@ -115,7 +117,7 @@ fn scan(
         Scan::DaysBefore(date) => {
             let after_date = after.and_then(|cursor| cursor.date.as_deref());
             let mut statement = connection.prepare_cached(&format!(
-                "SELECT {DAY_COLUMNS}, id FROM daily_token_usage
+                "SELECT {STORED_DAY_COLUMNS}, id FROM daily_token_usage
                  WHERE date < ?1 AND (?2 IS NULL OR (date, id) > (?2, ?3))
                  ORDER BY date, id LIMIT ?4"
             ))?;
@@ -140,7 +142,7 @@ fn month_with_days(
     let month = read_stored(&transaction, Collection::History, &month_id)?;
     let days = {
         let mut statement = transaction.prepare_cached(&format!(
-            "SELECT {DAY_COLUMNS}, id FROM daily_token_usage
+            "SELECT {STORED_DAY_COLUMNS}, id FROM daily_token_usage
              WHERE user_id = ?1 AND date BETWEEN ?2 AND ?3 ORDER BY date"
         ))?;
         let rows = statement.query_map(params![user_id.as_str(), first, last], |row| {
@@ -166,7 +168,9 @@ fn apply(connection: &mut Connection, writes: &[DocumentWrite]) -> rusqlite::Res
             return Ok(Applied::Nothing);
         }
         match &write.change {
-            Change::Put(Document::Day(day)) => write_day(&transaction, &write.id, day)?,
+            Change::Put(Document::Day(day)) => {
+                write_day(&transaction, &write.id, &day.usage, Some(&day.reservations))?
+            }
             Change::Put(Document::Month(month)) => write_month(&transaction, &write.id, month)?,
             Change::Delete => {
                 transaction

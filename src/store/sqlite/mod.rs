@@ -13,8 +13,8 @@ use tokio::sync::Mutex;
 
 use crate::usage::{
     DailySummary, DailyUsage, Fingerprint, IdempotencyKey, IdempotencyRecord, MonthlyUsage, Page,
-    PageRequest, RecordOutcome, RecordRequest, Snapshot, StoreError, UsageStore, UsageTotals,
-    UserId, UserType,
+    PageRequest, RecordRequest, Recorded, Reservations, Snapshot, StoreError, StoredDay,
+    UsageStore, UsageTotals, UserId, UserType,
 };
 
 const SCHEMA: &str = "
@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS daily_token_usage (
     token_limit  INTEGER NOT NULL,
     user_type    TEXT NOT NULL,
     last_updated TEXT NOT NULL,
-    reset_at     TEXT NOT NULL
+    reset_at     TEXT NOT NULL,
+    reservations TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS daily_by_user_date ON daily_token_usage (user_id, date DESC);
 CREATE INDEX IF NOT EXISTS daily_by_date_tokens
@@ -82,6 +83,7 @@ impl SqliteStore {
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(store_error)?;
         connection.execute_batch(SCHEMA).map_err(store_error)?;
+        add_reservations_column(&connection).map_err(store_error)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -104,6 +106,23 @@ impl SqliteStore {
     }
 }
 
+/// Files created before reservations existed gain their column (NULL: none).
+fn add_reservations_column(connection: &Connection) -> rusqlite::Result<()> {
+    let present: bool = connection.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info('daily_token_usage')
+         WHERE name = 'reservations'",
+        [],
+        |row| row.get(0),
+    )?;
+    if !present {
+        connection.execute(
+            "ALTER TABLE daily_token_usage ADD COLUMN reservations TEXT",
+            [],
+        )?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl UsageStore for SqliteStore {
     /// A request timeout drops the waiting future but not the blocking transaction, so no
@@ -114,7 +133,7 @@ impl UsageStore for SqliteStore {
         &self,
         request: RecordRequest,
         deadline: Instant,
-    ) -> Result<RecordOutcome, StoreError> {
+    ) -> Result<Recorded, StoreError> {
         let late = || StoreError::Unavailable("the store is busy: deadline reached".to_owned());
         let mut connection =
             tokio::time::timeout_at(deadline.into(), self.connection.clone().lock_owned())
@@ -135,7 +154,7 @@ impl UsageStore for SqliteStore {
         &self,
         user_id: &UserId,
         date: NaiveDate,
-    ) -> Result<Option<DailyUsage>, StoreError> {
+    ) -> Result<Option<StoredDay>, StoreError> {
         let id = DailyUsage::document_id(user_id, date);
         self.with_connection(move |connection| read_day(connection, &id))
             .await
@@ -262,6 +281,10 @@ fn cursor_params(page: &PageRequest) -> (Option<i64>, Option<String>) {
 const DAY_COLUMNS: &str =
     "user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at";
 
+/// A day's columns with its reservations, decoded by [`stored_day_from_row`].
+const STORED_DAY_COLUMNS: &str =
+    "user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at, reservations";
+
 fn day_from_row(row: &Row<'_>) -> rusqlite::Result<DailyUsage> {
     Ok(DailyUsage {
         user_id: user_id_from(row, 0)?,
@@ -274,13 +297,27 @@ fn day_from_row(row: &Row<'_>) -> rusqlite::Result<DailyUsage> {
     })
 }
 
+/// A day row with its reservations, selected by [`STORED_DAY_COLUMNS`].
+fn stored_day_from_row(row: &Row<'_>) -> rusqlite::Result<StoredDay> {
+    let reservations: Option<String> = row.get(7)?;
+    Ok(StoredDay {
+        usage: day_from_row(row)?,
+        reservations: match reservations {
+            None => Reservations::default(),
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into())
+            })?,
+        },
+    })
+}
+
 /// Reads the snapshot, plans, and applies the writes in one `BEGIN IMMEDIATE` transaction,
 /// waiting at most `patience` for another process's lock.
 fn record(
     connection: &mut Connection,
     request: &RecordRequest,
     patience: Duration,
-) -> Result<RecordOutcome, StoreError> {
+) -> Result<Recorded, StoreError> {
     connection.busy_timeout(patience).map_err(store_error)?;
     let transaction = connection
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -288,24 +325,37 @@ fn record(
     let snapshot = read_snapshot(&transaction, request)?;
     let plan = request.plan(&snapshot)?;
     // Without writes, dropping the transaction rolls it back: nothing is written.
-    if let Some(writes) = plan.writes {
-        write_day(&transaction, &request.day_id(), &writes.day).map_err(store_error)?;
-        write_month(&transaction, &request.month_id(), &writes.month).map_err(store_error)?;
+    if let Some(writes) = &plan.writes {
+        write_day(
+            &transaction,
+            &request.day_id(),
+            &writes.day,
+            writes.reservations.as_ref(),
+        )
+        .map_err(store_error)?;
+        if let Some(month) = &writes.month {
+            write_month(&transaction, &request.month_id(), month).map_err(store_error)?;
+        }
         if let (Some(key), Some(record)) = (request.idempotency_key(), &writes.idempotency) {
             write_idempotency(&transaction, &request.user_id, key, record).map_err(store_error)?;
         }
         transaction.commit().map_err(store_error)?;
     }
-    Ok(plan.outcome)
+    Ok(plan.applied())
 }
 
 fn read_snapshot(connection: &Connection, request: &RecordRequest) -> Result<Snapshot, StoreError> {
     let (day_id, month_id) = (request.day_id(), request.month_id());
+    let month = if request.reads_month() {
+        read_month(connection, &month_id)
+            .map_err(|e| row_error("token_usage_history", &month_id, e))?
+    } else {
+        None
+    };
     Ok(Snapshot {
         day: read_day(connection, &day_id)
             .map_err(|e| row_error("daily_token_usage", &day_id, e))?,
-        month: read_month(connection, &month_id)
-            .map_err(|e| row_error("token_usage_history", &month_id, e))?,
+        month,
         idempotency: match request.idempotency_key() {
             Some(key) => read_idempotency(connection, &request.user_id, key)
                 .map_err(|e| row_error("idempotency_keys", key.as_str(), e))?,
@@ -326,25 +376,38 @@ fn row_error(table: &str, id: &str, error: rusqlite::Error) -> StoreError {
     }
 }
 
-fn read_day(connection: &Connection, id: &str) -> rusqlite::Result<Option<DailyUsage>> {
+fn read_day(connection: &Connection, id: &str) -> rusqlite::Result<Option<StoredDay>> {
     connection
         .prepare_cached(&format!(
-            "SELECT {DAY_COLUMNS} FROM daily_token_usage WHERE id = ?1"
+            "SELECT {STORED_DAY_COLUMNS} FROM daily_token_usage WHERE id = ?1"
         ))?
-        .query_row([id], day_from_row)
+        .query_row([id], stored_day_from_row)
         .optional()
 }
 
-fn write_day(connection: &Connection, id: &str, day: &DailyUsage) -> rusqlite::Result<()> {
+/// Writes a day's figures and, when given, its reservations (none stored as NULL); without
+/// them, the stored ones stay.
+fn write_day(
+    connection: &Connection,
+    id: &str,
+    day: &DailyUsage,
+    reservations: Option<&Reservations>,
+) -> rusqlite::Result<()> {
+    let reservations_json = reservations
+        .filter(|reservations| !reservations.is_empty())
+        .map(to_json)
+        .transpose()?;
     connection
         .prepare_cached(
             "INSERT INTO daily_token_usage
-                 (id, user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 (id, user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at,
+                  reservations)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
              ON CONFLICT (id) DO UPDATE SET
                  tokens_used = excluded.tokens_used, token_limit = excluded.token_limit,
                  user_type = excluded.user_type, last_updated = excluded.last_updated,
-                 reset_at = excluded.reset_at",
+                 reset_at = excluded.reset_at,
+                 reservations = CASE WHEN ?9 THEN excluded.reservations ELSE reservations END",
         )?
         .execute(params![
             id,
@@ -355,6 +418,8 @@ fn write_day(connection: &Connection, id: &str, day: &DailyUsage) -> rusqlite::R
             day.user_type.as_str(),
             day.last_updated,
             day.reset_at,
+            reservations.is_some(),
+            reservations_json,
         ])
         .map(drop)
 }
