@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # HTTP benchmark of the release binary on the embedded store. wrk (installed from Debian's
-# packages when missing) drives GET /healthz (the HTTP ceiling), GET /usage/today, and
-# POST /usage without and with an Idempotency-Key, for 1,000 users whose real RS256 ID tokens
-# are checked against a local JWK set; it prints requests/s, p50, p99, the ratio to the
-# ceiling, and the service's peak memory. Not part of CI: it measures, it asserts nothing.
+# packages when missing) drives GET /healthz (the HTTP ceiling), GET /usage/today,
+# POST /usage without and with an Idempotency-Key, and streamed replies' reservation pairs
+# (reserve, then commit), for 1,000 users whose real RS256 ID tokens are checked against a
+# local JWK set; it prints requests/s, p50, p99, the ratio to the ceiling, and the service's
+# peak memory. Not part of CI: it measures, it asserts nothing.
 #
 #   bash scripts/bench-http.sh [seconds per run, default 10] [connections, default 64]
 set -euo pipefail
@@ -79,11 +80,38 @@ request = function()
 end
 LUA
 
-# Runs wrk; prints "requests/s p50 p99 non-2xx".
+# Reservation pairs: each answered reservation is committed next, with its user's token; so
+# half the requests are reservations and half their commits.
+cat >"$work/pairs.lua" <<'LUA'
+local tokens = {}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+local sent, commits = 0, {}
+local function headers(token)
+  return { ["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json" }
+end
+request = function()
+  local commit = table.remove(commits)
+  if commit then
+    return wrk.format("POST", "/usage/reservations/" .. commit.id .. "/commit",
+      headers(commit.token), '{"tokens": 1}')
+  end
+  sent = sent + 1
+  return wrk.format("POST", "/usage/reservations", headers(tokens[sent % #tokens + 1]),
+    '{"tokens": 1}')
+end
+response = function(status, _, body)
+  if status ~= 201 then return end
+  local id = body:match('"id":"([^"]+)"')
+  local user = tonumber(body:match('"userId":"bench%-(%d+)"'))
+  if id and user then commits[#commits + 1] = { id = id, token = tokens[user] } end
+end
+LUA
+
+# Runs wrk with a script; prints "requests/s p50 p99 non-2xx".
 measure() {
-  local output
+  local output script=${4:-requests.lua}
   output=$(METHOD=$1 TARGET=$2 KEYED=$3 TOKENS="$work/tokens" \
-    wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$work/requests.lua" "http://127.0.0.1:$port")
+    wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$work/$script" "http://127.0.0.1:$port")
   echo "$output" >>"$work/wrk.log"
   local rps p50 p99 failed
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$output")
@@ -105,4 +133,8 @@ for run in "GET /usage/today 0" "POST /usage 0" "POST /usage 1"; do
   ratio=$(awk -v a="$rps" -v b="$ceiling" 'BEGIN {printf "%.1f", 100 * a / b}')
   printf '%-32s %12s %10s %10s %11s%% %8s\n' "$label" "$rps" "$p50" "$p99" "$ratio" "$failed"
 done
+read -r rps p50 p99 failed <<<"$(measure POST /usage/reservations 0 pairs.lua)"
+ratio=$(awk -v a="$rps" -v b="$ceiling" 'BEGIN {printf "%.1f", 100 * a / b}')
+printf '%-32s %12s %10s %10s %11s%% %8s\n' "reserve+commit (each request)" "$rps" "$p50" "$p99" "$ratio" "$failed"
+echo "reservation pairs/s: $(awk -v a="$rps" 'BEGIN {printf "%.0f", a / 2}')"
 echo "service peak memory: $(awk '/^VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$service/status")"

@@ -4,6 +4,8 @@
 #[path = "support/binary.rs"]
 mod binary;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use binary::{Server, client, command};
@@ -174,6 +176,69 @@ fn a_restart_on_the_same_file_keeps_every_figure() {
         .collect();
     server.stop();
     assert_eq!(before, after);
+}
+
+/// Killed under load, the service loses no record it answered: each is committed before its
+/// answer. Records in flight at the kill may or may not have been.
+#[test]
+fn a_crash_under_load_loses_no_answered_record() {
+    const CLIENTS: i64 = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let db_path = db.display().to_string();
+    let environment = [
+        ("SQLITE_PATH", db_path.as_str()),
+        // The start-up line, without a line per request.
+        ("RUST_LOG", "info,token_limits::http=warn"),
+        ("DAILY_LIMIT_TRIAL", "1000000000"),
+    ];
+    let alice = dev_token(&["--uid", "alice"]);
+    let server = Server::start_with(&environment);
+    let answered = Arc::new(AtomicI64::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (base, alice, answered) = (server.base.clone(), alice.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let client = client();
+                loop {
+                    let sent = client
+                        .post(format!("{base}/usage"))
+                        .bearer_auth(&alice)
+                        .json(&json!({"tokens": 1}))
+                        .send();
+                    match sent {
+                        Ok(response) if response.status() == 200 => {
+                            answered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Ok(response) => panic!("{}", response.status()),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.stop();
+    for client in clients {
+        client.join().unwrap();
+    }
+    let answered = answered.load(Ordering::SeqCst);
+    assert!(answered > 100, "too little load to tell: {answered}");
+
+    let server = Server::start_with(&environment);
+    let today: Value = client()
+        .get(format!("{}/usage/today", server.base))
+        .bearer_auth(&alice)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let stored = today["tokensUsed"].as_i64().unwrap();
+    assert!(
+        (answered..=answered + CLIENTS).contains(&stored),
+        "answered {answered}, stored {stored}"
+    );
+    server.stop();
 }
 
 #[test]

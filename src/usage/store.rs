@@ -119,7 +119,7 @@ impl DailySummary {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Worth retrying later: the store is unreachable, busy or contended, and nothing was
     /// written (503).

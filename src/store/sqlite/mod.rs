@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file (WAL), tables mirroring the two Firestore collections.
 
 mod documents;
+mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 use tokio::sync::Mutex;
 
 use crate::usage::{
@@ -64,28 +65,26 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 /// How long a read may wait for another process's lock (rare under WAL).
 const READ_PATIENCE: Duration = Duration::from_secs(5);
 
-/// The embedded store. One connection, used by one blocking task at a time: SQLite serialises
-/// writers anyway, and `BEGIN IMMEDIATE` keeps other processes on the same file correct too.
+/// The embedded store: records go to the writer thread ([`writer`]); reads, reports and the
+/// maintenance commands use a second connection, one blocking task at a time. Under WAL the
+/// reads run beside the writer, and `BEGIN IMMEDIATE` keeps other processes on the same file
+/// correct too.
 #[derive(Clone)]
 pub struct SqliteStore {
     connection: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let connection = Connection::open(path).map_err(store_error)?;
-        // WAL lets readers run beside the writer; NORMAL is durable across process crashes.
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(store_error)?;
-        connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(store_error)?;
+        let connection = connect(path).map_err(store_error)?;
         connection.execute_batch(SCHEMA).map_err(store_error)?;
         add_reservations_column(&connection).map_err(store_error)?;
+        let writer = writer::Writer::start(connect(path).map_err(store_error)?)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
+            writer,
         })
     }
 
@@ -104,6 +103,16 @@ impl SqliteStore {
         .map_err(|join| StoreError::Internal(format!("sqlite task failed: {join}")))?
         .map_err(store_error)
     }
+}
+
+/// A connection to the file. WAL lets readers run beside the writer; NORMAL is durable across
+/// process crashes (a commit is in the WAL before it is answered; only a power loss may undo
+/// the last ones).
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(connection)
 }
 
 /// Files created before reservations existed gain their column (NULL: none).
@@ -125,29 +134,15 @@ fn add_reservations_column(connection: &Connection) -> rusqlite::Result<()> {
 
 #[async_trait]
 impl UsageStore for SqliteStore {
-    /// A request timeout drops the waiting future but not the blocking transaction, so no
-    /// transaction begins that could still be running at `deadline`: waits for the connection
-    /// and for other processes' locks end there, and what began before it ends long before
-    /// the request times out.
+    /// A request timeout drops the waiting future but not the writer's transaction, so no
+    /// record begins after `deadline`, and what began before it ends long before the request
+    /// times out.
     async fn record(
         &self,
         request: RecordRequest,
         deadline: Instant,
     ) -> Result<Recorded, StoreError> {
-        let late = || StoreError::Unavailable("the store is busy: deadline reached".to_owned());
-        let mut connection =
-            tokio::time::timeout_at(deadline.into(), self.connection.clone().lock_owned())
-                .await
-                .map_err(|_| late())?;
-        tokio::task::spawn_blocking(move || {
-            let remaining = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|remaining| !remaining.is_zero())
-                .ok_or_else(late)?;
-            record(&mut connection, &request, remaining)
-        })
-        .await
-        .map_err(|join| StoreError::Internal(format!("sqlite task failed: {join}")))?
+        self.writer.record(request, deadline).await
     }
 
     async fn day(
@@ -264,7 +259,9 @@ impl UsageStore for SqliteStore {
         .await
     }
 
+    /// Ready when the file answers a read and the writer still takes records.
     async fn ping(&self) -> Result<(), StoreError> {
+        self.writer.check()?;
         self.with_connection(|connection| connection.query_row("SELECT 1", [], |_| Ok(())))
             .await
     }
@@ -311,35 +308,25 @@ fn stored_day_from_row(row: &Row<'_>) -> rusqlite::Result<StoredDay> {
     })
 }
 
-/// Reads the snapshot, plans, and applies the writes in one `BEGIN IMMEDIATE` transaction,
-/// waiting at most `patience` for another process's lock.
-fn record(
-    connection: &mut Connection,
-    request: &RecordRequest,
-    patience: Duration,
-) -> Result<Recorded, StoreError> {
-    connection.busy_timeout(patience).map_err(store_error)?;
-    let transaction = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(store_error)?;
-    let snapshot = read_snapshot(&transaction, request)?;
+/// Reads the snapshot, plans, and writes what the plan says, inside the caller's transaction
+/// (the writer's savepoint), which makes it all or nothing.
+fn apply_record(connection: &Connection, request: &RecordRequest) -> Result<Recorded, StoreError> {
+    let snapshot = read_snapshot(connection, request)?;
     let plan = request.plan(&snapshot)?;
-    // Without writes, dropping the transaction rolls it back: nothing is written.
     if let Some(writes) = &plan.writes {
         write_day(
-            &transaction,
+            connection,
             &request.day_id(),
             &writes.day,
             writes.reservations.as_ref(),
         )
         .map_err(store_error)?;
         if let Some(month) = &writes.month {
-            write_month(&transaction, &request.month_id(), month).map_err(store_error)?;
+            write_month(connection, &request.month_id(), month).map_err(store_error)?;
         }
         if let (Some(key), Some(record)) = (request.idempotency_key(), &writes.idempotency) {
-            write_idempotency(&transaction, &request.user_id, key, record).map_err(store_error)?;
+            write_idempotency(connection, &request.user_id, key, record).map_err(store_error)?;
         }
-        transaction.commit().map_err(store_error)?;
     }
     Ok(plan.applied())
 }

@@ -1,0 +1,264 @@
+//! The embedded store's one writer: a thread that owns the write connection and applies the
+//! records waiting for it as a group, in order, in one transaction. Each record runs in a
+//! savepoint of its own, so it sees the records before it and a failing one rolls back alone;
+//! every record of the group is answered only once the group's commit succeeded.
+//!
+//! SQLite runs one writer at a time anyway: one thread and one commit per group take the
+//! place of a thread hand-off, a lock and a commit per record.
+
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{apply_record, store_error};
+use crate::metrics::SQLITE_GROUP_COMMIT_SIZE;
+use crate::usage::{RecordRequest, Recorded, StoreError};
+
+/// The most records one transaction applies: bounds the latency a group adds to its first.
+const MAX_GROUP: usize = 256;
+
+/// Records waiting for the writer; beyond this, callers wait for room until their deadline.
+const QUEUE_CAPACITY: usize = 4096;
+
+type Answer = Result<Recorded, StoreError>;
+
+struct Job {
+    request: RecordRequest,
+    deadline: Instant,
+    answer: oneshot::Sender<Answer>,
+}
+
+/// Hands records to the writer thread; the thread ends when every handle is dropped.
+#[derive(Clone)]
+pub(super) struct Writer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub(super) fn start(connection: Connection) -> Result<Self, StoreError> {
+        let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+        std::thread::Builder::new()
+            .name("sqlite-writer".to_owned())
+            .spawn(move || run(connection, queue))
+            .map_err(|e| StoreError::Internal(format!("cannot start the sqlite writer: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    /// Applies `request` in the next group. A record still queued at `deadline` is answered
+    /// 503 unapplied: none begins after it.
+    pub(super) async fn record(&self, request: RecordRequest, deadline: Instant) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            request,
+            deadline,
+            answer,
+        };
+        tokio::time::timeout_at(deadline.into(), self.jobs.send(job))
+            .await
+            .map_err(|_| late())?
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+
+    /// Fails once the writer thread has stopped: no record can be applied any more.
+    pub(super) fn check(&self) -> Result<(), StoreError> {
+        if self.jobs.is_closed() {
+            Err(stopped())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn late() -> StoreError {
+    StoreError::Unavailable("the store is busy: deadline reached".to_owned())
+}
+
+fn stopped() -> StoreError {
+    StoreError::Internal("the sqlite writer stopped".to_owned())
+}
+
+fn run(mut connection: Connection, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!(SQLITE_GROUP_COMMIT_SIZE).record(group.len() as f64);
+        for (job, answer) in apply_group(&mut connection, group) {
+            // The caller may have stopped waiting; what was committed stays committed.
+            let _ = job.answer.send(answer);
+        }
+    }
+}
+
+/// Applies the group in one `BEGIN IMMEDIATE` transaction, each record in its savepoint.
+fn apply_group(connection: &mut Connection, group: Vec<Job>) -> Vec<(Job, Answer)> {
+    let now = Instant::now();
+    // Another process's lock is waited for as long as the latest deadline allows; a record
+    // whose own deadline passes meanwhile is then answered unapplied.
+    let patience = group
+        .iter()
+        .map(|job| job.deadline.saturating_duration_since(now))
+        .max()
+        .unwrap_or(Duration::ZERO);
+    let transaction = connection
+        .busy_timeout(patience)
+        .and_then(|()| connection.transaction_with_behavior(TransactionBehavior::Immediate));
+    let mut transaction = match transaction {
+        Ok(transaction) => transaction,
+        Err(error) => {
+            let error = store_error(error);
+            return group
+                .into_iter()
+                .map(|job| (job, Err(error.clone())))
+                .collect();
+        }
+    };
+    let mut answered = Vec::with_capacity(group.len());
+    for job in group {
+        let answer = if Instant::now() >= job.deadline {
+            Err(late())
+        } else {
+            apply_in_savepoint(&mut transaction, &job.request)
+        };
+        answered.push((job, answer));
+    }
+    match transaction.commit() {
+        Ok(()) => answered,
+        // Nothing of the group was written: every record that would have been is refused.
+        Err(error) => {
+            let error = store_error(error);
+            answered
+                .into_iter()
+                .map(|(job, answer)| (job, answer.and_then(|_| Err(error.clone()))))
+                .collect()
+        }
+    }
+}
+
+/// One record in a savepoint: kept when it succeeds, rolled back alone when it fails.
+fn apply_in_savepoint(
+    transaction: &mut rusqlite::Transaction<'_>,
+    request: &RecordRequest,
+) -> Answer {
+    let savepoint = transaction.savepoint().map_err(store_error)?;
+    let recorded = apply_record(&savepoint, request)?;
+    savepoint.commit().map_err(store_error)?;
+    Ok(recorded)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Utc};
+    use chrono_tz::Tz;
+
+    use super::super::SqliteStore;
+    use super::*;
+    use crate::usage::{
+        Action, DayWindow, Limits, RecordOutcome, Tokens, UsageStore, UserId, UserType,
+    };
+
+    fn spend(user: &str, tokens: i64) -> RecordRequest {
+        let now: DateTime<Utc> = "2024-01-15T10:00:00Z".parse().unwrap();
+        RecordRequest {
+            user_id: UserId::parse(user).unwrap(),
+            action: Action::Spend {
+                tokens: Tokens::bounded(tokens, i64::MAX).unwrap(),
+                user_type: UserType::Trial,
+            },
+            window: DayWindow::containing(now, Tz::UTC),
+            limits: Limits::uniform(1_000),
+            commit_grace: chrono::Duration::zero(),
+            now,
+            idempotency: None,
+        }
+    }
+
+    /// A store, and a connection holding the file's write lock until it is dropped, so that
+    /// the records sent meanwhile queue up for one group.
+    fn blocked_store(dir: &tempfile::TempDir) -> (Arc<SqliteStore>, Connection) {
+        let path = dir.path().join("usage.db");
+        let store = Arc::new(SqliteStore::open(&path).unwrap());
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        (store, blocker)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_record_rolls_back_alone_and_its_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, blocker) = blocked_store(&dir);
+        // A month that does not decode: a record of its user fails inside the group.
+        blocker
+            .execute(
+                "INSERT INTO token_usage_history VALUES ('broken_2024_01', 'broken', 2024, 1,
+                 'not json', 0, 0.0, '15', 0, 'trial', '2024-01-01T00:00:00Z',
+                 '2024-01-01T00:00:00Z')",
+                [],
+            )
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let first = {
+            let store = store.clone();
+            tokio::spawn(async move { store.record(spend("first", 1), deadline).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut others = Vec::new();
+        for n in 0..40 {
+            let user = if n == 20 {
+                "broken".to_owned()
+            } else {
+                format!("u{n}")
+            };
+            let store = store.clone();
+            others.push(tokio::spawn(async move {
+                (user.clone(), store.record(spend(&user, 10), deadline).await)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        blocker.execute_batch("COMMIT").unwrap();
+
+        assert!(first.await.unwrap().is_ok());
+        let date = "2024-01-15".parse().unwrap();
+        for other in others {
+            let (user, answer) = other.await.unwrap();
+            let user_id = UserId::parse(&user).unwrap();
+            let stored = store.day(&user_id, date).await.unwrap();
+            if user == "broken" {
+                assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
+                assert!(stored.is_none(), "the failed record wrote its day");
+            } else {
+                let outcome = answer.unwrap().outcome;
+                assert!(matches!(outcome, RecordOutcome::Admitted(_)), "{outcome:?}");
+                assert_eq!(stored.unwrap().usage.tokens_used, 10, "{user}");
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_still_waiting_at_its_deadline_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, blocker) = blocked_store(&dir);
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let answer = {
+            let store = store.clone();
+            tokio::spawn(async move { store.record(spend("late", 1), deadline).await })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        blocker.execute_batch("COMMIT").unwrap();
+        assert!(matches!(
+            answer.await.unwrap(),
+            Err(StoreError::Unavailable(_))
+        ));
+        let date = "2024-01-15".parse().unwrap();
+        let user = UserId::parse("late").unwrap();
+        assert!(store.day(&user, date).await.unwrap().is_none());
+    }
+}
