@@ -1,16 +1,15 @@
 //! The embedded store: one SQLite file (WAL), tables mirroring the two Firestore collections.
 
 mod documents;
+mod reader;
 mod writer;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
-use tokio::sync::Mutex;
 
 use crate::usage::{
     DailySummary, DailyUsage, Fingerprint, IdempotencyKey, IdempotencyRecord, MonthlyUsage, Page,
@@ -66,12 +65,12 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 const READ_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The embedded store: records go to the writer thread ([`writer`]); reads, reports and the
-/// maintenance commands use a second connection, one blocking task at a time. Under WAL the
+/// maintenance commands go to a second connection on a thread of its own ([`reader`]). Under WAL the
 /// reads run beside the writer, and `BEGIN IMMEDIATE` keeps other processes on the same file
 /// correct too.
 #[derive(Clone)]
 pub struct SqliteStore {
-    connection: Arc<Mutex<Connection>>,
+    reader: reader::Reader,
     writer: writer::Writer,
 }
 
@@ -81,27 +80,22 @@ impl SqliteStore {
         let connection = connect(path).map_err(store_error)?;
         connection.execute_batch(SCHEMA).map_err(store_error)?;
         add_reservations_column(&connection).map_err(store_error)?;
-        let writer = writer::Writer::start(connect(path).map_err(store_error)?)?;
+        connection
+            .busy_timeout(READ_PATIENCE)
+            .map_err(store_error)?;
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
-            writer,
+            reader: reader::Reader::start(connection)?,
+            writer: writer::Writer::start(connect(path).map_err(store_error)?)?,
         })
     }
 
-    /// Runs `work` on the connection in a blocking thread, so SQLite never stalls the runtime.
+    /// Runs `work` on the reading connection, off the runtime's threads.
     async fn with_connection<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let mut connection = self.connection.clone().lock_owned().await;
-        tokio::task::spawn_blocking(move || {
-            connection.busy_timeout(READ_PATIENCE)?;
-            work(&mut connection)
-        })
-        .await
-        .map_err(|join| StoreError::Internal(format!("sqlite task failed: {join}")))?
-        .map_err(store_error)
+        self.reader.run(work).await
     }
 }
 
