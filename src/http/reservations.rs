@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use super::error::{ErrorBody, ErrorEnvelope};
 use super::extract::{AppJson, AppQuery};
 use super::params::{Caller, IdempotencyKeyHeader};
-use super::usage::{RecordAnswer, UsageView, denied, refused_429, replayed, subject};
+use super::usage::{RecordAnswer, UsageView, acted_for, denied, refused_429, replayed, subject};
 use super::{ApiError, AppState};
 use crate::usage::{
     MAX_ENTRIES_PER_DAY, RecordOutcome, Reservation, ReservationId, ReservationRefusal, Settlement,
@@ -288,17 +288,11 @@ async fn release(
 
 /// The user whose reservation it is: the caller, or for an admin, the user named.
 fn owner(caller: &Caller, user_id: Option<String>) -> Result<UserId, ApiError> {
-    let Some(raw) = user_id else {
-        return Ok(caller.user_id.clone());
-    };
-    let user_id =
-        UserId::parse(&raw).map_err(|e| ApiError::InvalidUserId(format!("userId: {e}")))?;
-    if user_id != caller.user_id && !caller.principal.admin {
-        return Err(ApiError::Forbidden(
-            "only an admin may settle another user's reservation",
-        ));
-    }
-    Ok(user_id)
+    acted_for(
+        caller,
+        user_id,
+        "only an admin may settle another user's reservation",
+    )
 }
 
 fn settled(outcome: RecordOutcome) -> Result<Response, ApiError> {

@@ -18,7 +18,7 @@ use crate::usage::{
     UserType,
 };
 
-pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -139,6 +139,24 @@ pub(super) fn replayed(mut response: Response) -> Response {
     response
 }
 
+/// The user a request names in `userId` (the caller when it names none); only an admin may
+/// name another, else `forbidden` says what was refused.
+pub(super) fn acted_for(
+    caller: &Caller,
+    user_id: Option<String>,
+    forbidden: &'static str,
+) -> Result<UserId, ApiError> {
+    let Some(raw) = user_id else {
+        return Ok(caller.user_id.clone());
+    };
+    let user_id =
+        UserId::parse(&raw).map_err(|e| ApiError::InvalidUserId(format!("userId: {e}")))?;
+    if user_id != caller.user_id && !caller.principal.admin {
+        return Err(ApiError::Forbidden(forbidden));
+    }
+    Ok(user_id)
+}
+
 /// Whom a record counts, and how their plan is known: the caller's own token, or for an
 /// admin acting for another user, what the admin states or else the user directory.
 pub(super) fn subject(
@@ -146,17 +164,11 @@ pub(super) fn subject(
     user_id: Option<String>,
     stated_type: Option<UserType>,
 ) -> Result<Subject, ApiError> {
-    let user_id = match user_id {
-        None => caller.user_id.clone(),
-        Some(raw) => {
-            UserId::parse(&raw).map_err(|e| ApiError::InvalidUserId(format!("userId: {e}")))?
-        }
-    };
-    if user_id != caller.user_id && !caller.principal.admin {
-        return Err(ApiError::Forbidden(
-            "only an admin may record usage for another user",
-        ));
-    }
+    let user_id = acted_for(
+        caller,
+        user_id,
+        "only an admin may record usage for another user",
+    )?;
     let user_type = match (user_id == caller.user_id, stated_type) {
         (true, Some(_)) => {
             return Err(ApiError::InvalidRequest(

@@ -142,17 +142,18 @@ impl Plan {
 
 /// The day's reservations after dropping what can be forgotten, and the tokens still held.
 struct Holds {
-    stored: Reservations,
     kept: Reservations,
     expired: Vec<ReservationEntry>,
     held: i64,
+    /// Whether anything was dropped (pruning only ever removes entries).
+    pruned: bool,
 }
 
 impl Holds {
     /// The kept reservations, when pruning changed them: a write that changes nothing else of
     /// them must still store that.
     fn pruned_if_changed(&self) -> Option<Reservations> {
-        (self.kept != self.stored).then(|| self.kept.clone())
+        self.pruned.then(|| self.kept.clone())
     }
 }
 
@@ -188,15 +189,13 @@ impl RecordRequest {
                 IdempotencyCheck::New => {}
             }
         }
-        let stored = snapshot
-            .day
-            .as_ref()
-            .map(|day| day.reservations.clone())
+        let stored = snapshot.day.as_ref().map(|day| &day.reservations);
+        let (kept, expired) = stored
+            .map(|stored| stored.pruned(self.now, self.commit_grace))
             .unwrap_or_default();
-        let (kept, expired) = stored.pruned(self.now, self.commit_grace);
         let holds = Holds {
             held: kept.held_at(self.now),
-            stored,
+            pruned: stored.map_or(0, Reservations::len) != kept.len(),
             kept,
             expired,
         };

@@ -191,18 +191,9 @@ impl UsageService {
         id: ReservationId,
         tokens: Tokens,
     ) -> Result<RecordOutcome, UsageError> {
-        let window = DayWindow::of_date(id.date(), self.settings.zone);
-        let recorded = self
-            .apply(
-                user_id,
-                Action::Commit { id, tokens },
-                window,
-                self.now(),
-                None,
-            )
-            .await;
-        count_reservations(&recorded);
-        Ok(recorded?.outcome)
+        let date = id.date();
+        self.settle(user_id, date, Action::Commit { id, tokens })
+            .await
     }
 
     /// Ends a hold without recording anything.
@@ -211,10 +202,19 @@ impl UsageService {
         user_id: UserId,
         id: ReservationId,
     ) -> Result<RecordOutcome, UsageError> {
-        let window = DayWindow::of_date(id.date(), self.settings.zone);
-        let recorded = self
-            .apply(user_id, Action::Release { id }, window, self.now(), None)
-            .await;
+        let date = id.date();
+        self.settle(user_id, date, Action::Release { id }).await
+    }
+
+    /// Commits or releases a reservation on `date`, the day its id names, not today.
+    async fn settle(
+        &self,
+        user_id: UserId,
+        date: NaiveDate,
+        action: Action,
+    ) -> Result<RecordOutcome, UsageError> {
+        let window = DayWindow::of_date(date, self.settings.zone);
+        let recorded = self.apply(user_id, action, window, self.now(), None).await;
         count_reservations(&recorded);
         Ok(recorded?.outcome)
     }
@@ -338,13 +338,13 @@ fn count_record(
 /// day drops it.
 fn count_reservations(recorded: &Result<Recorded, StoreError>) {
     let Ok(recorded) = recorded else { return };
-    let event = |name: &'static str, estimate: i64| {
-        metrics::counter!(RESERVATIONS, "event" => name).increment(1);
+    let ended = |how: &'static str, estimate: i64| {
+        metrics::counter!(RESERVATIONS, "event" => how).increment(1);
         metrics::counter!(RESERVATION_TOKENS, "event" => "freed")
             .increment(u64::try_from(estimate).unwrap_or(0));
     };
     for expired in &recorded.expired_holds {
-        event("expired", expired.tokens);
+        ended("expired", expired.tokens);
     }
     match &recorded.outcome {
         RecordOutcome::Reserved(reservation, _) => {
@@ -360,11 +360,11 @@ fn count_reservations(recorded: &Result<Recorded, StoreError>) {
             Some(Settlement::Committed {
                 committed_tokens, ..
             }) => {
-                event("committed", reservation.entry.tokens);
+                ended("committed", reservation.entry.tokens);
                 metrics::counter!(RESERVATION_TOKENS, "event" => "committed")
                     .increment(u64::try_from(committed_tokens).unwrap_or(0));
             }
-            _ => event("released", reservation.entry.tokens),
+            _ => ended("released", reservation.entry.tokens),
         },
         _ => {}
     }
