@@ -35,6 +35,9 @@ const LIMITS: Limits = Limits {
 /// The production store deadline: half of the default 10 s request timeout.
 const DEADLINE: Duration = Duration::from_secs(5);
 
+/// The service's default document cache.
+const CACHE_BYTES: u64 = 32 << 20;
+
 /// Tokens of one ordinary record: small enough that no load scenario reaches the limit.
 const SMALL_RECORD: i64 = 10;
 
@@ -55,7 +58,10 @@ const LOAD: Load = Load {
     records: 5_000,
 };
 
-/// Instances of the service sharing one Firestore in scenarios 4 and 5.
+/// Scenario 6: passes over the users after the first, each record from cached documents.
+const WARM_PASSES: usize = 4;
+
+/// Instances of the service sharing one Firestore in scenarios 4, 5 and 6.
 const INSTANCES: usize = 3;
 
 /// Scenario 4: bursts of records for one user over all instances, none reaching the limit.
@@ -91,6 +97,7 @@ async fn main() -> ExitCode {
     let mut sound = cost_per_request(&emulator, moment).await;
     sequential_latency(&emulator, &sqlite, moment).await;
     throughput(&emulator, &sqlite, moment).await;
+    document_cache(&emulator, moment).await;
     sound &= contention(&emulator, moment).await;
     sound &= limit_pressure(&emulator, moment).await;
 
@@ -178,11 +185,20 @@ fn open_sqlite(path: &Path) -> SqliteStore {
 /// A new instance's store: a client of its own, as each instance of the service has. The client
 /// connects lazily: a ping opens the connection, so that no timed record pays for it.
 async fn connect(emulator: &Emulator, project: &str) -> Arc<FirestoreStore> {
+    connect_with_cache(emulator, project, CACHE_BYTES).await
+}
+
+async fn connect_with_cache(
+    emulator: &Emulator,
+    project: &str,
+    cache_bytes: u64,
+) -> Arc<FirestoreStore> {
     let store = FirestoreStore::connect(FirestoreSettings {
         project_id: project.to_owned(),
         database_id: "(default)".to_owned(),
         emulator_host: Some(emulator.host()),
         deadline: DEADLINE,
+        cache_bytes,
     })
     .await
     .expect("cannot connect to the emulator");
@@ -696,19 +712,7 @@ async fn throughput(emulator: &Emulator, sqlite: &Arc<dyn UsageStore>, moment: M
     );
     let project = emulator::unique_project("bench-load");
     let firestore = connect(emulator, &project).await;
-    let mut table = Table::new(&[
-        "store",
-        "records",
-        "errors",
-        "records/s",
-        "p50 ms",
-        "p99 ms",
-        "RPCs/rec",
-        "reads/rec",
-        "writes/rec",
-        "commits/rec",
-        "retries/rec",
-    ]);
+    let mut table = load_table("store");
 
     let before = counts(&firestore);
     let on_firestore = concurrent(firestore.clone(), moment, "load", LOAD, Work::Record).await;
@@ -758,6 +762,93 @@ async fn throughput(emulator: &Emulator, sqlite: &Arc<dyn UsageStore>, moment: M
     emulator.clear(&project).await;
 }
 
+/// Scenario 6. The same load without the cache, with it cold and warm, and over three
+/// instances sharing the users.
+async fn document_cache(emulator: &Emulator, moment: Moment) {
+    println!("## 6. Committing from cached documents\n");
+    println!(
+        "{} concurrent workers over {} users, `POST /usage` records; \"cold\" is each user's \
+         first record, \"warm\" the next {} passes over the users. With users moving on, each \
+         pass goes to the next instance: no record of a user reaches the instance that served \
+         the previous one.\n",
+        LOAD.workers, LOAD.users, WARM_PASSES
+    );
+    let first_pass = Load {
+        records: LOAD.users,
+        ..LOAD
+    };
+    let warm_passes = Load {
+        records: LOAD.users * WARM_PASSES,
+        ..LOAD
+    };
+    let mut table = load_table("instances and cache");
+    let mut all_samples = Vec::new();
+    // (label, instances, cache bytes, whether each pass goes to the next instance)
+    let cases = [
+        ("1, no cache", 1, 0, false),
+        ("1, cache", 1, CACHE_BYTES, false),
+        ("3, cache, each user on one", INSTANCES, CACHE_BYTES, false),
+        ("3, cache, users moving on", INSTANCES, CACHE_BYTES, true),
+    ];
+    for (label, instances, cache_bytes, moving) in cases {
+        let project = emulator::unique_project("bench-cache");
+        let mut stores = Vec::with_capacity(instances);
+        for _ in 0..instances {
+            stores.push(connect_with_cache(emulator, &project, cache_bytes).await);
+        }
+        let as_usage_stores = || {
+            stores
+                .iter()
+                .map(|store| store.clone() as Arc<dyn UsageStore>)
+                .collect::<Vec<_>>()
+        };
+        for (phase, load, passes_before) in [("cold", first_pass, 0), ("warm", warm_passes, 1)] {
+            let route = if moving {
+                Route::Rotating { passes_before }
+            } else {
+                Route::Pinned
+            };
+            let before = total_counts(&stores);
+            let run = concurrent_over(
+                as_usage_stores(),
+                route,
+                moment,
+                "cache",
+                load,
+                Work::Record,
+            )
+            .await;
+            let cost = per_record(total_counts(&stores) - before, run.samples.len());
+            table.row(
+                load_row(&format!("{label}: {phase}"), &run)
+                    .into_iter()
+                    .chain(cost),
+            );
+            all_samples.extend(run.samples);
+        }
+        emulator.clear(&project).await;
+    }
+    table.print();
+    print_errors(&Tally::of(&all_samples));
+}
+
+/// A table of load runs: the run, its rates and latencies, and its operations per record.
+fn load_table(first_column: &'static str) -> Table {
+    Table::new(&[
+        first_column,
+        "records",
+        "errors",
+        "records/s",
+        "p50 ms",
+        "p99 ms",
+        "RPCs/rec",
+        "reads/rec",
+        "writes/rec",
+        "commits/rec",
+        "retries/rec",
+    ])
+}
+
 fn load_row(label: &str, run: &Run) -> [String; 6] {
     let latencies = run.latencies();
     [
@@ -779,6 +870,27 @@ enum Work {
     Pair,
 }
 
+/// Which instance a record goes to, when there are several.
+#[derive(Clone, Copy)]
+enum Route {
+    /// Each user's records to one instance, as with session affinity.
+    Pinned,
+    /// Each pass over the users to the next instance, after `passes_before` passes: no
+    /// record of a user reaches the instance that served the user's previous one.
+    Rotating { passes_before: usize },
+}
+
+impl Route {
+    fn instance(self, index: usize, users: usize, instances: usize) -> usize {
+        match self {
+            Self::Pinned => index % users % instances,
+            Self::Rotating { passes_before } => {
+                (index % users + index / users + passes_before) % instances
+            }
+        }
+    }
+}
+
 async fn concurrent(
     store: Arc<dyn UsageStore>,
     moment: Moment,
@@ -786,6 +898,19 @@ async fn concurrent(
     load: Load,
     work: Work,
 ) -> Run {
+    concurrent_over(vec![store], Route::Pinned, moment, label, load, work).await
+}
+
+/// `load` over `stores`, each record sent to the instance `route` picks.
+async fn concurrent_over(
+    stores: Vec<Arc<dyn UsageStore>>,
+    route: Route,
+    moment: Moment,
+    label: &str,
+    load: Load,
+    work: Work,
+) -> Run {
+    let stores = Arc::new(stores);
     let users: Arc<Vec<UserId>> = Arc::new(
         (0..load.users)
             .map(|i| user(&format!("{label}-{i}")))
@@ -796,7 +921,7 @@ async fn concurrent(
     let stop_at = started + TIME_CAP;
     let mut workers = JoinSet::new();
     for _ in 0..load.workers {
-        let (store, users, next) = (store.clone(), users.clone(), next.clone());
+        let (stores, users, next) = (stores.clone(), users.clone(), next.clone());
         workers.spawn(async move {
             let mut samples = Vec::new();
             loop {
@@ -805,6 +930,7 @@ async fn concurrent(
                     return samples;
                 }
                 let user = &users[index % users.len()];
+                let store = &stores[route.instance(index, users.len(), stores.len())];
                 samples.push(match work {
                     Work::Record => {
                         timed_record(store.as_ref(), moment.request(user, SMALL_RECORD)).await

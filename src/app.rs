@@ -91,6 +91,7 @@ impl Application {
                     database_id: config.store.firestore_database.clone(),
                     emulator_host: config.store.firestore_emulator_host.clone(),
                     deadline: config.store_deadline(),
+                    cache_bytes: config.firestore_cache_bytes(),
                 })
                 .await?,
                 "firestore",

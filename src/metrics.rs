@@ -28,6 +28,7 @@ pub const SQLITE_GROUP_COMMIT_SIZE: &str = "token_limits_sqlite_group_commit_siz
 pub const FIRESTORE_RPCS: &str = "token_limits_firestore_rpcs_total";
 pub const FIRESTORE_READS: &str = "token_limits_firestore_document_reads_total";
 pub const FIRESTORE_WRITES: &str = "token_limits_firestore_document_writes_total";
+pub const FIRESTORE_CACHED_COMMITS: &str = "token_limits_firestore_cached_commits_total";
 pub const KEY_FETCHES: &str = "token_limits_signing_key_fetches_total";
 pub const DIRECTORY_LOOKUPS: &str = "token_limits_user_directory_lookups_total";
 
@@ -168,6 +169,10 @@ fn describe() {
     describe_counter!(FIRESTORE_RPCS, "Calls to Firestore");
     describe_counter!(FIRESTORE_READS, "Firestore documents read (billed reads)");
     describe_counter!(FIRESTORE_WRITES, "Firestore documents written");
+    describe_counter!(
+        FIRESTORE_CACHED_COMMITS,
+        "Commits sent from cached documents without a read, and those refused as stale"
+    );
     describe_counter!(KEY_FETCHES, "Fetches of the token signing keys, by result");
     describe_counter!(
         DIRECTORY_LOOKUPS,

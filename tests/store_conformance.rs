@@ -610,6 +610,9 @@ impl Harness for Sqlite {
 
 conformance_suite!(sqlite, Sqlite::new());
 
+/// `FIRESTORE_CACHE_MIB`'s default.
+const DEFAULT_CACHE_BYTES: u64 = 32 << 20;
+
 /// A Firestore store on the shared emulator, in a project of its own.
 struct Firestore {
     emulator: &'static emulator::Emulator,
@@ -618,23 +621,38 @@ struct Firestore {
 }
 
 impl Firestore {
+    /// A store with the service's default document cache.
     async fn new() -> Self {
         let emulator = emulator::shared().await;
         let project = emulator::unique_project("store");
         emulator.clear(&project).await;
-        let store = FirestoreStore::connect(FirestoreSettings {
-            project_id: project.clone(),
-            database_id: "(default)".to_owned(),
-            emulator_host: Some(emulator.host()),
-            deadline: Duration::from_secs(5),
-        })
-        .await
-        .unwrap();
+        let store = Self::connect(emulator, &project, DEFAULT_CACHE_BYTES).await;
         Self {
             emulator,
             project,
             store: Arc::new(store),
         }
+    }
+
+    async fn connect(
+        emulator: &emulator::Emulator,
+        project: &str,
+        cache_bytes: u64,
+    ) -> FirestoreStore {
+        FirestoreStore::connect(FirestoreSettings {
+            project_id: project.to_owned(),
+            database_id: "(default)".to_owned(),
+            emulator_host: Some(emulator.host()),
+            deadline: Duration::from_secs(5),
+            cache_bytes,
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Another instance of the service on the same database, with a client of its own.
+    async fn instance(&self, cache_bytes: u64) -> FirestoreStore {
+        Self::connect(self.emulator, &self.project, cache_bytes).await
     }
 
     /// Writes a document through the emulator's REST API: another client than ours.
@@ -707,13 +725,10 @@ impl Harness for Firestore {
 
 conformance_suite!(firestore, Firestore::new());
 
-/// Firestore-only checks: the raw documents, others' fields, and the cost of a request.
+/// Firestore-only checks: the raw documents, others' fields, the cost of a request, and
+/// commits from cached documents.
 mod firestore_documents {
     use super::*;
-
-    fn counts(h: &Firestore) -> token_limits::store::OperationCounts {
-        h.store.operation_counts()
-    }
 
     /// Each field's Firestore value type, as the REST API names it (`integerValue`, ...).
     fn field_types(fields: &serde_json::Map<String, Value>) -> BTreeMap<&str, &str> {
@@ -803,69 +818,111 @@ mod firestore_documents {
         assert_eq!(raw["tokensUsed"]["integerValue"], "500");
     }
 
+    /// RPCs, document reads and document writes of one record.
+    async fn cost(store: &FirestoreStore, request: RecordRequest) -> (RecordOutcome, [u64; 3]) {
+        let before = store.operation_counts();
+        let outcome = record(store, request).await;
+        let cost = store.operation_counts() - before;
+        let figures = [cost.rpcs, cost.document_reads, cost.document_writes];
+        (outcome, figures)
+    }
+
     #[tokio::test]
-    async fn a_request_costs_two_rpcs_when_admitted_and_one_otherwise() {
+    async fn a_record_costs_two_rpcs_cold_and_one_from_the_cache() {
         let h = Firestore::new().await;
         let now = "2024-01-15T10:00:00Z";
-        let before = counts(&h);
-        admitted(record(&*h.store, request("alice", 600, UserType::Trial, now)).await);
-        let admitted_cost = counts(&h) - before;
+        let store = &*h.store;
+
+        let (first, figures) = cost(store, request("alice", 600, UserType::Trial, now)).await;
+        admitted(first);
+        assert_eq!(figures, [2, 2, 2], "a first record reads, then commits");
+
+        let (second, figures) = cost(store, request("alice", 100, UserType::Trial, now)).await;
+        assert_eq!(admitted(second).tokens_used, 700);
         assert_eq!(
-            (
-                admitted_cost.rpcs,
-                admitted_cost.document_reads,
-                admitted_cost.document_writes
-            ),
-            (2, 2, 2)
+            figures,
+            [1, 0, 2],
+            "the next commits from the cached day and month"
         );
 
-        let before = counts(&h);
-        let denied = record(&*h.store, request("alice", 600, UserType::Trial, now)).await;
+        // A denial from a cached copy could be out of date: it is taken from a fresh read.
+        let (denied, figures) = cost(store, request("alice", 600, UserType::Trial, now)).await;
         assert!(matches!(denied, RecordOutcome::Denied(_)));
-        let denied_cost = counts(&h) - before;
         assert_eq!(
-            (
-                denied_cost.rpcs,
-                denied_cost.document_reads,
-                denied_cost.document_writes
-            ),
-            (1, 2, 0)
+            figures,
+            [1, 2, 0],
+            "nothing sent on the copy's word: one read decides"
         );
 
-        let before = counts(&h);
-        admitted(
-            record(
-                &*h.store,
-                keyed(request("alice", 10, UserType::Trial, now), "k"),
-            )
-            .await,
-        );
-        let keyed_cost = counts(&h) - before;
+        let key = || keyed(request("alice", 10, UserType::Trial, now), "k");
+        let (first, figures) = cost(store, key()).await;
+        assert_eq!(admitted(first).tokens_used, 710);
         assert_eq!(
-            (
-                keyed_cost.rpcs,
-                keyed_cost.document_reads,
-                keyed_cost.document_writes
-            ),
-            (2, 3, 3)
+            figures,
+            [1, 0, 3],
+            "a new key is written on `exists: false`"
         );
 
-        let before = counts(&h);
-        let replayed = record(
-            &*h.store,
-            keyed(request("alice", 10, UserType::Trial, now), "k"),
+        // A retry finds its key taken: the commit is refused, and the read replays.
+        let (replayed, figures) = cost(store, key()).await;
+        assert!(matches!(replayed, RecordOutcome::Replayed(_)));
+        assert_eq!(figures, [2, 3, 0]);
+
+        let counts = store.operation_counts();
+        assert_eq!((counts.cached_commits, counts.stale_cached_commits), (3, 1));
+        let stored = store
+            .day(&user("alice"), "2024-01-15".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(stored.unwrap().usage.tokens_used, 710);
+    }
+
+    #[tokio::test]
+    async fn without_a_cache_every_record_reads_first() {
+        let h = Firestore::new().await;
+        let now = "2024-01-15T10:00:00Z";
+        let store = h.instance(0).await;
+        for expected in [100, 200] {
+            let (outcome, figures) =
+                cost(&store, request("alice", 100, UserType::Trial, now)).await;
+            assert_eq!(admitted(outcome).tokens_used, expected);
+            assert_eq!(figures, [2, 2, 2]);
+        }
+        assert_eq!(store.operation_counts().cached_commits, 0);
+    }
+
+    #[tokio::test]
+    async fn a_copy_another_writer_changed_is_refused_and_read_again() {
+        let h = Firestore::new().await;
+        let now = "2024-01-15T10:00:00Z";
+        let (a, b) = (&*h.store, h.instance(DEFAULT_CACHE_BYTES).await);
+        admitted(record(a, request("alice", 300, UserType::Trial, now)).await);
+        admitted(record(&b, request("alice", 300, UserType::Trial, now)).await);
+
+        // `a`'s copy says 300 where 600 are stored: its commit is refused, and the record is
+        // decided again on what is stored.
+        let (outcome, figures) = cost(a, request("alice", 300, UserType::Trial, now)).await;
+        assert_eq!(admitted(outcome).tokens_used, 900);
+        assert_eq!(figures, [3, 2, 2], "a refused commit, a read, a commit");
+        assert_eq!(a.operation_counts().stale_cached_commits, 1);
+
+        // `b`'s copy says 600, under which 300 more would fit; stored, 900 are used.
+        let (denied, _) = cost(&b, request("alice", 300, UserType::Trial, now)).await;
+        assert!(matches!(denied, RecordOutcome::Denied(_)));
+
+        // A field written by another client changes the update time too.
+        h.put_raw(
+            "daily_token_usage/alice_2024-01-15?updateMask.fieldPaths=clientPlatform",
+            json!({ "clientPlatform": { "stringValue": "ios" } }),
         )
         .await;
-        assert!(matches!(replayed, RecordOutcome::Replayed(_)));
-        let replay_cost = counts(&h) - before;
-        assert_eq!(
-            (
-                replay_cost.rpcs,
-                replay_cost.document_reads,
-                replay_cost.document_writes
-            ),
-            (1, 3, 0)
-        );
+        let (outcome, _) = cost(a, request("alice", 50, UserType::Trial, now)).await;
+        assert_eq!(admitted(outcome).tokens_used, 950);
+        let raw = h.get_raw("daily_token_usage/alice_2024-01-15").await;
+        assert_eq!(raw["tokensUsed"]["integerValue"], "950");
+        assert_eq!(raw["clientPlatform"]["stringValue"], "ios");
+        let month = h.get_raw("token_usage_history/alice_2024_01").await;
+        assert_eq!(month["totalMonthlyTokens"]["integerValue"], "950");
     }
 
     #[tokio::test]

@@ -96,6 +96,8 @@ pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn DocumentStore>, St
                 database_id: settings.firestore_database.clone(),
                 emulator_host: settings.firestore_emulator_host.clone(),
                 deadline: STORE_DEADLINE,
+                // Maintenance reads and writes whole collections once: nothing to reuse.
+                cache_bytes: 0,
             })
             .await?,
         ),

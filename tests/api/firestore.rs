@@ -92,6 +92,40 @@ async fn three_instances_never_over_admit() {
     }
 }
 
+/// Each instance commits from the copies it cached last, two of them out of date when the
+/// burst starts: a stale copy is refused by Firestore and read again, never counted on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_with_warm_caches_never_over_admit() {
+    let apps = instances(3).await;
+    for app in &apps {
+        let response = app
+            .post_usage(&token("alice"), json!({"tokens": 100}))
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+    let cached_before = metric_total(&scrape(&apps[0]).await, CACHED_COMMITS);
+    let requests = (0..60).map(|i| (i % 3, None, 300)).collect();
+    let statuses = hammer(&apps, "alice", requests).await;
+    assert!(
+        statuses.iter().all(|s| [200, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    let admitted = statuses.iter().filter(|&&s| s == 200).count() as i64;
+    assert!(admitted <= 32, "over-admitted: {admitted}");
+    if !statuses.contains(&503) {
+        assert_eq!(admitted, 32, "{statuses:?}");
+    }
+    for app in &apps {
+        let expected = 300 + admitted * 300;
+        assert_eq!(stored_total(app, "alice").await, (expected, expected));
+    }
+    let cached_after = metric_total(&scrape(&apps[0]).await, CACHED_COMMITS);
+    assert!(
+        cached_after > cached_before,
+        "no commit was sent from a cached copy"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retries_across_instances_count_each_key_once() {
     let apps = instances(3).await;
@@ -202,16 +236,20 @@ fn metric_total(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+const CACHED_COMMITS: &str = "token_limits_firestore_cached_commits_total";
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
+}
+
 /// Firestore's calls, reads and writes are counted in `/metrics` as they happen. The registry
 /// is the process's, shared with tests running beside this one: counts only grow.
 #[tokio::test]
 async fn firestore_operations_are_counted_in_the_metrics() {
     let app = firestore_app().await;
-    let scrape = || async {
-        let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.text().await.unwrap()
-    };
+    let scrape = || scrape(&app);
     let names = [
         "token_limits_firestore_rpcs_total",
         "token_limits_firestore_document_reads_total",

@@ -105,6 +105,7 @@ impl Emulator {
             database_id: "(default)".to_owned(),
             emulator_host: Some(self.host()),
             deadline: Duration::from_secs(30),
+            cache_bytes: 0,
         })
         .await
         .expect("cannot connect to the emulator");

@@ -4,8 +4,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::metrics::{
-    FIRESTORE_READS, FIRESTORE_RPCS, FIRESTORE_WRITES, STORE_LOST_ANSWERS, STORE_RETRIES,
-    STORE_UNKNOWN_OUTCOMES,
+    FIRESTORE_CACHED_COMMITS, FIRESTORE_READS, FIRESTORE_RPCS, FIRESTORE_WRITES,
+    STORE_LOST_ANSWERS, STORE_RETRIES, STORE_UNKNOWN_OUTCOMES,
 };
 
 /// Cumulative counts since start-up.
@@ -18,6 +18,8 @@ pub struct FirestoreCounters {
     contention_retries: AtomicU64,
     transient_retries: AtomicU64,
     lost_answers: AtomicU64,
+    cached_commits: AtomicU64,
+    stale_cached_commits: AtomicU64,
 }
 
 /// A snapshot of [`FirestoreCounters`].
@@ -37,6 +39,10 @@ pub struct OperationCounts {
     pub transient_retries: u64,
     /// Commits whose answer was lost, so that the day had to be read back.
     pub lost_answers: u64,
+    /// Commits sent straight from cached documents, without a read first.
+    pub cached_commits: u64,
+    /// Of those, the ones refused because a document had changed since it was cached.
+    pub stale_cached_commits: u64,
 }
 
 impl FirestoreCounters {
@@ -75,6 +81,16 @@ impl FirestoreCounters {
         metrics::counter!(STORE_LOST_ANSWERS).increment(1);
     }
 
+    pub fn cached_commit(&self) {
+        self.cached_commits.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(FIRESTORE_CACHED_COMMITS, "result" => "sent").increment(1);
+    }
+
+    pub fn stale_cached_commit(&self) {
+        self.stale_cached_commits.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(FIRESTORE_CACHED_COMMITS, "result" => "stale").increment(1);
+    }
+
     /// Not kept among the counts: it is the 503 a client sees, counted once per request.
     pub fn unknown_outcome(&self) {
         metrics::counter!(STORE_UNKNOWN_OUTCOMES).increment(1);
@@ -89,6 +105,8 @@ impl FirestoreCounters {
             contention_retries: self.contention_retries.load(Ordering::Relaxed),
             transient_retries: self.transient_retries.load(Ordering::Relaxed),
             lost_answers: self.lost_answers.load(Ordering::Relaxed),
+            cached_commits: self.cached_commits.load(Ordering::Relaxed),
+            stale_cached_commits: self.stale_cached_commits.load(Ordering::Relaxed),
         }
     }
 }
@@ -106,6 +124,8 @@ impl std::ops::Add for OperationCounts {
             contention_retries: self.contention_retries + other.contention_retries,
             transient_retries: self.transient_retries + other.transient_retries,
             lost_answers: self.lost_answers + other.lost_answers,
+            cached_commits: self.cached_commits + other.cached_commits,
+            stale_cached_commits: self.stale_cached_commits + other.stale_cached_commits,
         }
     }
 }
@@ -123,6 +143,8 @@ impl std::ops::Sub for OperationCounts {
             contention_retries: self.contention_retries - earlier.contention_retries,
             transient_retries: self.transient_retries - earlier.transient_retries,
             lost_answers: self.lost_answers - earlier.lost_answers,
+            cached_commits: self.cached_commits - earlier.cached_commits,
+            stale_cached_commits: self.stale_cached_commits - earlier.stale_cached_commits,
         }
     }
 }

@@ -324,7 +324,7 @@ impl DocumentStore for FirestoreStore {
     async fn apply(&self, writes: Vec<DocumentWrite>) -> Result<Applied, StoreError> {
         let writes: Vec<Write> = writes.iter().map(|w| self.lifecycle_write(w)).collect();
         match self.commit(writes).await {
-            Ok(()) => Ok(Applied::All),
+            Ok(_) => Ok(Applied::All),
             Err(status)
                 if matches!(
                     status.code(),

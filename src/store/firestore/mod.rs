@@ -7,6 +7,7 @@
 //! That is 2 RPCs for an admitted request and 1 for a denied or replayed one, and contended
 //! writers never wait on each other's locks.
 
+mod cache;
 mod codec;
 mod counters;
 mod documents;
@@ -36,17 +37,18 @@ use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use firestore::gcloud_sdk::google::firestore::v1::{
     BatchGetDocumentsRequest, CommitRequest, Cursor, Document, DocumentMask, GetDocumentRequest,
     Precondition, RunAggregationQueryRequest, RunQueryRequest, StructuredAggregationQuery,
-    StructuredQuery, Value, Write, batch_get_documents_response, run_aggregation_query_request,
-    run_query_request, structured_aggregation_query, write,
+    StructuredQuery, Value, Write, WriteResult, batch_get_documents_response,
+    run_aggregation_query_request, run_query_request, structured_aggregation_query, write,
 };
 use firestore::gcloud_sdk::google_cloud_auth::credentials::Credentials;
 use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::gcloud_sdk::tonic::{self, Code, Status};
 use firestore::{FirestoreDb, FirestoreDbOptions};
 
+use self::cache::{CachedDocument, DocumentCache};
 use super::queries::{self, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape};
 use crate::usage::{
-    DailySummary, DailyUsage, IdempotencyKey, MonthlyUsage, Page, PageCursor, PageRequest,
+    DailySummary, DailyUsage, IdempotencyKey, MonthlyUsage, Page, PageCursor, PageRequest, Plan,
     RecordRequest, Recorded, Snapshot, StoreError, StoredDay, UsageStore, UsageTotals, UserId,
     UserType, Writes,
 };
@@ -67,6 +69,9 @@ pub struct FirestoreSettings {
     pub emulator_host: Option<String>,
     /// The longest a request may keep trying: one call gets a share of it.
     pub deadline: Duration,
+    /// About how many bytes of day and month documents to keep for committing without a
+    /// read first; 0 reads before every commit.
+    pub cache_bytes: u64,
 }
 
 pub struct FirestoreStore {
@@ -76,6 +81,7 @@ pub struct FirestoreStore {
     deadline: Duration,
     counters: Arc<FirestoreCounters>,
     queue: user_queue::UserQueue,
+    cache: DocumentCache,
 }
 
 /// Why one attempt of a record did not finish.
@@ -192,6 +198,7 @@ impl FirestoreStore {
             deadline: settings.deadline,
             counters: Arc::default(),
             queue: user_queue::UserQueue::default(),
+            cache: DocumentCache::with_capacity(settings.cache_bytes),
         })
     }
 
@@ -254,7 +261,8 @@ impl FirestoreStore {
         Ok((found, read_time))
     }
 
-    async fn commit(&self, writes: Vec<Write>) -> Result<(), Status> {
+    /// Applies all `writes` or none; the results are in the order of the writes.
+    async fn commit(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Status> {
         self.counters.commit_attempt();
         let count = writes.len() as u64;
         let request = CommitRequest {
@@ -262,43 +270,163 @@ impl FirestoreStore {
             writes,
             ..Default::default()
         };
-        self.client().commit(self.request(request)).await?;
+        let response = self.client().commit(self.request(request)).await?;
         self.counters.committed(count);
-        Ok(())
+        Ok(response.into_inner().write_results)
     }
 
+    /// One try of a record: straight from cached documents when this instance has them all,
+    /// else from a fresh read.
     async fn attempt(
         &self,
         request: &RecordRequest,
         names: &RecordNames,
         deadline: Instant,
     ) -> Result<Recorded, AttemptError> {
+        if let Some(cached) = self.cached_snapshot(names).await {
+            let plan = request
+                .plan(&cached.snapshot)
+                .map_err(|error| AttemptError::Permanent(error.into()))?;
+            // A decision that writes nothing (a denial, a refusal) is only as true as the copy
+            // it came from: it is taken again from a fresh read.
+            if plan.writes.is_some() {
+                self.counters.cached_commit();
+                match self
+                    .commit_plan(
+                        request,
+                        names,
+                        &cached.snapshot,
+                        plan,
+                        &cached.conditions,
+                        deadline,
+                    )
+                    .await
+                {
+                    Err(AttemptError::Contention) => self.counters.stale_cached_commit(),
+                    answer => return answer,
+                }
+            }
+        }
         let read = self.batch_get(&names.all()).await.map_err(read_failure)?;
         let snapshot = names.snapshot(&read)?;
+        self.remember_read(names, &read, &snapshot).await;
         let plan = request
             .plan(&snapshot)
             .map_err(|error| AttemptError::Permanent(error.into()))?;
+        if plan.writes.is_none() {
+            return Ok(plan.applied());
+        }
+        let conditions = Conditions::as_read(names, &read);
+        self.commit_plan(request, names, &snapshot, plan, &conditions, deadline)
+            .await
+    }
+
+    /// The record's documents from the cache, when it has every one the request reads. An
+    /// idempotency record is taken not to exist: its write requires that.
+    async fn cached_snapshot(&self, names: &RecordNames) -> Option<CachedRecord> {
+        let day = self.cache.get(&names.day).await?;
+        let CachedDocument::Day(stored_day) = &day.document else {
+            return None;
+        };
+        let (month, month_time) = match &names.month {
+            Some(name) => {
+                let month = self.cache.get(name).await?;
+                let CachedDocument::Month(stored_month) = &month.document else {
+                    return None;
+                };
+                (Some(stored_month.clone()), Some(month.update_time))
+            }
+            None => (None, None),
+        };
+        Some(CachedRecord {
+            snapshot: Snapshot {
+                day: Some(stored_day.clone()),
+                month,
+                idempotency: None,
+            },
+            conditions: Conditions {
+                day: ConditionType::UpdateTime(day.update_time),
+                month: month_time.map(ConditionType::UpdateTime),
+                idempotency: ConditionType::Exists(false),
+            },
+        })
+    }
+
+    async fn remember_read(
+        &self,
+        names: &RecordNames,
+        read: &HashMap<String, Document>,
+        snapshot: &Snapshot,
+    ) {
+        let update_time = |name: &str| read.get(name).and_then(|document| document.update_time);
+        if let (Some(day), Some(update_time)) = (&snapshot.day, update_time(&names.day)) {
+            self.cache
+                .put_day(&names.day, update_time, day.clone())
+                .await;
+        }
+        if let (Some(name), Some(month)) = (&names.month, &snapshot.month)
+            && let Some(update_time) = update_time(name)
+        {
+            self.cache.put_month(name, update_time, month.clone()).await;
+        }
+    }
+
+    /// Commits a plan's writes on `conditions`. Applied, the documents as written are cached;
+    /// refused or lost, the record's cached documents are forgotten.
+    async fn commit_plan(
+        &self,
+        request: &RecordRequest,
+        names: &RecordNames,
+        snapshot: &Snapshot,
+        plan: Plan,
+        conditions: &Conditions,
+        deadline: Instant,
+    ) -> Result<Recorded, AttemptError> {
         let Some(writes) = &plan.writes else {
             return Ok(plan.applied());
         };
-        let commit = names.conditional_writes(request, writes, &read);
+        let written_day = StoredDay {
+            usage: writes.day.clone(),
+            reservations: writes.reservations.clone().unwrap_or_else(|| {
+                snapshot
+                    .day
+                    .as_ref()
+                    .map(|day| day.reservations.clone())
+                    .unwrap_or_default()
+            }),
+        };
+        let commit = names.conditional_writes(request, writes, conditions);
+        let month_written = names.month.is_some() && writes.month.is_some();
         match self.commit(commit.clone()).await {
-            Ok(()) => Ok(plan.applied()),
-            Err(status) => match commit_failure(status) {
-                CommitFailure::Refused(error) => Err(error),
-                CommitFailure::AnswerLost(status) => {
-                    self.counters.lost_answer();
-                    let planned_day = StoredDay {
-                        usage: writes.day.clone(),
-                        reservations: writes.reservations.clone().unwrap_or_else(|| {
-                            snapshot.day.map(|day| day.reservations).unwrap_or_default()
-                        }),
-                    };
-                    self.settle_lost_commit(names, commit, &planned_day, status, deadline)
-                        .await
-                        .map(|()| plan.applied())
+            Ok(results) => {
+                let mut update_times = results.into_iter().map(|result| result.update_time);
+                if let Some(Some(update_time)) = update_times.next() {
+                    self.cache
+                        .put_day(&names.day, update_time, written_day)
+                        .await;
                 }
-            },
+                if let (true, Some(name), Some(month), Some(Some(update_time))) = (
+                    month_written,
+                    &names.month,
+                    &writes.month,
+                    update_times.next(),
+                ) {
+                    self.cache.put_month(name, update_time, month.clone()).await;
+                }
+                Ok(plan.applied())
+            }
+            Err(status) => {
+                self.cache.forget(&names.cached()).await;
+                match commit_failure(status) {
+                    CommitFailure::Refused(error) => Err(error),
+                    CommitFailure::AnswerLost(status) => {
+                        self.counters.lost_answer();
+                        self.settle_lost_commit(names, commit, &written_day, status, deadline)
+                            .await
+                            .map(|()| plan.applied())
+                    }
+                }
+            }
         }
     }
 
@@ -327,7 +455,7 @@ impl FirestoreStore {
         let time_left = || Instant::now() + self.rpc_timeout() < request_ends;
         let resend = (|| async {
             match self.commit(commit.clone()).await {
-                Ok(()) => Ok(true),
+                Ok(_) => Ok(true),
                 Err(status) => match commit_failure(status) {
                     CommitFailure::Refused(AttemptError::Contention) => Ok(false),
                     CommitFailure::Refused(error) => Err(Err(error)),
@@ -577,12 +705,20 @@ impl RecordNames {
         })
     }
 
-    /// The plan's writes, each on the condition that its document is still as read.
+    /// The documents a record may have cached.
+    fn cached(&self) -> Vec<&str> {
+        let mut names = vec![self.day.as_str()];
+        names.extend(self.month.as_deref());
+        names
+    }
+
+    /// The plan's writes, day first, then the month, then the idempotency record, each on
+    /// its condition.
     fn conditional_writes(
         &self,
         request: &RecordRequest,
         writes: &Writes,
-        read: &HashMap<String, Document>,
+        conditions: &Conditions,
     ) -> Vec<Write> {
         // Reservations that changed are written whole (none left removes the field); others
         // stay as stored.
@@ -593,18 +729,15 @@ impl RecordNames {
             ),
             None => (codec::day_fields(&writes.day), codec::DAY_FIELDS.to_vec()),
         };
-        let mut conditional = vec![update(
-            &self.day,
-            day_fields,
-            &day_mask,
-            read.get(&self.day),
-        )];
-        if let (Some(name), Some(month)) = (&self.month, &writes.month) {
+        let mut conditional = vec![update(&self.day, day_fields, &day_mask, conditions.day)];
+        if let (Some(name), Some(month), Some(condition)) =
+            (&self.month, &writes.month, &conditions.month)
+        {
             conditional.push(update(
                 name,
                 codec::month_fields(month),
                 codec::MONTH_FIELDS,
-                read.get(name),
+                *condition,
             ));
         }
         if let (Some(name), Some(key), Some(record)) = (
@@ -618,26 +751,59 @@ impl RecordNames {
                 name,
                 fields,
                 codec::IDEMPOTENCY_FIELDS,
-                read.get(name),
+                conditions.idempotency,
             ));
         }
         conditional
     }
 }
 
-/// An update of the fields this service owns, on the condition that the document is still as
-/// it was read. Fields written by others stay as they are.
+/// What each write of a record requires of its document: to be as it was read, or as cached.
+struct Conditions {
+    day: ConditionType,
+    /// `None` when the month is not part of the record.
+    month: Option<ConditionType>,
+    idempotency: ConditionType,
+}
+
+impl Conditions {
+    fn as_read(names: &RecordNames, read: &HashMap<String, Document>) -> Self {
+        Self {
+            day: unchanged_since_read(read.get(&names.day)),
+            month: names
+                .month
+                .as_ref()
+                .map(|name| unchanged_since_read(read.get(name))),
+            idempotency: unchanged_since_read(
+                names.idempotency.as_ref().and_then(|name| read.get(name)),
+            ),
+        }
+    }
+}
+
+/// A record's documents as cached, and the conditions that they are still so.
+struct CachedRecord {
+    snapshot: Snapshot,
+    conditions: Conditions,
+}
+
+/// The document is still as read: at the same update time, or still missing.
+fn unchanged_since_read(as_read: Option<&Document>) -> ConditionType {
+    match as_read.and_then(|document| document.update_time) {
+        Some(update_time) => ConditionType::UpdateTime(update_time),
+        None if as_read.is_some() => ConditionType::Exists(true),
+        None => ConditionType::Exists(false),
+    }
+}
+
+/// An update of the fields this service owns, on `condition`. Fields written by others stay
+/// as they are.
 fn update(
     name: &str,
     fields: codec::Fields,
     owned_fields: &[&str],
-    as_read: Option<&Document>,
+    condition: ConditionType,
 ) -> Write {
-    let condition = match as_read.and_then(|document| document.update_time) {
-        Some(update_time) => ConditionType::UpdateTime(update_time),
-        None if as_read.is_some() => ConditionType::Exists(true),
-        None => ConditionType::Exists(false),
-    };
     Write {
         operation: Some(write::Operation::Update(Document {
             name: name.to_owned(),
