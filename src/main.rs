@@ -45,7 +45,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    telemetry::init(config.log_format, config.firestore_project());
+    let _logging = telemetry::init(config.log_format, config.firestore_project());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -62,7 +62,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 const LIFECYCLE_FAILED: u8 = 3;
 
 fn run_lifecycle(command: LifecycleCommand) -> ExitCode {
-    telemetry::init(LogFormat::Json, command.store().firestore_project());
+    let _logging = telemetry::init(LogFormat::Json, command.store().firestore_project());
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

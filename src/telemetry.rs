@@ -6,11 +6,12 @@
 //! the request came with a trace context, and fields named `httpRequest.*` nested into the
 //! `httpRequest` object that Cloud Logging shows as a request log.
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 
 use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -25,27 +26,48 @@ pub const SPAN_ID: &str = "span_id";
 /// Fields named `httpRequest.<name>` become `"httpRequest": {"<name>": ...}`.
 const HTTP_REQUEST: &str = "httpRequest";
 
-/// `project` names the Cloud project whose traces the trace ids belong to.
-pub fn init(format: LogFormat, project: &str) {
+/// Lines waiting for the log thread; beyond this, the threads logging wait for room rather
+/// than lose a line.
+const BUFFERED_LINES: usize = 8_192;
+
+/// Bytes gathered for one write; the log thread flushes whenever no line is waiting.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// `project` names the Cloud project whose traces the trace ids belong to. Lines go to
+/// standard error from a thread of their own, many in one write; the returned guard writes out
+/// what is left when dropped, so it is kept until the process ends.
+#[must_use = "dropping the guard stops the logging"]
+pub fn init(format: LogFormat, project: &str) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(BufWriter::with_capacity(
+            WRITE_BUFFER_BYTES,
+            std::io::stderr(),
+        ));
     match format {
         LogFormat::Json => tracing_subscriber::registry()
             .with(filter)
             .with(CloudLogging {
                 project: project.to_owned(),
+                writer,
             })
             .init(),
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_ansi(std::io::stderr().is_terminal())
             .init(),
     }
+    guard
 }
 
-/// Writes each event as one JSON line on standard error.
+/// Writes each event as one JSON line.
 pub struct CloudLogging {
     pub project: String,
+    pub writer: NonBlocking,
 }
 
 /// Recorded fields of a span or event.
@@ -173,7 +195,7 @@ where
         // One write per line, so that lines from several threads never interleave.
         let mut line = entry.to_string().into_bytes();
         line.push(b'\n');
-        let _ = std::io::stderr().lock().write_all(&line);
+        let _ = self.writer.clone().write_all(&line);
     }
 }
 
@@ -185,8 +207,10 @@ mod tests {
 
     #[test]
     fn an_entry_has_cloud_loggings_field_names() {
+        let (writer, _guard) = tracing_appender::non_blocking(std::io::sink());
         let layer = CloudLogging {
             project: "my-project".to_owned(),
+            writer,
         };
         let span = json!({"trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331", "path": "/usage"});
         let event = json!({

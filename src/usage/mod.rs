@@ -138,7 +138,8 @@ pub struct DailyUsage {
 
 impl DailyUsage {
     pub fn document_id(user_id: &UserId, date: NaiveDate) -> String {
-        format!("{user_id}_{}", date.format("%Y-%m-%d"))
+        // `Display` is `%Y-%m-%d`, without interpreting a pattern.
+        format!("{user_id}_{date}")
     }
 
     /// `token_usage_history/{id}` of the month this day belongs to.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpointer::{self, Checkpointer};
 use super::{apply_record, store_error};
 use crate::metrics::SQLITE_GROUP_COMMIT_SIZE;
 use crate::usage::{RecordRequest, Recorded, StoreError};
@@ -36,11 +37,18 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn start(connection: Connection) -> Result<Self, StoreError> {
+    /// The writer on `connection`, its pages checkpointed by `checkpoints`.
+    pub(super) fn start(
+        connection: Connection,
+        checkpoints: Checkpointer,
+    ) -> Result<Self, StoreError> {
+        connection
+            .pragma_update(None, "wal_autocheckpoint", checkpointer::BACKSTOP_PAGES)
+            .map_err(store_error)?;
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
-            .spawn(move || run(connection, queue))
+            .spawn(move || run(connection, queue, checkpoints))
             .map_err(|e| StoreError::Internal(format!("cannot start the sqlite writer: {e}")))?;
         Ok(Self { jobs })
     }
@@ -79,7 +87,7 @@ fn stopped() -> StoreError {
     StoreError::Internal("the sqlite writer stopped".to_owned())
 }
 
-fn run(mut connection: Connection, mut queue: mpsc::Receiver<Job>) {
+fn run(mut connection: Connection, mut queue: mpsc::Receiver<Job>, checkpoints: Checkpointer) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -89,7 +97,9 @@ fn run(mut connection: Connection, mut queue: mpsc::Receiver<Job>) {
             }
         }
         metrics::histogram!(SQLITE_GROUP_COMMIT_SIZE).record(group.len() as f64);
-        for (job, answer) in apply_group(&mut connection, group) {
+        let answered = apply_group(&mut connection, group);
+        checkpoints.committed();
+        for (job, answer) in answered {
             // The caller may have stopped waiting; what was committed stays committed.
             let _ = job.answer.send(answer);
         }
@@ -109,7 +119,7 @@ fn apply_group(connection: &mut Connection, group: Vec<Job>) -> Vec<(Job, Answer
     let transaction = connection
         .busy_timeout(patience)
         .and_then(|()| connection.transaction_with_behavior(TransactionBehavior::Immediate));
-    let mut transaction = match transaction {
+    let transaction = match transaction {
         Ok(transaction) => transaction,
         Err(error) => {
             let error = store_error(error);
@@ -120,36 +130,53 @@ fn apply_group(connection: &mut Connection, group: Vec<Job>) -> Vec<(Job, Answer
         }
     };
     let mut answered = Vec::with_capacity(group.len());
+    // Set when a record's savepoint could not be undone or released: then nothing of the
+    // group is kept.
+    let mut unsure: Option<StoreError> = None;
     for job in group {
-        let answer = if Instant::now() >= job.deadline {
-            Err(late())
-        } else {
-            apply_in_savepoint(&mut transaction, &job.request)
+        let answer = match &unsure {
+            Some(error) => Err(error.clone()),
+            None if Instant::now() >= job.deadline => Err(late()),
+            None => apply_in_savepoint(&transaction, &job.request).unwrap_or_else(|error| {
+                let error = store_error(error);
+                unsure = Some(error.clone());
+                Err(error)
+            }),
         };
         answered.push((job, answer));
     }
-    match transaction.commit() {
+    // Unsure, the transaction is dropped unfinished, which rolls it back.
+    let ended = match unsure {
+        Some(error) => Err(error),
+        None => transaction.commit().map_err(store_error),
+    };
+    match ended {
         Ok(()) => answered,
         // Nothing of the group was written: every record that would have been is refused.
-        Err(error) => {
-            let error = store_error(error);
-            answered
-                .into_iter()
-                .map(|(job, answer)| (job, answer.and_then(|_| Err(error.clone()))))
-                .collect()
-        }
+        Err(error) => answered
+            .into_iter()
+            .map(|(job, answer)| (job, answer.and_then(|_| Err(error.clone()))))
+            .collect(),
     }
 }
 
-/// One record in a savepoint: kept when it succeeds, rolled back alone when it fails.
+/// One record in a savepoint: kept when it succeeds, rolled back alone when it fails. The
+/// savepoint statements are prepared once, not parsed for every record.
 fn apply_in_savepoint(
-    transaction: &mut rusqlite::Transaction<'_>,
+    connection: &Connection,
     request: &RecordRequest,
-) -> Answer {
-    let savepoint = transaction.savepoint().map_err(store_error)?;
-    let recorded = apply_record(&savepoint, request)?;
-    savepoint.commit().map_err(store_error)?;
-    Ok(recorded)
+) -> rusqlite::Result<Answer> {
+    execute_cached(connection, "SAVEPOINT record")?;
+    let answer = apply_record(connection, request);
+    if answer.is_err() {
+        execute_cached(connection, "ROLLBACK TO record")?;
+    }
+    execute_cached(connection, "RELEASE record")?;
+    Ok(answer)
+}
+
+fn execute_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 #[cfg(test)]
