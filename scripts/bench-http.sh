@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# HTTP benchmark of the release binary on the embedded store. wrk (installed from Debian's
-# packages when missing) drives GET /healthz (the HTTP ceiling), GET /usage/today,
+# HTTP benchmark of the release binary. wrk (installed from Debian's packages when missing)
+# sends requests with real RS256 ID tokens of 1,000 users, checked against a local JWK set.
+#
+# On the embedded store it drives GET /healthz (the HTTP ceiling), GET /usage/today,
 # POST /usage without and with an Idempotency-Key, and streamed replies' reservation pairs
-# (reserve, then commit), for 1,000 users whose real RS256 ID tokens are checked against a
-# local JWK set; it prints requests/s, p50, p99, the ratio to the ceiling, and the service's
-# peak memory. Not part of CI: it measures, it asserts nothing.
+# (reserve, then commit); it prints requests/s, p50, p99, the ratio to the ceiling, and the
+# service's peak memory.
+#
+# Then, on a Firestore emulator, it sets POST /usage {"tokens": 1} beside a raw client:
+# examples/firestore_raw.rs, which sends the store's two RPCs of a record without its cache
+# (read the day and month, commit both under preconditions) straight from the gRPC client, at
+# the same concurrency. The service runs twice, with its document cache (the default) and without it
+# (FIRESTORE_CACHE_MIB=0). The emulator gets a minute of load before any run, and each run its
+# own project and an unreported warm-up, so that the cache is warm. It prints records/s, p50, p99,
+# each service run's share of the raw client's records/s, and the service's peak memory.
+# Without the emulator (gcloud's cloud-firestore-emulator and java) that part is skipped.
+#
+# Not part of CI: it measures, it asserts nothing.
 #
 #   bash scripts/bench-http.sh [seconds per run, default 10] [connections, default 64]
 set -euo pipefail
@@ -19,12 +31,14 @@ if ! command -v wrk >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null
 fi
-cargo build --release --locked --quiet
+cargo build --release --locked --quiet --bin token-limits --example firestore_raw
 
 work=$(mktemp -d)
-pids=()
+jwks_server='' service='' emulator=''
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -n "$service" ]; then kill "$service" 2>/dev/null || true; fi
+  if [ -n "$jwks_server" ]; then kill "$jwks_server" 2>/dev/null || true; fi
+  if [ -n "$emulator" ]; then kill -- "-$emulator" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -37,7 +51,7 @@ mkdir "$work/jwks"
 printf '{"keys":[%s]}' "$(cat tests/fixtures/test-key-1.jwk.json)" >"$work/jwks/keys"
 jwks_port=$(free_port)
 (cd "$work/jwks" && exec python3 -m http.server "$jwks_port" --bind 127.0.0.1) >/dev/null 2>&1 &
-pids+=($!)
+jwks_server=$!
 
 # One signed token per user, valid for an hour.
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -50,16 +64,40 @@ for i in $(seq 1 "$users"); do
   echo "$header.$payload.$signature"
 done >"$work/tokens"
 
-port=$(free_port)
-HOST=127.0.0.1 PORT=$port SQLITE_PATH="$work/usage.db" FIREBASE_PROJECT_ID=$project \
-  FIREBASE_JWKS_URL="http://127.0.0.1:$jwks_port/keys" DAILY_LIMIT_TRIAL=1000000000000 \
-  target/release/token-limits >"$work/service.log" 2>&1 &
-service=$!
-pids+=("$service")
-for _ in $(seq 100); do
-  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+# Starts the release binary on a free port with the auth settings and the extra environment
+# given; sets `port` and `service`. Returns 1, with the end of its log on stderr, when it does
+# not become ready.
+start_service() {
+  local log=$1
+  shift
+  port=$(free_port)
+  env HOST=127.0.0.1 PORT="$port" FIREBASE_PROJECT_ID=$project \
+    FIREBASE_JWKS_URL="http://127.0.0.1:$jwks_port/keys" DAILY_LIMIT_TRIAL=1000000000000 "$@" \
+    target/release/token-limits >"$log" 2>&1 &
+  service=$!
+  for _ in $(seq 300); do
+    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$service" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "the service ($*) did not become ready:" >&2
+  tail -n 20 "$log" >&2
+  stop_service
+  return 1
+}
+
+stop_service() {
+  kill "$service" 2>/dev/null || true
+  wait "$service" 2>/dev/null || true
+  service=
+}
+
+# The service's peak memory so far.
+peak_memory() {
+  awk '/^VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$service/status"
+}
+
+start_service "$work/service.log" SQLITE_PATH="$work/usage.db" || exit 1
 
 # Each request takes the next user's token; keyed requests take a key never used before.
 cat >"$work/requests.lua" <<'LUA'
@@ -107,11 +145,12 @@ response = function(status, _, body)
 end
 LUA
 
-# Runs wrk with a script; prints "requests/s p50 p99 non-2xx".
-measure() {
-  local output script=${4:-requests.lua}
-  output=$(METHOD=$1 TARGET=$2 KEYED=$3 TOKENS="$work/tokens" \
-    wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$work/$script" "http://127.0.0.1:$port")
+# Runs wrk against the service on port $1 for $2 seconds with a script; prints
+# "requests/s p50 p99 non-2xx".
+wrk_run() {
+  local target_port=$1 seconds=$2 method=$3 path=$4 keyed=$5 script=${6:-requests.lua} output
+  output=$(METHOD=$method TARGET=$path KEYED=$keyed TOKENS="$work/tokens" \
+    wrk -t1 -c"$connections" -d"${seconds}s" --latency -s "$work/$script" "http://127.0.0.1:$target_port")
   echo "$output" >>"$work/wrk.log"
   local rps p50 p99 failed
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$output")
@@ -119,6 +158,11 @@ measure() {
   p99=$(awk '$1 == "99%" {print $2}' <<<"$output")
   failed=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' <<<"$output")
   echo "$rps $p50 $p99 ${failed:-0}"
+}
+
+# A run of the current service as long as the others: method, path, keyed, [script].
+measure() {
+  wrk_run "$port" "$duration" "$@"
 }
 
 echo "wrk -t1 -c$connections, ${duration}s a run, $users users, $(nproc) cores, release build, RUST_LOG=info"
@@ -137,4 +181,80 @@ read -r rps p50 p99 failed <<<"$(measure POST /usage/reservations 0 pairs.lua)"
 ratio=$(awk -v a="$rps" -v b="$ceiling" 'BEGIN {printf "%.1f", 100 * a / b}')
 printf '%-32s %12s %10s %10s %11s%% %8s\n' "reserve+commit (each request)" "$rps" "$p50" "$p99" "$ratio" "$failed"
 echo "reservation pairs/s: $(awk -v a="$rps" 'BEGIN {printf "%.0f", a / 2}')"
-echo "service peak memory: $(awk '/^VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$service/status")"
+echo "service peak memory: $(peak_memory)"
+stop_service
+
+sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || echo /usr/lib/google-cloud-sdk)
+jar=$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
+echo
+if [ ! -f "$jar" ] || ! command -v java >/dev/null; then
+  echo "Firestore: skipped, no emulator ($jar) or no java"
+  exit 0
+fi
+emulator_port=$(free_port)
+setsid java -Xmx2g -cp "$jar" com.google.cloud.datastore.emulator.firestore.CloudFirestore \
+  --host 127.0.0.1 --port "$emulator_port" >"$work/emulator.log" 2>&1 &
+emulator=$!
+for _ in $(seq 600); do
+  curl -sf "http://127.0.0.1:$emulator_port/" >/dev/null && break
+  kill -0 "$emulator" 2>/dev/null || break
+  sleep 0.1
+done
+if ! curl -sf "http://127.0.0.1:$emulator_port/" >/dev/null; then
+  echo "the Firestore emulator did not start:" >&2
+  tail -n 20 "$work/emulator.log" >&2
+  exit 1
+fi
+
+# wrk's latency (850.00us, 1.23ms, 1.02s) in milliseconds.
+in_ms() {
+  awk -v t="$1" 'BEGIN {
+    n = t + 0
+    if (t ~ /us$/) n /= 1000
+    else if (t ~ /[^m]s$/) n *= 1000
+    else if (t ~ /m$/) n *= 60000
+    printf "%.2fms", n
+  }'
+}
+
+# The raw client against the emulator, in project $1, for $2 seconds; prints
+# "records/s p50_ms p99_ms errors".
+raw_client() {
+  FIRESTORE_EMULATOR_HOST=127.0.0.1:$emulator_port target/release/examples/firestore_raw \
+    --project "$1" --concurrency "$connections" --users "$users" --seconds "$2"
+}
+
+firestore_row() {
+  printf '%-32s %12s %10s %10s %10s %8s %10s\n' "$@"
+}
+
+# A run of the service on Firestore, in its own project: label, project, extra environment.
+firestore_service() {
+  local label=$1 firestore_project=$2
+  shift 2
+  if ! start_service "$work/$firestore_project.log" STORE=firestore \
+    GOOGLE_CLOUD_PROJECT="$firestore_project" FIRESTORE_EMULATOR_HOST="127.0.0.1:$emulator_port" "$@"; then
+    firestore_row "$label" "did not start" - - - - -
+    return
+  fi
+  wrk_run "$port" 3 POST /usage 0 >/dev/null
+  local rps p50 p99 failed ratio
+  read -r rps p50 p99 failed <<<"$(wrk_run "$port" "$duration" POST /usage 0)"
+  ratio=$(awk -v a="$rps" -v b="$raw_rps" 'BEGIN {printf "%.1f", 100 * a / b}')
+  firestore_row "$label" "$rps" "$(in_ms "$p50")" "$(in_ms "$p99")" "$ratio%" "$failed" "$(peak_memory)"
+  stop_service
+}
+
+# A fresh emulator's throughput climbs about fivefold during its first minute of load, as its
+# JIT compiles: that minute goes to a project of its own, so that no run measures it. Each
+# run's own warm-up then creates its documents.
+raw_client bench-warm-up 60 >/dev/null
+raw_client bench-raw 3 >/dev/null
+raw=$(raw_client bench-raw "$duration")
+read -r raw_rps raw_p50 raw_p99 raw_errors <<<"$raw"
+
+echo "Firestore emulator, POST /usage {\"tokens\": 1}: $connections in flight, ${duration}s a run, $users users"
+firestore_row record records/s p50 p99 of-raw errors peak
+firestore_row "raw gRPC client (2 RPCs)" "$raw_rps" "${raw_p50}ms" "${raw_p99}ms" "100.0%" "$raw_errors" -
+firestore_service "service, document cache on" bench-cache-on
+firestore_service "service, document cache off" bench-cache-off FIRESTORE_CACHE_MIB=0

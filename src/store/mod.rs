@@ -7,6 +7,9 @@ mod instrumented;
 pub mod queries;
 mod sqlite;
 
-pub use self::firestore::{FirestoreSettings, FirestoreStore, OperationCounts};
+pub use self::firestore::{
+    DAY_FIELDS as FIRESTORE_DAY_FIELDS, FirestoreSettings, FirestoreStore,
+    MONTH_FIELDS as FIRESTORE_MONTH_FIELDS, OperationCounts,
+};
 pub use instrumented::Instrumented;
 pub use sqlite::SqliteStore;

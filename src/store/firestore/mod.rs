@@ -14,6 +14,7 @@ mod documents;
 mod emulator;
 mod user_queue;
 
+pub use codec::{DAY_FIELDS, MONTH_FIELDS};
 pub use counters::{FirestoreCounters, OperationCounts};
 
 use std::collections::HashMap;
