@@ -8,7 +8,9 @@
 
 use std::io::{BufWriter, IsTerminal, Write};
 
-use serde_json::{Map, Value};
+use serde::Serializer as _;
+use serde::ser::SerializeMap;
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
@@ -70,39 +72,47 @@ pub struct CloudLogging {
     pub writer: NonBlocking,
 }
 
-/// Recorded fields of a span or event.
-#[derive(Default)]
-struct Fields(Map<String, Value>);
+/// Recorded fields of a span or event, in the order first recorded; a field recorded again
+/// keeps its place and takes the new value.
+#[derive(Default, Clone)]
+struct Fields(Vec<(&'static str, Value)>);
+
+impl Fields {
+    fn set(&mut self, name: &'static str, value: Value) {
+        match self.0.iter_mut().find(|(known, _)| *known == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+}
 
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.set(field.name(), Value::from(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.set(field.name(), Value::from(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.set(field.name(), Value::from(value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.set(field.name(), Value::from(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().to_owned(), Value::from(value));
+        self.set(field.name(), Value::from(value));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(value.to_string()));
+        self.set(field.name(), Value::from(value.to_string()));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().to_owned(), Value::from(format!("{value:?}")));
+        self.set(field.name(), Value::from(format!("{value:?}")));
     }
 }
 
@@ -116,37 +126,82 @@ fn severity(level: &Level) -> &'static str {
     }
 }
 
+/// Keys of the entry itself: a field of the same name is left out.
+const ENTRY_KEYS: [&str; 6] = [
+    "severity",
+    "time",
+    "target",
+    HTTP_REQUEST,
+    "logging.googleapis.com/trace",
+    "logging.googleapis.com/spanId",
+];
+
 impl CloudLogging {
-    /// The Cloud Logging entry of an event with the fields of its spans (outermost first, so
-    /// that inner values win) and its own.
-    fn entry(&self, level: &Level, target: &str, fields: Vec<Map<String, Value>>) -> Value {
-        let mut entry = Map::new();
-        entry.insert("severity".to_owned(), Value::from(severity(level)));
-        entry.insert(
-            "time".to_owned(),
-            Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-        );
-        entry.insert("target".to_owned(), Value::from(target));
-        let mut http_request = Map::new();
-        for (name, value) in fields.into_iter().flatten() {
-            if let Some(inner) = name.strip_prefix("httpRequest.") {
-                http_request.insert(inner.to_owned(), value);
-            } else if name == TRACE_ID {
-                let trace = value.as_str().unwrap_or_default();
-                entry.insert(
-                    "logging.googleapis.com/trace".to_owned(),
-                    Value::from(format!("projects/{}/traces/{trace}", self.project)),
-                );
-            } else if name == SPAN_ID {
-                entry.insert("logging.googleapis.com/spanId".to_owned(), value);
-            } else {
-                entry.insert(name, value);
+    /// The Cloud Logging entry of an event, as one JSON line, with the fields of its spans
+    /// (outermost first, so that inner values win) and its own. Written straight from the
+    /// fields, without building a JSON tree first.
+    fn line(&self, level: &Level, target: &str, layers: &[Fields]) -> Vec<u8> {
+        let mut fields: Vec<(&str, &Value)> = Vec::new();
+        for (name, value) in layers.iter().flat_map(|layer| &layer.0) {
+            match fields.iter_mut().find(|(known, _)| known == name) {
+                Some(slot) => slot.1 = value,
+                None => fields.push((name, value)),
             }
         }
-        if !http_request.is_empty() {
-            entry.insert(HTTP_REQUEST.to_owned(), Value::Object(http_request));
+        let (http_request, fields): (Vec<_>, Vec<_>) = fields
+            .into_iter()
+            .partition(|(name, _)| name.starts_with("httpRequest."));
+        let mut line = Vec::with_capacity(512);
+        let written = (|| {
+            let mut entry = serde_json::Serializer::new(&mut line);
+            let mut entry = entry.serialize_map(None)?;
+            entry.serialize_entry("severity", severity(level))?;
+            entry.serialize_entry(
+                "time",
+                &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            )?;
+            entry.serialize_entry("target", target)?;
+            for (name, value) in fields {
+                match name {
+                    TRACE_ID => entry.serialize_entry(
+                        "logging.googleapis.com/trace",
+                        &format!(
+                            "projects/{}/traces/{}",
+                            self.project,
+                            value.as_str().unwrap_or_default()
+                        ),
+                    )?,
+                    SPAN_ID => entry.serialize_entry("logging.googleapis.com/spanId", value)?,
+                    _ if ENTRY_KEYS.contains(&name) => {}
+                    _ => entry.serialize_entry(name, value)?,
+                }
+            }
+            if !http_request.is_empty() {
+                let nested: Vec<(&str, &Value)> = http_request
+                    .into_iter()
+                    .map(|(name, value)| (&name["httpRequest.".len()..], value))
+                    .collect();
+                entry.serialize_entry(HTTP_REQUEST, &NestedFields(&nested))?;
+            }
+            entry.end()
+        })();
+        if written.is_err() {
+            line.clear();
+            line.extend_from_slice(
+                b"{\"severity\":\"ERROR\",\"message\":\"a log entry could not be written\"}",
+            );
         }
-        Value::Object(entry)
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Fields as a JSON object.
+struct NestedFields<'a>(&'a [(&'a str, &'a Value)]);
+
+impl serde::Serialize for NestedFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().copied())
     }
 }
 
@@ -181,20 +236,18 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, context: Context<'_, S>) {
-        let mut layers: Vec<Map<String, Value>> = context
+        let mut layers: Vec<Fields> = context
             .event_scope(event)
             .into_iter()
             .flat_map(|scope| scope.from_root())
-            .filter_map(|span| span.extensions().get::<Fields>().map(|f| f.0.clone()))
+            .filter_map(|span| span.extensions().get::<Fields>().cloned())
             .collect();
         let mut own = Fields::default();
         event.record(&mut own);
-        layers.push(own.0);
+        layers.push(own);
         let metadata = event.metadata();
-        let entry = self.entry(metadata.level(), metadata.target(), layers);
+        let line = self.line(metadata.level(), metadata.target(), &layers);
         // One write per line, so that lines from several threads never interleave.
-        let mut line = entry.to_string().into_bytes();
-        line.push(b'\n');
         let _ = self.writer.clone().write_all(&line);
     }
 }
@@ -212,20 +265,31 @@ mod tests {
             project: "my-project".to_owned(),
             writer,
         };
-        let span = json!({"trace_id": "0af7651916cd43dd8448eb211c80319c", "span_id": "b7ad6b7169203331", "path": "/usage"});
-        let event = json!({
-            "message": "request",
-            "httpRequest.status": 200,
-            "httpRequest.requestMethod": "POST",
-        });
-        let entry = layer.entry(
-            &Level::WARN,
-            "token_limits::http",
-            vec![
-                span.as_object().unwrap().clone(),
-                event.as_object().unwrap().clone(),
-            ],
-        );
+        let fields = |pairs: &[(&'static str, Value)]| {
+            let mut fields = Fields::default();
+            for (name, value) in pairs {
+                fields.set(name, value.clone());
+            }
+            fields
+        };
+        let span = fields(&[
+            (TRACE_ID, json!("0af7651916cd43dd8448eb211c80319c")),
+            (SPAN_ID, json!("b7ad6b7169203331")),
+            ("path", json!("/usage")),
+            ("user", json!("outer")),
+        ]);
+        let event = fields(&[
+            ("message", json!("request")),
+            ("httpRequest.status", json!(200)),
+            ("httpRequest.requestMethod", json!("POST")),
+            ("user", json!("inner")),
+            ("severity", json!("not a severity")),
+        ]);
+        let line = layer.line(&Level::WARN, "token_limits::http", &[span, event]);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let entry: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(entry["user"], "inner", "inner values win");
         assert_eq!(entry["severity"], "WARNING");
         assert_eq!(entry["message"], "request");
         assert_eq!(
