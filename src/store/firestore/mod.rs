@@ -310,11 +310,13 @@ impl FirestoreStore {
         }
         let read = self.batch_get(&names.all()).await.map_err(read_failure)?;
         let snapshot = names.snapshot(&read)?;
-        self.remember_read(names, &read, &snapshot).await;
         let plan = request
             .plan(&snapshot)
             .map_err(|error| AttemptError::Permanent(error.into()))?;
+        // A commit caches what it wrote, or forgets the copies: only a decision that writes
+        // nothing keeps what was read.
         if plan.writes.is_none() {
+            self.remember_read(names, &read, &snapshot).await;
             return Ok(plan.applied());
         }
         let conditions = Conditions::as_read(names, &read);
@@ -397,7 +399,6 @@ impl FirestoreStore {
             }),
         };
         let commit = names.conditional_writes(request, writes, conditions);
-        let month_written = names.month.is_some() && writes.month.is_some();
         match self.commit(commit.clone()).await {
             Ok(results) => {
                 let mut update_times = results.into_iter().map(|result| result.update_time);
@@ -406,12 +407,9 @@ impl FirestoreStore {
                         .put_day(&names.day, update_time, written_day)
                         .await;
                 }
-                if let (true, Some(name), Some(month), Some(Some(update_time))) = (
-                    month_written,
-                    &names.month,
-                    &writes.month,
-                    update_times.next(),
-                ) {
+                if let (Some(name), Some(month), Some(Some(update_time))) =
+                    (&names.month, &writes.month, update_times.next())
+                {
                     self.cache.put_month(name, update_time, month.clone()).await;
                 }
                 Ok(plan.applied())
