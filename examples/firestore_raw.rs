@@ -39,6 +39,10 @@ use token_limits::usage::{DailyUsage, MonthlyUsage, UserId};
 /// The service's longest single call: a stalled emulator shows as errors, not as a hang.
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The service's allocator, so that the two differ only in what the service adds.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Records `POST /usage {"tokens": 1}` as the Firestore store does, for a number of seconds.
 #[derive(Parser)]
 struct Args {

@@ -7,6 +7,12 @@ use token_limits::config::{Cli, Command, Config, DevTokenArgs, LogFormat};
 use token_limits::lifecycle::LifecycleCommand;
 use token_limits::telemetry;
 
+/// Requests allocate many small, short-lived values on one thread and free some on another:
+/// mimalloc takes about a tenth less CPU per recorded request than glibc's malloc
+/// (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
