@@ -121,25 +121,21 @@ impl TokenVerifier {
         else {
             return Err(AuthError::Invalid("malformed"));
         };
+        let now = chrono::Utc::now().timestamp();
+        // Only signed tokens are remembered, so a remembered one needs no look at its header.
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(verified) = self.verified.get(&digest).await {
+            // The key may have been rotated out since: fails as an unknown kid would.
+            self.keys.key(&verified.kid).await?;
+            return self.principal(&verified.claims, now);
+        }
         // `decode_header` cannot read `alg: none`, so look at the alg first.
         let header: AlgOnly = decode_json(header)?;
-        let now = chrono::Utc::now().timestamp();
         if header.alg == "none" {
             return self.principal(&self.unsigned_claims(payload, signature)?, now);
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let verified = match self.verified.get(&digest).await {
-            Some(verified) => {
-                // The key may have been rotated out since: fails as an unknown kid would.
-                self.keys.key(&verified.kid).await?;
-                verified
-            }
-            None => {
-                let verified = Arc::new(self.signed_claims(token).await?);
-                self.verified.insert(digest, verified.clone()).await;
-                verified
-            }
-        };
+        let verified = Arc::new(self.signed_claims(token).await?);
+        self.verified.insert(digest, verified.clone()).await;
         self.principal(&verified.claims, now)
     }
 
