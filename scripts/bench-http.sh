@@ -4,8 +4,9 @@
 #
 # On the embedded store it drives GET /healthz (the HTTP ceiling), GET /usage/today,
 # POST /usage without and with an Idempotency-Key, and streamed replies' reservation pairs
-# (reserve, then commit); it prints requests/s, p50, p99, the ratio to the ceiling, and the
-# service's peak memory.
+# (reserve, then commit), each once per round (3 rounds by default); it prints each row's median
+# requests/s, p50 and p99 over the rounds, its share of the ceiling (the median of the shares
+# measured in the same round, with their range), and the service's peak memory.
 #
 # Then, on a Firestore emulator, it sets POST /usage {"tokens": 1} beside a raw client:
 # examples/firestore_raw.rs, which sends the store's two RPCs of a record without its cache
@@ -18,12 +19,13 @@
 #
 # Not part of CI: it measures, it asserts nothing.
 #
-#   bash scripts/bench-http.sh [seconds per run, default 10] [connections, default 64]
+#   bash scripts/bench-http.sh [seconds per run, default 10] [connections, default 64] [rounds, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=${1:-10}
 connections=${2:-64}
+rounds=${3:-3}
 users=1000
 project=token-limits-bench
 
@@ -97,8 +99,6 @@ peak_memory() {
   awk '/^VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$service/status"
 }
 
-start_service "$work/service.log" SQLITE_PATH="$work/usage.db" || exit 1
-
 # Each request takes the next user's token; keyed requests take a key never used before.
 cat >"$work/requests.lua" <<'LUA'
 local tokens = {}
@@ -165,24 +165,58 @@ measure() {
   wrk_run "$port" "$duration" "$@"
 }
 
-echo "wrk -t1 -c$connections, ${duration}s a run, $users users, $(nproc) cores, release build, RUST_LOG=info"
-printf '%-32s %12s %10s %10s %12s %8s\n' request requests/s p50 p99 of-ceiling non-2xx
-read -r ceiling p50 p99 failed <<<"$(measure GET /healthz 0)"
-printf '%-32s %12s %10s %10s %11s%% %8s\n' "GET /healthz (ceiling)" "$ceiling" "$p50" "$p99" 100 "$failed"
-for run in "GET /usage/today 0" "POST /usage 0" "POST /usage 1"; do
-  read -r method path keyed <<<"$run"
-  read -r rps p50 p99 failed <<<"$(measure "$method" "$path" "$keyed")"
-  label="$method $path"
-  [ "$keyed" = 1 ] && label="$label (Idempotency-Key)"
-  ratio=$(awk -v a="$rps" -v b="$ceiling" 'BEGIN {printf "%.1f", 100 * a / b}')
-  printf '%-32s %12s %10s %10s %11s%% %8s\n' "$label" "$rps" "$p50" "$p99" "$ratio" "$failed"
+# wrk's latency (850.00us, 1.23ms, 1.02s) in milliseconds.
+in_ms() {
+  awk -v t="$1" 'BEGIN {
+    n = t + 0
+    if (t ~ /us$/) n /= 1000
+    else if (t ~ /[^m]s$/) n *= 1000
+    else if (t ~ /m$/) n *= 60000
+    printf "%.2fms", n
+  }'
+}
+
+# The machine's speed drifts by 10-20 % over minutes, so every request runs once per round,
+# rounds one after another, and each row shows the median over the rounds: its share of the
+# ceiling is the median of the shares of the ceiling measured in the same round. Each round
+# starts a service on a new file, so that every round measures the same data: reservation pairs
+# leave settled entries in the users' days for ten minutes, which later rounds would read.
+rows="GET /healthz 0 requests.lua|GET /usage/today 0 requests.lua|POST /usage 0 requests.lua|POST /usage 1 requests.lua|POST /usage/reservations 0 pairs.lua"
+peak=0
+for round in $(seq 1 "$rounds"); do
+  start_service "$work/service-$round.log" SQLITE_PATH="$work/usage-$round.db" || exit 1
+  IFS='|' read -ra runs <<<"$rows"
+  for row in "${!runs[@]}"; do
+    read -r method path keyed script <<<"${runs[$row]}"
+    read -r rps p50 p99 failed <<<"$(measure "$method" "$path" "$keyed" "$script")"
+    echo "$round $row $rps $(in_ms "$p50") $(in_ms "$p99") $failed" >>"$work/rounds"
+  done
+  peak=$(awk -v before="$peak" '/^VmHWM/ {kib = $2; print (kib > before ? kib : before)}' "/proc/$service/status")
+  stop_service
 done
-read -r rps p50 p99 failed <<<"$(measure POST /usage/reservations 0 pairs.lua)"
-ratio=$(awk -v a="$rps" -v b="$ceiling" 'BEGIN {printf "%.1f", 100 * a / b}')
-printf '%-32s %12s %10s %10s %11s%% %8s\n' "reserve+commit (each request)" "$rps" "$p50" "$p99" "$ratio" "$failed"
-echo "reservation pairs/s: $(awk -v a="$rps" 'BEGIN {printf "%.0f", a / 2}')"
-echo "service peak memory: $(peak_memory)"
-stop_service
+
+echo "wrk -t1 -c$connections, ${duration}s a run, $rounds rounds, medians, $users users, $(nproc) cores, release build, RUST_LOG=info"
+python3 - "$work/rounds" <<'PY'
+import statistics, sys
+labels = ["GET /healthz (ceiling)", "GET /usage/today", "POST /usage",
+          "POST /usage (Idempotency-Key)", "reserve+commit (each request)"]
+runs = {}
+for line in open(sys.argv[1]):
+    round_, row, rps, p50, p99, failed = line.split()
+    runs[(int(round_), int(row))] = (float(rps), float(p50[:-2]), float(p99[:-2]), int(failed))
+rounds = sorted({round_ for round_, _ in runs})
+print(f"{'request':32} {'requests/s':>12} {'p50':>9} {'p99':>9} {'of-ceiling':>11} {'range':>14} {'non-2xx':>8}")
+for row, label in enumerate(labels):
+    mine = [runs[(r, row)] for r in rounds]
+    shares = [100 * runs[(r, row)][0] / runs[(r, 0)][0] for r in rounds]
+    median = lambda i: statistics.median(run[i] for run in mine)
+    print(f"{label:32} {median(0):12.0f} {median(1):7.2f}ms {median(2):7.2f}ms "
+          f"{statistics.median(shares):10.1f}% {min(shares):6.1f}-{max(shares):5.1f}% "
+          f"{sum(run[3] for run in mine):8}")
+    if row == 4:
+        print(f"reservation pairs/s: {median(0) / 2:.0f}")
+PY
+echo "service peak memory: $((peak / 1024)) MiB (the highest of the rounds)"
 
 sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || echo /usr/lib/google-cloud-sdk)
 jar=$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
@@ -205,17 +239,6 @@ if ! curl -sf "http://127.0.0.1:$emulator_port/" >/dev/null; then
   tail -n 20 "$work/emulator.log" >&2
   exit 1
 fi
-
-# wrk's latency (850.00us, 1.23ms, 1.02s) in milliseconds.
-in_ms() {
-  awk -v t="$1" 'BEGIN {
-    n = t + 0
-    if (t ~ /us$/) n /= 1000
-    else if (t ~ /[^m]s$/) n *= 1000
-    else if (t ~ /m$/) n *= 60000
-    printf "%.2fms", n
-  }'
-}
 
 # The raw client against the emulator, in project $1, for $2 seconds; prints
 # "records/s p50_ms p99_ms errors".
