@@ -5,8 +5,9 @@
 # On the embedded store it drives GET /healthz (the HTTP ceiling), GET /usage/today,
 # POST /usage without and with an Idempotency-Key, and streamed replies' reservation pairs
 # (reserve, then commit), each once per round (3 rounds by default); it prints each row's median
-# requests/s, p50 and p99 over the rounds, its share of the ceiling (the median of the shares
-# measured in the same round, with their range), and the service's peak memory.
+# requests/s, p50 and p99 over the rounds (and the range of p99), its share of the ceiling (the
+# median of the shares measured in the same round, with their range), and the service's peak
+# memory.
 #
 # Then, on a Firestore emulator, it sets POST /usage {"tokens": 1} beside a raw client:
 # examples/firestore_raw.rs, which sends the store's two RPCs of a record without its cache
@@ -205,14 +206,17 @@ for line in open(sys.argv[1]):
     round_, row, rps, p50, p99, failed = line.split()
     runs[(int(round_), int(row))] = (float(rps), float(p50[:-2]), float(p99[:-2]), int(failed))
 rounds = sorted({round_ for round_, _ in runs})
-print(f"{'request':32} {'requests/s':>12} {'p50':>9} {'p99':>9} {'of-ceiling':>11} {'range':>14} {'non-2xx':>8}")
+print(f"{'request':32} {'requests/s':>11} {'p50':>9} {'p99':>9} {'p99 range':>15} "
+      f"{'of-ceiling':>11} {'range':>13} {'non-2xx':>8}")
 for row, label in enumerate(labels):
     mine = [runs[(r, row)] for r in rounds]
     shares = [100 * runs[(r, row)][0] / runs[(r, 0)][0] for r in rounds]
     median = lambda i: statistics.median(run[i] for run in mine)
-    print(f"{label:32} {median(0):12.0f} {median(1):7.2f}ms {median(2):7.2f}ms "
-          f"{statistics.median(shares):10.1f}% {min(shares):6.1f}-{max(shares):5.1f}% "
-          f"{sum(run[3] for run in mine):8}")
+    p99s = [run[2] for run in mine]
+    p99_range = f"{min(p99s):.2f}-{max(p99s):.2f}ms"
+    share_range = f"{min(shares):.1f}-{max(shares):.1f}%"
+    print(f"{label:32} {median(0):11.0f} {median(1):7.2f}ms {median(2):7.2f}ms {p99_range:>15} "
+          f"{statistics.median(shares):10.1f}% {share_range:>13} {sum(run[3] for run in mine):8}")
     if row == 4:
         print(f"reservation pairs/s: {median(0) / 2:.0f}")
 PY
