@@ -2,7 +2,7 @@
 //! store sends when its cache does not hold the user, one `BatchGetDocuments` of the day and
 //! month documents and one `Commit` that updates both on the condition that neither changed
 //! since (`updateTime`, or `exists: false`), straight from the gRPC client with no HTTP, token
-//! check or decision around them. Each of `--concurrency` tasks loops over users of its own,
+//! check or decision around them. The writes are built as the store builds them. Each of `--concurrency` tasks loops over users of its own,
 //! so no two records of one user overlap, as the service's per-user queue ensures; a refused
 //! commit is read and tried again.
 //!
@@ -24,8 +24,8 @@ use clap::Parser;
 use firestore::gcloud_sdk::google::firestore::v1::precondition::ConditionType;
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use firestore::gcloud_sdk::google::firestore::v1::{
-    BatchGetDocumentsRequest, CommitRequest, Document, DocumentMask, MapValue, Precondition, Value,
-    Write, batch_get_documents_response, write,
+    BatchGetDocumentsRequest, CommitRequest, Document, MapValue, Value, Write,
+    batch_get_documents_response,
 };
 use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::gcloud_sdk::tonic::{self, Code, Status};
@@ -33,6 +33,7 @@ use firestore::{FirestoreDb, FirestoreDbOptions};
 use token_limits::store::queries::{DAILY_COLLECTION, HISTORY_COLLECTION};
 use token_limits::store::{
     FIRESTORE_DAY_FIELDS as DAY_FIELDS, FIRESTORE_MONTH_FIELDS as MONTH_FIELDS,
+    firestore_conditional_update,
 };
 use token_limits::usage::{DailyUsage, MonthlyUsage, UserId};
 
@@ -269,8 +270,8 @@ impl Bench {
         ]);
 
         self.commit(vec![
-            update(day, day_fields, DAY_FIELDS, day_read),
-            update(month, month_fields, MONTH_FIELDS, month_read),
+            firestore_conditional_update(day, day_fields, DAY_FIELDS, as_read(day_read)),
+            firestore_conditional_update(month, month_fields, MONTH_FIELDS, as_read(month_read)),
         ])
         .await
     }
@@ -323,32 +324,14 @@ impl Bench {
     }
 }
 
-/// An update of `mask`, on the condition that the document is still as it was read.
-fn update(
-    name: &str,
-    fields: HashMap<String, Value>,
-    mask: &[&str],
-    as_read: Option<&Document>,
-) -> Write {
-    let condition = match as_read {
+/// The store's condition for a document it read: unchanged since (`updateTime`), or still
+/// absent.
+fn as_read(document: Option<&Document>) -> ConditionType {
+    match document {
         Some(document) => document
             .update_time
             .map_or(ConditionType::Exists(true), ConditionType::UpdateTime),
         None => ConditionType::Exists(false),
-    };
-    Write {
-        operation: Some(write::Operation::Update(Document {
-            name: name.to_owned(),
-            fields,
-            ..Default::default()
-        })),
-        update_mask: Some(DocumentMask {
-            field_paths: mask.iter().map(|field| field.to_string()).collect(),
-        }),
-        current_document: Some(Precondition {
-            condition_type: Some(condition),
-        }),
-        ..Default::default()
     }
 }
 

@@ -10,6 +10,7 @@ mod sqlite;
 pub use self::firestore::{
     DAY_FIELDS as FIRESTORE_DAY_FIELDS, FirestoreSettings, FirestoreStore,
     MONTH_FIELDS as FIRESTORE_MONTH_FIELDS, OperationCounts,
+    conditional_update as firestore_conditional_update,
 };
 pub use instrumented::Instrumented;
 pub use sqlite::SqliteStore;

@@ -728,11 +728,16 @@ impl RecordNames {
             ),
             None => (codec::day_fields(&writes.day), codec::DAY_FIELDS.to_vec()),
         };
-        let mut conditional = vec![update(&self.day, day_fields, &day_mask, conditions.day)];
+        let mut conditional = vec![conditional_update(
+            &self.day,
+            day_fields,
+            &day_mask,
+            conditions.day,
+        )];
         if let (Some(name), Some(month), Some(condition)) =
             (&self.month, &writes.month, &conditions.month)
         {
-            conditional.push(update(
+            conditional.push(conditional_update(
                 name,
                 codec::month_fields(month),
                 codec::MONTH_FIELDS,
@@ -746,7 +751,7 @@ impl RecordNames {
         ) {
             let fields =
                 codec::idempotency_fields(&request.user_id, key.as_str(), record, request.now);
-            conditional.push(update(
+            conditional.push(conditional_update(
                 name,
                 fields,
                 codec::IDEMPOTENCY_FIELDS,
@@ -797,7 +802,7 @@ fn unchanged_since_read(as_read: Option<&Document>) -> ConditionType {
 
 /// An update of the fields this service owns, on `condition`. Fields written by others stay
 /// as they are.
-fn update(
+pub fn conditional_update(
     name: &str,
     fields: codec::Fields,
     owned_fields: &[&str],
