@@ -79,10 +79,15 @@ struct Fields(Vec<(&'static str, Value)>);
 
 impl Fields {
     fn set(&mut self, name: &'static str, value: Value) {
-        match self.0.iter_mut().find(|(known, _)| *known == name) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((name, value)),
-        }
+        set_field(&mut self.0, name, value);
+    }
+}
+
+/// Sets `name` to `value`: in its place if it is there, else last.
+fn set_field<'a, V>(fields: &mut Vec<(&'a str, V)>, name: &'a str, value: V) {
+    match fields.iter_mut().find(|(known, _)| *known == name) {
+        Some(slot) => slot.1 = value,
+        None => fields.push((name, value)),
     }
 }
 
@@ -143,10 +148,7 @@ impl CloudLogging {
     fn line(&self, level: &Level, target: &str, layers: &[Fields]) -> Vec<u8> {
         let mut fields: Vec<(&str, &Value)> = Vec::new();
         for (name, value) in layers.iter().flat_map(|layer| &layer.0) {
-            match fields.iter_mut().find(|(known, _)| known == name) {
-                Some(slot) => slot.1 = value,
-                None => fields.push((name, value)),
-            }
+            set_field(&mut fields, name, value);
         }
         let (http_request, fields): (Vec<_>, Vec<_>) = fields
             .into_iter()
