@@ -2,8 +2,16 @@
 //! their own. Left to itself, SQLite does it inside a commit every 1,000 pages, fsync
 //! included, and every record queued behind that commit waits; a passive checkpoint here runs
 //! beside the writer instead, which keeps only a far larger threshold as a backstop.
+//!
+//! A passive checkpoint never copies the frames the writer commits while it runs, so under
+//! steady load the WAL is never wholly copied and can never start over. Once it is long, the
+//! checkpointer pauses the writer between two groups just long enough to copy the last frames,
+//! so that the next commit writes the WAL from its start again.
 
+use std::fs::File;
+use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -12,27 +20,43 @@ use super::store_error;
 use crate::usage::StoreError;
 
 /// WAL pages at which a commit checkpoints by itself: only if this thread falls far behind.
-pub(super) const BACKSTOP_PAGES: u32 = 10_000;
+pub(super) const BACKSTOP_PAGES: u32 = 16_384;
+
+/// WAL pages past which the checkpointer pauses the writer to let the WAL start over: 16 MiB
+/// at the default page size. Longer, each pause has more to sync; shorter, pauses come often.
+const RESTART_PAGES: i64 = 4_096;
 
 /// The least time between two checkpoints: the pages of many commits are copied at once.
 const INTERVAL: Duration = Duration::from_millis(100);
 
-/// Tells the checkpointer that commits are waiting to be copied; the thread ends when this is
-/// dropped.
+/// Tells the checkpointer that commits are waiting to be copied, and lets it pause the writer
+/// between two groups; the thread ends when this is dropped.
 pub(super) struct Checkpointer {
     pending: SyncSender<()>,
+    gate: Arc<Gate>,
 }
 
 impl Checkpointer {
-    pub(super) fn start(connection: Connection) -> Result<Self, StoreError> {
+    pub(super) fn start(connection: Connection, path: &Path) -> Result<Self, StoreError> {
+        let database = File::open(path).map_err(|e| {
+            StoreError::Internal(format!("cannot open {} to sync it: {e}", path.display()))
+        })?;
         let (pending, waiting) = sync_channel(1);
+        let gate = Arc::new(Gate::default());
+        let thread_gate = gate.clone();
         std::thread::Builder::new()
             .name("sqlite-checkpoint".to_owned())
-            .spawn(move || run(&connection, &waiting))
+            .spawn(move || run(&connection, &database, &waiting, &thread_gate))
             .map_err(|e| {
                 StoreError::Internal(format!("cannot start the sqlite checkpointer: {e}"))
             })?;
-        Ok(Self { pending })
+        Ok(Self { pending, gate })
+    }
+
+    /// Before a group: waits while the checkpointer copies the WAL's last frames. The group
+    /// is written while the returned turn is held.
+    pub(super) fn group_turn(&self) -> GroupTurn<'_> {
+        self.gate.group_turn()
     }
 
     /// After a commit: never blocks, and many commits make one checkpoint. Full, a checkpoint
@@ -42,12 +66,169 @@ impl Checkpointer {
     }
 }
 
-fn run(connection: &Connection, waiting: &Receiver<()>) {
+/// The writer's group in progress; the checkpointer waits for its end.
+pub(super) struct GroupTurn<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for GroupTurn<'_> {
+    fn drop(&mut self) {
+        self.gate.lock().writing = false;
+        self.gate.changed.notify_all();
+    }
+}
+
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    writing: bool,
+    restart_wanted: bool,
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn group_turn(&self) -> GroupTurn<'_> {
+        let mut state = self.lock();
+        while state.restart_wanted {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.writing = true;
+        GroupTurn { gate: self }
+    }
+
+    /// Runs `work` between two of the writer's groups, none beginning meanwhile.
+    fn between_groups<T>(&self, work: impl FnOnce() -> T) -> T {
+        let mut state = self.lock();
+        state.restart_wanted = true;
+        // Made before the wait, so that the writer goes on whatever happens from here.
+        let _resume = Resume { gate: self };
+        while state.writing {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        drop(state);
+        work()
+    }
+}
+
+/// Lets the writer go on when dropped.
+struct Resume<'a> {
+    gate: &'a Gate,
+}
+
+impl Drop for Resume<'_> {
+    fn drop(&mut self) {
+        self.gate.lock().restart_wanted = false;
+        self.gate.changed.notify_all();
+    }
+}
+
+fn run(connection: &Connection, database: &File, waiting: &Receiver<()>, gate: &Gate) {
     while waiting.recv().is_ok() {
-        // A failed checkpoint loses nothing: the pages stay in the WAL for the next one.
-        if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(error = %store_error(error), "a WAL checkpoint failed");
+        if checkpoint(connection).is_some_and(|frames| frames >= RESTART_PAGES) {
+            // What was copied so far reaches the disk before the pause, which then syncs little.
+            let _ = database.sync_data();
+            gate.between_groups(|| checkpoint(connection));
         }
         std::thread::sleep(INTERVAL);
+    }
+}
+
+/// A passive checkpoint; the frames in the WAL, when it ran.
+fn checkpoint(connection: &Connection) -> Option<i64> {
+    // A failed checkpoint loses nothing: the pages stay in the WAL for the next one.
+    match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+        row.get::<_, i64>(1)
+    }) {
+        Ok(frames) => Some(frames),
+        Err(error) => {
+            tracing::warn!(error = %store_error(error), "a WAL checkpoint failed");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    const A_WHILE: Duration = Duration::from_millis(100);
+
+    /// Joins `thread`, failing the test instead of hanging when it does not end.
+    fn join_soon<T>(thread: JoinHandle<T>) -> std::thread::Result<T> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !thread.is_finished() {
+            assert!(Instant::now() < deadline, "the thread is still waiting");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        thread.join()
+    }
+
+    #[test]
+    fn a_pause_waits_for_the_group_in_progress() {
+        let gate = Arc::new(Gate::default());
+        let paused = Arc::new(AtomicBool::new(false));
+        let turn = gate.group_turn();
+        let pause = {
+            let (gate, paused) = (gate.clone(), paused.clone());
+            std::thread::spawn(move || gate.between_groups(|| paused.store(true, Ordering::SeqCst)))
+        };
+        std::thread::sleep(A_WHILE);
+        assert!(!paused.load(Ordering::SeqCst), "paused during a group");
+        drop(turn);
+        join_soon(pause).unwrap();
+        assert!(paused.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn no_group_begins_during_a_pause_and_the_next_one_follows_it() {
+        let gate = Arc::new(Gate::default());
+        let began = Arc::new(AtomicBool::new(false));
+        let group = gate.between_groups(|| {
+            let group = {
+                let (gate, began) = (gate.clone(), began.clone());
+                std::thread::spawn(move || {
+                    let _turn = gate.group_turn();
+                    began.store(true, Ordering::SeqCst);
+                })
+            };
+            std::thread::sleep(A_WHILE);
+            assert!(
+                !began.load(Ordering::SeqCst),
+                "a group began during the pause"
+            );
+            group
+        });
+        join_soon(group).unwrap();
+        assert!(began.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_pause_that_fails_lets_the_writer_go_on() {
+        let gate = Arc::new(Gate::default());
+        let failed = {
+            let gate = gate.clone();
+            std::thread::spawn(move || gate.between_groups(|| panic!("the checkpoint failed")))
+        };
+        assert!(join_soon(failed).is_err());
+        let group = std::thread::spawn(move || drop(gate.group_turn()));
+        join_soon(group).unwrap();
     }
 }

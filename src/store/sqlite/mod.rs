@@ -92,7 +92,7 @@ impl SqliteStore {
             reader: reader::Reader::start(connection)?,
             writer: writer::Writer::start(
                 connect(path).map_err(store_error)?,
-                Checkpointer::start(connect(path).map_err(store_error)?)?,
+                Checkpointer::start(connect(path).map_err(store_error)?, path)?,
             )?,
         })
     }
