@@ -2,9 +2,10 @@
 //! store sends when its cache does not hold the user, one `BatchGetDocuments` of the day and
 //! month documents and one `Commit` that updates both on the condition that neither changed
 //! since (`updateTime`, or `exists: false`), straight from the gRPC client with no HTTP, token
-//! check or decision around them. The writes are built as the store builds them. Each of `--concurrency` tasks loops over users of its own,
-//! so no two records of one user overlap, as the service's per-user queue ensures; a refused
-//! commit is read and tried again.
+//! check or decision around them. The writes and their conditions are built as the store
+//! builds them. Each of `--concurrency` tasks loops over users of its own, so no two records of
+//! one user overlap, as the service's per-user queue ensures; a refused commit is read and
+//! tried again.
 //!
 //! It writes thousands of documents, so it runs against an emulator only:
 //!
@@ -21,7 +22,6 @@ use anyhow::{Context, bail};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use clap::Parser;
-use firestore::gcloud_sdk::google::firestore::v1::precondition::ConditionType;
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use firestore::gcloud_sdk::google::firestore::v1::{
     BatchGetDocumentsRequest, CommitRequest, Document, MapValue, Value, Write,
@@ -33,7 +33,7 @@ use firestore::{FirestoreDb, FirestoreDbOptions};
 use token_limits::store::queries::{DAILY_COLLECTION, HISTORY_COLLECTION};
 use token_limits::store::{
     FIRESTORE_DAY_FIELDS as DAY_FIELDS, FIRESTORE_MONTH_FIELDS as MONTH_FIELDS,
-    firestore_conditional_update,
+    firestore_conditional_update, firestore_unchanged_since_read,
 };
 use token_limits::usage::{DailyUsage, MonthlyUsage, UserId};
 
@@ -270,8 +270,18 @@ impl Bench {
         ]);
 
         self.commit(vec![
-            firestore_conditional_update(day, day_fields, DAY_FIELDS, as_read(day_read)),
-            firestore_conditional_update(month, month_fields, MONTH_FIELDS, as_read(month_read)),
+            firestore_conditional_update(
+                day,
+                day_fields,
+                DAY_FIELDS,
+                firestore_unchanged_since_read(day_read),
+            ),
+            firestore_conditional_update(
+                month,
+                month_fields,
+                MONTH_FIELDS,
+                firestore_unchanged_since_read(month_read),
+            ),
         ])
         .await
     }
@@ -321,17 +331,6 @@ impl Bench {
             .commit(Self::request(request))
             .await
             .map(drop)
-    }
-}
-
-/// The store's condition for a document it read: unchanged since (`updateTime`), or still
-/// absent.
-fn as_read(document: Option<&Document>) -> ConditionType {
-    match document {
-        Some(document) => document
-            .update_time
-            .map_or(ConditionType::Exists(true), ConditionType::UpdateTime),
-        None => ConditionType::Exists(false),
     }
 }
 

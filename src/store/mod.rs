@@ -11,6 +11,7 @@ pub use self::firestore::{
     DAY_FIELDS as FIRESTORE_DAY_FIELDS, FirestoreSettings, FirestoreStore,
     MONTH_FIELDS as FIRESTORE_MONTH_FIELDS, OperationCounts,
     conditional_update as firestore_conditional_update,
+    unchanged_since_read as firestore_unchanged_since_read,
 };
 pub use instrumented::Instrumented;
 pub use sqlite::SqliteStore;

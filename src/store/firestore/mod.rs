@@ -792,7 +792,7 @@ struct CachedRecord {
 }
 
 /// The document is still as read: at the same update time, or still missing.
-fn unchanged_since_read(as_read: Option<&Document>) -> ConditionType {
+pub fn unchanged_since_read(as_read: Option<&Document>) -> ConditionType {
     match as_read.and_then(|document| document.update_time) {
         Some(update_time) => ConditionType::UpdateTime(update_time),
         None if as_read.is_some() => ConditionType::Exists(true),

@@ -73,8 +73,7 @@ pub(super) struct GroupTurn<'a> {
 
 impl Drop for GroupTurn<'_> {
     fn drop(&mut self) {
-        self.gate.lock().writing = false;
-        self.gate.changed.notify_all();
+        self.gate.change(|state| state.writing = false);
     }
 }
 
@@ -95,31 +94,30 @@ impl Gate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The state once `waiting` no longer holds of it.
+    fn wait_while(&self, waiting: impl FnMut(&mut GateState) -> bool) -> MutexGuard<'_, GateState> {
+        self.changed
+            .wait_while(self.lock(), waiting)
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the state and wakes whoever waits on it.
+    fn change(&self, change: impl FnOnce(&mut GateState)) {
+        change(&mut self.lock());
+        self.changed.notify_all();
+    }
+
     fn group_turn(&self) -> GroupTurn<'_> {
-        let mut state = self.lock();
-        while state.restart_wanted {
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        state.writing = true;
+        self.wait_while(|state| state.restart_wanted).writing = true;
         GroupTurn { gate: self }
     }
 
     /// Runs `work` between two of the writer's groups, none beginning meanwhile.
     fn between_groups<T>(&self, work: impl FnOnce() -> T) -> T {
-        let mut state = self.lock();
-        state.restart_wanted = true;
+        self.lock().restart_wanted = true;
         // Made before the wait, so that the writer goes on whatever happens from here.
         let _resume = Resume { gate: self };
-        while state.writing {
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        drop(state);
+        drop(self.wait_while(|state| state.writing));
         work()
     }
 }
@@ -131,8 +129,7 @@ struct Resume<'a> {
 
 impl Drop for Resume<'_> {
     fn drop(&mut self) {
-        self.gate.lock().restart_wanted = false;
-        self.gate.changed.notify_all();
+        self.gate.change(|state| state.restart_wanted = false);
     }
 }
 
