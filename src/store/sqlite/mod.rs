@@ -313,18 +313,20 @@ fn stored_day_from_row(row: &Row<'_>) -> rusqlite::Result<StoredDay> {
 /// Reads the snapshot, plans, and writes what the plan says, inside the caller's transaction
 /// (the writer's savepoint), which makes it all or nothing.
 fn apply_record(connection: &Connection, request: &RecordRequest) -> Result<Recorded, StoreError> {
-    let snapshot = read_snapshot(connection, request)?;
+    // Built once, for the reads and the writes.
+    let (day_id, month_id) = (request.day_id(), request.month_id());
+    let snapshot = read_snapshot(connection, request, &day_id, &month_id)?;
     let plan = request.plan(&snapshot)?;
     if let Some(writes) = &plan.writes {
         write_day(
             connection,
-            &request.day_id(),
+            &day_id,
             &writes.day,
             writes.reservations.as_ref(),
         )
         .map_err(store_error)?;
         if let Some(month) = &writes.month {
-            write_month(connection, &request.month_id(), month).map_err(store_error)?;
+            write_month(connection, &month_id, month).map_err(store_error)?;
         }
         if let (Some(key), Some(record)) = (request.idempotency_key(), &writes.idempotency) {
             write_idempotency(connection, &request.user_id, key, record).map_err(store_error)?;
@@ -333,17 +335,20 @@ fn apply_record(connection: &Connection, request: &RecordRequest) -> Result<Reco
     Ok(plan.applied())
 }
 
-fn read_snapshot(connection: &Connection, request: &RecordRequest) -> Result<Snapshot, StoreError> {
-    let (day_id, month_id) = (request.day_id(), request.month_id());
+fn read_snapshot(
+    connection: &Connection,
+    request: &RecordRequest,
+    day_id: &str,
+    month_id: &str,
+) -> Result<Snapshot, StoreError> {
     let month = if request.reads_month() {
-        read_month(connection, &month_id)
-            .map_err(|e| row_error("token_usage_history", &month_id, e))?
+        read_month(connection, month_id)
+            .map_err(|e| row_error("token_usage_history", month_id, e))?
     } else {
         None
     };
     Ok(Snapshot {
-        day: read_day(connection, &day_id)
-            .map_err(|e| row_error("daily_token_usage", &day_id, e))?,
+        day: read_day(connection, day_id).map_err(|e| row_error("daily_token_usage", day_id, e))?,
         month,
         idempotency: match request.idempotency_key() {
             Some(key) => read_idempotency(connection, &request.user_id, key)
