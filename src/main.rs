@@ -50,10 +50,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// How many tasks a runtime thread runs between two looks at the runtime's shared queue. The
+/// embedded store's writer and reader answer from threads of their own, so every answered
+/// request is woken through that queue, while new requests' sockets fill each thread's own
+/// queue. Tokio's self-tuned interval (a look every 200 µs or so) let answered requests wait
+/// behind new ones: looking every 8th task took 0.17 ms off the p99 of `POST /usage` and added
+/// 6 % to its requests/s (BENCHMARKS.md).
+const SHARED_QUEUE_INTERVAL: u32 = 8;
+
 fn serve(config: Config) -> anyhow::Result<()> {
     let _logging = telemetry::init(config.log_format, config.firestore_project());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .global_queue_interval(SHARED_QUEUE_INTERVAL)
         .build()?;
     runtime.block_on(async {
         let app = Application::build(config).await?;
