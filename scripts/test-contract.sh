@@ -13,7 +13,9 @@ if ! cmp -s "$requirements" "$venv/installed.txt" 2>/dev/null; then
   cp "$requirements" "$venv/installed.txt"
 fi
 
-cargo build --locked --quiet
+# Built as `cargo test` builds it, dev-dependencies' features and all: after the Rust suites
+# nothing is compiled again (`cargo build` would compile six crates a second time).
+cargo test --locked --quiet --no-run
 bin=target/debug/token-limits
 work=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
