@@ -8,7 +8,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    STORED_DAY_COLUMNS, SqliteStore, month_from_row, stored_day_from_row, write_day, write_month,
+    STORED_DAY_COLUMNS, SqliteStore, WRITE_DAY, WRITE_MONTH, month_from_row, stored_day_from_row,
+    write_day, write_month,
 };
 use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
@@ -168,10 +169,17 @@ fn apply(connection: &mut Connection, writes: &[DocumentWrite]) -> rusqlite::Res
             return Ok(Applied::Nothing);
         }
         match &write.change {
-            Change::Put(Document::Day(day)) => {
-                write_day(&transaction, &write.id, &day.usage, Some(&day.reservations))?
-            }
-            Change::Put(Document::Month(month)) => write_month(&transaction, &write.id, month)?,
+            Change::Put(Document::Day(day)) => write_day(
+                &mut *transaction.prepare_cached(WRITE_DAY)?,
+                &write.id,
+                &day.usage,
+                Some(&day.reservations),
+            )?,
+            Change::Put(Document::Month(month)) => write_month(
+                &mut *transaction.prepare_cached(WRITE_MONTH)?,
+                &write.id,
+                month,
+            )?,
             Change::Delete => {
                 transaction
                     .prepare_cached(&format!(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, PrepFlags, Row, Statement, params};
 
 use self::checkpointer::Checkpointer;
 use self::time::{SqlDate, SqlTime};
@@ -153,8 +153,10 @@ impl UsageStore for SqliteStore {
         date: NaiveDate,
     ) -> Result<Option<StoredDay>, StoreError> {
         let id = DailyUsage::document_id(user_id, date);
-        self.with_connection(move |connection| read_day(connection, &id))
-            .await
+        self.with_connection(move |connection| {
+            read_day(&mut *connection.prepare_cached(READ_DAY)?, &id)
+        })
+        .await
     }
 
     async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError> {
@@ -280,9 +282,15 @@ fn cursor_params(page: &PageRequest) -> (Option<i64>, Option<String>) {
 const DAY_COLUMNS: &str =
     "user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at";
 
-/// A day's columns with its reservations, decoded by [`stored_day_from_row`].
-const STORED_DAY_COLUMNS: &str =
-    "user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at, reservations";
+/// A day's columns with its reservations, decoded by [`stored_day_from_row`]; a macro, so that
+/// the statements built of it are constants.
+macro_rules! stored_day_columns {
+    () => {
+        "user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at, reservations"
+    };
+}
+
+const STORED_DAY_COLUMNS: &str = stored_day_columns!();
 
 fn day_from_row(row: &Row<'_>) -> rusqlite::Result<DailyUsage> {
     Ok(DailyUsage {
@@ -310,52 +318,141 @@ fn stored_day_from_row(row: &Row<'_>) -> rusqlite::Result<StoredDay> {
     })
 }
 
-/// Reads the snapshot, plans, and writes what the plan says, inside the caller's transaction
-/// (the writer's savepoint), which makes it all or nothing.
-fn apply_record(connection: &Connection, request: &RecordRequest) -> Result<Recorded, StoreError> {
-    // Built once, for the reads and the writes.
-    let (day_id, month_id) = (request.day_id(), request.month_id());
-    let snapshot = read_snapshot(connection, request, &day_id, &month_id)?;
-    let plan = request.plan(&snapshot)?;
-    if let Some(writes) = &plan.writes {
-        write_day(
-            connection,
-            &day_id,
-            &writes.day,
-            writes.reservations.as_ref(),
-        )
-        .map_err(store_error)?;
-        if let Some(month) = &writes.month {
-            write_month(connection, &month_id, month).map_err(store_error)?;
-        }
-        if let (Some(key), Some(record)) = (request.idempotency_key(), &writes.idempotency) {
-            write_idempotency(connection, &request.user_id, key, record).map_err(store_error)?;
-        }
-    }
-    Ok(plan.applied())
+const READ_DAY: &str = concat!(
+    "SELECT ",
+    stored_day_columns!(),
+    " FROM daily_token_usage WHERE id = ?1"
+);
+
+/// Writes a day's figures and, when `?9` says so, its reservations (`?10`, none stored as
+/// NULL); otherwise the stored ones stay.
+const WRITE_DAY: &str = "INSERT INTO daily_token_usage
+        (id, user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at,
+         reservations)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
+    ON CONFLICT (id) DO UPDATE SET
+        tokens_used = excluded.tokens_used, token_limit = excluded.token_limit,
+        user_type = excluded.user_type, last_updated = excluded.last_updated,
+        reset_at = excluded.reset_at,
+        reservations = CASE WHEN ?9 THEN excluded.reservations ELSE reservations END";
+
+const READ_MONTH: &str = "SELECT * FROM token_usage_history WHERE id = ?1";
+
+const WRITE_MONTH: &str = "INSERT INTO token_usage_history
+        (id, user_id, year, month, daily_usage, total_monthly_tokens, average_daily_usage,
+         peak_usage_date, peak_usage_tokens, user_type, created_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+    ON CONFLICT (id) DO UPDATE SET
+        daily_usage = excluded.daily_usage,
+        total_monthly_tokens = excluded.total_monthly_tokens,
+        average_daily_usage = excluded.average_daily_usage,
+        peak_usage_date = excluded.peak_usage_date,
+        peak_usage_tokens = excluded.peak_usage_tokens,
+        user_type = excluded.user_type, updated_at = excluded.updated_at";
+
+const READ_IDEMPOTENCY: &str = "SELECT fingerprint, response, expires_at FROM idempotency_keys
+    WHERE user_id = ?1 AND key = ?2";
+
+const WRITE_IDEMPOTENCY: &str =
+    "INSERT INTO idempotency_keys (user_id, key, fingerprint, response, expires_at)
+    VALUES (?1, ?2, ?3, ?4, ?5)
+    ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+        response = excluded.response, expires_at = excluded.expires_at";
+
+/// The statements of a record and of its savepoint, prepared once for the writer's connection:
+/// a cached statement is looked up, and its text copied, on every use.
+struct RecordStatements<'conn> {
+    savepoint: Statement<'conn>,
+    rollback_to_savepoint: Statement<'conn>,
+    release_savepoint: Statement<'conn>,
+    read_day: Statement<'conn>,
+    read_month: Statement<'conn>,
+    read_idempotency: Statement<'conn>,
+    write_day: Statement<'conn>,
+    write_month: Statement<'conn>,
+    write_idempotency: Statement<'conn>,
 }
 
-fn read_snapshot(
-    connection: &Connection,
-    request: &RecordRequest,
-    day_id: &str,
-    month_id: &str,
-) -> Result<Snapshot, StoreError> {
-    let month = if request.reads_month() {
-        read_month(connection, month_id)
-            .map_err(|e| row_error("token_usage_history", month_id, e))?
-    } else {
-        None
-    };
-    Ok(Snapshot {
-        day: read_day(connection, day_id).map_err(|e| row_error("daily_token_usage", day_id, e))?,
-        month,
-        idempotency: match request.idempotency_key() {
-            Some(key) => read_idempotency(connection, &request.user_id, key)
-                .map_err(|e| row_error("idempotency_keys", key.as_str(), e))?,
-            None => None,
-        },
-    })
+impl<'conn> RecordStatements<'conn> {
+    fn prepare(connection: &'conn Connection) -> rusqlite::Result<Self> {
+        let prepare =
+            |sql| connection.prepare_with_flags(sql, PrepFlags::SQLITE_PREPARE_PERSISTENT);
+        Ok(Self {
+            savepoint: prepare("SAVEPOINT record")?,
+            rollback_to_savepoint: prepare("ROLLBACK TO record")?,
+            release_savepoint: prepare("RELEASE record")?,
+            read_day: prepare(READ_DAY)?,
+            read_month: prepare(READ_MONTH)?,
+            read_idempotency: prepare(READ_IDEMPOTENCY)?,
+            write_day: prepare(WRITE_DAY)?,
+            write_month: prepare(WRITE_MONTH)?,
+            write_idempotency: prepare(WRITE_IDEMPOTENCY)?,
+        })
+    }
+
+    /// One record in a savepoint: kept when it succeeds, rolled back alone when it fails.
+    fn apply_in_savepoint(
+        &mut self,
+        request: &RecordRequest,
+    ) -> rusqlite::Result<Result<Recorded, StoreError>> {
+        self.savepoint.execute([])?;
+        let answer = self.apply(request);
+        if answer.is_err() {
+            self.rollback_to_savepoint.execute([])?;
+        }
+        self.release_savepoint.execute([])?;
+        Ok(answer)
+    }
+
+    /// Reads the snapshot, plans, and writes what the plan says, inside the savepoint, which
+    /// makes it all or nothing.
+    fn apply(&mut self, request: &RecordRequest) -> Result<Recorded, StoreError> {
+        // Built once, for the reads and the writes.
+        let (day_id, month_id) = (request.day_id(), request.month_id());
+        let snapshot = self.read_snapshot(request, &day_id, &month_id)?;
+        let plan = request.plan(&snapshot)?;
+        if let Some(writes) = &plan.writes {
+            write_day(
+                &mut self.write_day,
+                &day_id,
+                &writes.day,
+                writes.reservations.as_ref(),
+            )
+            .map_err(store_error)?;
+            if let Some(month) = &writes.month {
+                write_month(&mut self.write_month, &month_id, month).map_err(store_error)?;
+            }
+            if let (Some(key), Some(record)) = (request.idempotency_key(), &writes.idempotency) {
+                write_idempotency(&mut self.write_idempotency, &request.user_id, key, record)
+                    .map_err(store_error)?;
+            }
+        }
+        Ok(plan.applied())
+    }
+
+    fn read_snapshot(
+        &mut self,
+        request: &RecordRequest,
+        day_id: &str,
+        month_id: &str,
+    ) -> Result<Snapshot, StoreError> {
+        let month = if request.reads_month() {
+            read_month(&mut self.read_month, month_id)
+                .map_err(|e| row_error("token_usage_history", month_id, e))?
+        } else {
+            None
+        };
+        Ok(Snapshot {
+            day: read_day(&mut self.read_day, day_id)
+                .map_err(|e| row_error("daily_token_usage", day_id, e))?,
+            month,
+            idempotency: match request.idempotency_key() {
+                Some(key) => read_idempotency(&mut self.read_idempotency, &request.user_id, key)
+                    .map_err(|e| row_error("idempotency_keys", key.as_str(), e))?,
+                None => None,
+            },
+        })
+    }
 }
 
 /// A row that does not decode is named, so that an operator can repair it.
@@ -370,19 +467,15 @@ fn row_error(table: &str, id: &str, error: rusqlite::Error) -> StoreError {
     }
 }
 
-fn read_day(connection: &Connection, id: &str) -> rusqlite::Result<Option<StoredDay>> {
-    connection
-        .prepare_cached(&format!(
-            "SELECT {STORED_DAY_COLUMNS} FROM daily_token_usage WHERE id = ?1"
-        ))?
-        .query_row([id], stored_day_from_row)
-        .optional()
+/// Runs [`READ_DAY`].
+fn read_day(statement: &mut Statement<'_>, id: &str) -> rusqlite::Result<Option<StoredDay>> {
+    statement.query_row([id], stored_day_from_row).optional()
 }
 
-/// Writes a day's figures and, when given, its reservations (none stored as NULL); without
-/// them, the stored ones stay.
+/// Runs [`WRITE_DAY`]: a day's figures and, when given, its reservations; without them, the
+/// stored ones stay.
 fn write_day(
-    connection: &Connection,
+    statement: &mut Statement<'_>,
     id: &str,
     day: &DailyUsage,
     reservations: Option<&Reservations>,
@@ -391,18 +484,7 @@ fn write_day(
         .filter(|reservations| !reservations.is_empty())
         .map(to_json)
         .transpose()?;
-    connection
-        .prepare_cached(
-            "INSERT INTO daily_token_usage
-                 (id, user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at,
-                  reservations)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
-             ON CONFLICT (id) DO UPDATE SET
-                 tokens_used = excluded.tokens_used, token_limit = excluded.token_limit,
-                 user_type = excluded.user_type, last_updated = excluded.last_updated,
-                 reset_at = excluded.reset_at,
-                 reservations = CASE WHEN ?9 THEN excluded.reservations ELSE reservations END",
-        )?
+    statement
         .execute(params![
             id,
             day.user_id.as_str(),
@@ -418,11 +500,9 @@ fn write_day(
         .map(drop)
 }
 
-fn read_month(connection: &Connection, id: &str) -> rusqlite::Result<Option<MonthlyUsage>> {
-    connection
-        .prepare_cached("SELECT * FROM token_usage_history WHERE id = ?1")?
-        .query_row([id], month_from_row)
-        .optional()
+/// Runs [`READ_MONTH`].
+fn read_month(statement: &mut Statement<'_>, id: &str) -> rusqlite::Result<Option<MonthlyUsage>> {
+    statement.query_row([id], month_from_row).optional()
 }
 
 /// A month row selected with `SELECT *`: columns by position, in the table's order, which
@@ -446,21 +526,13 @@ fn month_from_row(row: &Row<'_>) -> rusqlite::Result<MonthlyUsage> {
     })
 }
 
-fn write_month(connection: &Connection, id: &str, month: &MonthlyUsage) -> rusqlite::Result<()> {
-    connection
-        .prepare_cached(
-            "INSERT INTO token_usage_history
-                 (id, user_id, year, month, daily_usage, total_monthly_tokens, average_daily_usage,
-                  peak_usage_date, peak_usage_tokens, user_type, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-             ON CONFLICT (id) DO UPDATE SET
-                 daily_usage = excluded.daily_usage,
-                 total_monthly_tokens = excluded.total_monthly_tokens,
-                 average_daily_usage = excluded.average_daily_usage,
-                 peak_usage_date = excluded.peak_usage_date,
-                 peak_usage_tokens = excluded.peak_usage_tokens,
-                 user_type = excluded.user_type, updated_at = excluded.updated_at",
-        )?
+/// Runs [`WRITE_MONTH`].
+fn write_month(
+    statement: &mut Statement<'_>,
+    id: &str,
+    month: &MonthlyUsage,
+) -> rusqlite::Result<()> {
+    statement
         .execute(params![
             id,
             month.user_id.as_str(),
@@ -478,16 +550,13 @@ fn write_month(connection: &Connection, id: &str, month: &MonthlyUsage) -> rusql
         .map(drop)
 }
 
+/// Runs [`READ_IDEMPOTENCY`].
 fn read_idempotency(
-    connection: &Connection,
+    statement: &mut Statement<'_>,
     user_id: &UserId,
     key: &IdempotencyKey,
 ) -> rusqlite::Result<Option<IdempotencyRecord>> {
-    connection
-        .prepare_cached(
-            "SELECT fingerprint, response, expires_at FROM idempotency_keys
-             WHERE user_id = ?1 AND key = ?2",
-        )?
+    statement
         .query_row(params![user_id.as_str(), key.as_str()], |row| {
             let response: String = row.get(1)?;
             Ok(IdempotencyRecord {
@@ -505,19 +574,14 @@ fn read_idempotency(
         .optional()
 }
 
+/// Runs [`WRITE_IDEMPOTENCY`].
 fn write_idempotency(
-    connection: &Connection,
+    statement: &mut Statement<'_>,
     user_id: &UserId,
     key: &IdempotencyKey,
     record: &IdempotencyRecord,
 ) -> rusqlite::Result<()> {
-    connection
-        .prepare_cached(
-            "INSERT INTO idempotency_keys (user_id, key, fingerprint, response, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,
-                 response = excluded.response, expires_at = excluded.expires_at",
-        )?
+    statement
         .execute(params![
             user_id.as_str(),
             key.as_str(),

@@ -8,11 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpointer::{self, Checkpointer};
-use super::{apply_record, store_error};
+use super::{RecordStatements, store_error};
 use crate::metrics::SQLITE_GROUP_COMMIT_SIZE;
 use crate::usage::{RecordRequest, Recorded, StoreError};
 
@@ -46,10 +46,12 @@ impl Writer {
             .pragma_update(None, "wal_autocheckpoint", checkpointer::BACKSTOP_PAGES)
             .map_err(store_error)?;
         let (jobs, queue) = mpsc::channel(QUEUE_CAPACITY);
+        let (started, start) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
-            .spawn(move || run(connection, queue, checkpoints))
+            .spawn(move || run(connection, queue, checkpoints, started))
             .map_err(|e| StoreError::Internal(format!("cannot start the sqlite writer: {e}")))?;
+        start.recv().map_err(|_| stopped())??;
         Ok(Self { jobs })
     }
 
@@ -87,7 +89,23 @@ fn stopped() -> StoreError {
     StoreError::Internal("the sqlite writer stopped".to_owned())
 }
 
-fn run(mut connection: Connection, mut queue: mpsc::Receiver<Job>, checkpoints: Checkpointer) {
+/// The writer thread: answers `started` once its statements are prepared, then applies groups
+/// until every handle is dropped.
+fn run(
+    connection: Connection,
+    mut queue: mpsc::Receiver<Job>,
+    checkpoints: Checkpointer,
+    started: std::sync::mpsc::SyncSender<Result<(), StoreError>>,
+) {
+    let mut statements = match RecordStatements::prepare(&connection) {
+        Ok(statements) => statements,
+        Err(error) => {
+            let _ = started.send(Err(store_error(error)));
+            return;
+        }
+    };
+    // `start` is waiting for this answer.
+    let _ = started.send(Ok(()));
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -98,7 +116,7 @@ fn run(mut connection: Connection, mut queue: mpsc::Receiver<Job>, checkpoints: 
         }
         metrics::histogram!(SQLITE_GROUP_COMMIT_SIZE).record(group.len() as f64);
         let turn = checkpoints.group_turn();
-        let answered = apply_group(&mut connection, group);
+        let answered = apply_group(&connection, &mut statements, group);
         drop(turn);
         checkpoints.committed();
         for (job, answer) in answered {
@@ -109,7 +127,11 @@ fn run(mut connection: Connection, mut queue: mpsc::Receiver<Job>, checkpoints: 
 }
 
 /// Applies the group in one `BEGIN IMMEDIATE` transaction, each record in its savepoint.
-fn apply_group(connection: &mut Connection, group: Vec<Job>) -> Vec<(Job, Answer)> {
+fn apply_group(
+    connection: &Connection,
+    statements: &mut RecordStatements<'_>,
+    group: Vec<Job>,
+) -> Vec<(Job, Answer)> {
     let now = Instant::now();
     // Another process's lock is waited for as long as the latest deadline allows; a record
     // whose own deadline passes meanwhile is then answered unapplied.
@@ -118,9 +140,10 @@ fn apply_group(connection: &mut Connection, group: Vec<Job>) -> Vec<(Job, Answer
         .map(|job| job.deadline.saturating_duration_since(now))
         .max()
         .unwrap_or(Duration::ZERO);
+    // Unchecked only in that it takes the connection shared, as the prepared statements do.
     let transaction = connection
         .busy_timeout(patience)
-        .and_then(|()| connection.transaction_with_behavior(TransactionBehavior::Immediate));
+        .and_then(|()| Transaction::new_unchecked(connection, TransactionBehavior::Immediate));
     let transaction = match transaction {
         Ok(transaction) => transaction,
         Err(error) => {
@@ -139,11 +162,13 @@ fn apply_group(connection: &mut Connection, group: Vec<Job>) -> Vec<(Job, Answer
         let answer = match &unsure {
             Some(error) => Err(error.clone()),
             None if Instant::now() >= job.deadline => Err(late()),
-            None => apply_in_savepoint(&transaction, &job.request).unwrap_or_else(|error| {
-                let error = store_error(error);
-                unsure = Some(error.clone());
-                Err(error)
-            }),
+            None => statements
+                .apply_in_savepoint(&job.request)
+                .unwrap_or_else(|error| {
+                    let error = store_error(error);
+                    unsure = Some(error.clone());
+                    Err(error)
+                }),
         };
         answered.push((job, answer));
     }
@@ -160,25 +185,6 @@ fn apply_group(connection: &mut Connection, group: Vec<Job>) -> Vec<(Job, Answer
             .map(|(job, answer)| (job, answer.and_then(|_| Err(error.clone()))))
             .collect(),
     }
-}
-
-/// One record in a savepoint: kept when it succeeds, rolled back alone when it fails. The
-/// savepoint statements are prepared once, not parsed for every record.
-fn apply_in_savepoint(
-    connection: &Connection,
-    request: &RecordRequest,
-) -> rusqlite::Result<Answer> {
-    execute_cached(connection, "SAVEPOINT record")?;
-    let answer = apply_record(connection, request);
-    if answer.is_err() {
-        execute_cached(connection, "ROLLBACK TO record")?;
-    }
-    execute_cached(connection, "RELEASE record")?;
-    Ok(answer)
-}
-
-fn execute_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
-    connection.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 #[cfg(test)]
