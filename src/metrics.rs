@@ -26,6 +26,7 @@ pub const STORE_RETRIES: &str = "token_limits_store_retries_total";
 pub const STORE_LOST_ANSWERS: &str = "token_limits_store_lost_commit_answers_total";
 pub const STORE_UNKNOWN_OUTCOMES: &str = "token_limits_store_unknown_outcomes_total";
 pub const SQLITE_GROUP_COMMIT_SIZE: &str = "token_limits_sqlite_group_commit_size";
+pub const SQLITE_WAL_RESTART_PAUSE: &str = "token_limits_sqlite_wal_restart_pause_seconds";
 pub const FIRESTORE_RPCS: &str = "token_limits_firestore_rpcs_total";
 pub const FIRESTORE_READS: &str = "token_limits_firestore_document_reads_total";
 pub const FIRESTORE_WRITES: &str = "token_limits_firestore_document_writes_total";
@@ -188,6 +189,11 @@ fn describe() {
     describe_histogram!(
         SQLITE_GROUP_COMMIT_SIZE,
         "Records applied by one transaction of the embedded store's writer"
+    );
+    describe_histogram!(
+        SQLITE_WAL_RESTART_PAUSE,
+        Unit::Seconds,
+        "Time the embedded store's writer was held between two groups so that the WAL could start over"
     );
     describe_counter!(FIRESTORE_RPCS, "Calls to Firestore");
     describe_counter!(FIRESTORE_READS, "Firestore documents read (billed reads)");

@@ -5,18 +5,20 @@
 //!
 //! A passive checkpoint never copies the frames the writer commits while it runs, so under
 //! steady load the WAL is never wholly copied and can never start over. Once it is long, the
-//! checkpointer pauses the writer between two groups just long enough to copy the last frames,
-//! so that the next commit writes the WAL from its start again.
+//! checkpointer catches up, copying and syncing in a few rounds what the writer committed
+//! meanwhile, then pauses the writer between two groups just long enough to copy and sync the
+//! last few frames, so that the next commit writes the WAL from its start again.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
 use super::store_error;
+use crate::metrics::SQLITE_WAL_RESTART_PAUSE;
 use crate::usage::StoreError;
 
 /// WAL pages at which a commit checkpoints by itself: only if this thread falls far behind.
@@ -28,6 +30,14 @@ const RESTART_PAGES: i64 = 4_096;
 
 /// The least time between two checkpoints: the pages of many commits are copied at once.
 const INTERVAL: Duration = Duration::from_millis(100);
+
+/// The most checkpoints that catch up with the writer before a pause. Each copies what was
+/// committed during the one before, so each has less to copy than the last.
+const CATCH_UP_ROUNDS: usize = 4;
+
+/// Few enough new frames for the pause to copy: its syncs then cost little more than a sync
+/// of nothing does.
+const FEW_FRAMES: i64 = 64;
 
 /// Tells the checkpointer that commits are waiting to be copied, and lets it pause the writer
 /// between two groups; the thread ends when this is dropped.
@@ -135,15 +145,48 @@ impl Drop for Resume<'_> {
 
 fn run(connection: &Connection, database: &File, waiting: &Receiver<()>, gate: &Gate) {
     while waiting.recv().is_ok() {
-        if checkpoint(connection).is_some_and(|frames| frames >= RESTART_PAGES) {
-            // What was copied so far reaches the disk before the pause, which then syncs little.
-            // Failed, it loses nothing: the pause's checkpoint syncs the file itself.
-            if let Err(error) = database.sync_data() {
-                tracing::warn!(%error, "syncing the database file before a WAL restart failed");
-            }
-            gate.between_groups(|| checkpoint(connection));
+        if let Some(frames) = checkpoint(connection).filter(|frames| *frames >= RESTART_PAGES) {
+            catch_up(connection, database, frames);
+            gate.between_groups(|| {
+                let paused = Instant::now();
+                checkpoint(connection);
+                metrics::histogram!(SQLITE_WAL_RESTART_PAUSE).record(paused.elapsed());
+            });
         }
         std::thread::sleep(INTERVAL);
+    }
+}
+
+/// Before a pause, brings the database file close to the WAL's end, synced, so that the pause
+/// copies and syncs only the last few frames: without it, the pause would take in everything
+/// committed since the last checkpoint began, and the writer would wait for its sync.
+/// `frames`: the WAL's frames when the last checkpoint ran.
+fn catch_up(connection: &Connection, database: &File, mut frames: i64) {
+    if !sync(database) {
+        return;
+    }
+    for _ in 0..CATCH_UP_ROUNDS {
+        let Some(now) = checkpoint(connection) else {
+            return;
+        };
+        // Negative when the WAL started over meanwhile: then nothing is left to catch up.
+        let committed_meanwhile = now - frames;
+        frames = now;
+        if !sync(database) || committed_meanwhile <= FEW_FRAMES {
+            return;
+        }
+    }
+}
+
+/// Syncs what the checkpoints copied into the database file. Failed, it loses nothing: the
+/// pause's checkpoint syncs the file itself.
+fn sync(database: &File) -> bool {
+    match database.sync_data() {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(%error, "syncing the database file before a WAL restart failed");
+            false
+        }
     }
 }
 

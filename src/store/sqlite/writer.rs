@@ -297,10 +297,23 @@ mod tests {
         assert!(store.day(&user, date).await.unwrap().is_none());
     }
 
+    /// The writer's pauses for a WAL restart counted so far, by every store of this process.
+    fn restart_pauses() -> u64 {
+        let registry = crate::metrics::registry().unwrap();
+        let count = format!("{}_count ", crate::metrics::SQLITE_WAL_RESTART_PAUSE);
+        registry
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&count))
+            .map_or(0, |value| value.parse().unwrap())
+    }
+
     /// Steady records that never let the writer rest: the WAL still starts over near the
-    /// checkpointer's threshold instead of growing to the backstop.
+    /// checkpointer's threshold instead of growing to the backstop, each time in a pause of
+    /// the writer that the metrics show.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_writes_that_never_stop() {
+        let pauses_before = restart_pauses();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("usage.db")).unwrap());
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -326,5 +339,6 @@ mod tests {
             wal < u64::from(checkpointer::BACKSTOP_PAGES) * frame,
             "the WAL grew to {wal} bytes"
         );
+        assert!(restart_pauses() > pauses_before, "no pause was counted");
     }
 }
