@@ -33,7 +33,8 @@ impl Reader {
         Ok(Self { jobs })
     }
 
-    /// Runs `work` on the connection, after the work queued before it.
+    /// Runs `work` on the connection, after the work queued before it, unless the returned
+    /// future is dropped before its turn.
     pub(super) async fn run<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -41,8 +42,11 @@ impl Reader {
     {
         let (answer, answered) = oneshot::channel();
         let job: Work = Box::new(move |connection| {
-            // The caller may have stopped waiting.
-            let _ = answer.send(work(connection));
+            // A caller that stopped waiting (its request answered at its deadline) has its
+            // read skipped, so that reads nobody waits for do not hold up the ones behind.
+            if !answer.is_closed() {
+                let _ = answer.send(work(connection));
+            }
         });
         self.jobs.send(job).await.map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?.map_err(store_error)
@@ -51,4 +55,50 @@ impl Reader {
 
 fn stopped() -> StoreError {
     StoreError::Internal("the sqlite reader stopped".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_whose_caller_gave_up_is_skipped() {
+        let reader = Reader::start(Connection::open_in_memory().unwrap()).unwrap();
+        let (unblock, blocked) = std::sync::mpsc::channel::<()>();
+        let (started, running) = oneshot::channel();
+        let busy = tokio::spawn({
+            let reader = reader.clone();
+            async move {
+                reader
+                    .run(move |_| {
+                        let _ = started.send(());
+                        let _ = blocked.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        running.await.unwrap();
+        let ran = Arc::new(AtomicBool::new(false));
+        let abandoned = reader.run({
+            let ran = ran.clone();
+            move |_| {
+                ran.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), abandoned)
+                .await
+                .is_err()
+        );
+        unblock.send(()).unwrap();
+        busy.await.unwrap().unwrap();
+        reader.run(|_| Ok(())).await.unwrap();
+        assert!(!ran.load(Ordering::SeqCst), "a read nobody waited for ran");
+    }
 }
