@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use token_limits::store::{FirestoreSettings, FirestoreStore, OperationCounts, SqliteStore};
 use token_limits::usage::{
-    Action, DayWindow, Fingerprint, IdempotencyKey, Limits, RecordOutcome, RecordRequest,
+    Action, DayWindow, Deadline, Fingerprint, IdempotencyKey, Limits, RecordOutcome, RecordRequest,
     ReservationId, StoreError, Tokens, UsageStore, UserId, UserType,
 };
 use tokio::task::JoinSet;
@@ -32,8 +32,8 @@ const LIMITS: Limits = Limits {
     subscribed: 100_000,
 };
 
-/// The production store deadline: half of the default 10 s request timeout.
-const DEADLINE: Duration = Duration::from_secs(5);
+/// The production request timeout, `REQUEST_TIMEOUT_SECS`'s default.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The service's default document cache.
 const CACHE_BYTES: u64 = 32 << 20;
@@ -197,7 +197,6 @@ async fn connect_with_cache(
         project_id: project.to_owned(),
         database_id: "(default)".to_owned(),
         emulator_host: Some(emulator.host()),
-        deadline: DEADLINE,
         cache_bytes,
     })
     .await
@@ -283,7 +282,9 @@ async fn timed_pair(store: &dyn UsageStore, moment: &Moment, user: &UserId) -> S
 
 async fn timed_record(store: &dyn UsageStore, request: RecordRequest) -> Sample {
     let started = Instant::now();
-    let answer = store.record(request, Instant::now() + DEADLINE).await;
+    let answer = store
+        .record(request, Deadline::from_now(REQUEST_TIMEOUT))
+        .await;
     (started.elapsed(), answer.map(|recorded| recorded.outcome))
 }
 
@@ -996,8 +997,8 @@ async fn contention(emulator: &Emulator, moment: Moment) -> bool {
     println!("## 4. Contention: one user, {INSTANCES} instances\n");
     println!(
         "Per round, {CONTENTION_RECORDS} records of {CONTENTION_TOKENS} tokens at once for one \
-         new user, round-robin over {INSTANCES} instances (a client each), store deadline \
-         {DEADLINE:?}. Definitive = admitted or denied; an error is what the service answers \
+         new user, round-robin over {INSTANCES} instances (a client each), request timeout \
+         {REQUEST_TIMEOUT:?}. Definitive = admitted or denied; an error is what the service answers \
          503. Stored = the day and month documents hold exactly the admitted tokens.\n"
     );
     let project = emulator::unique_project("bench-contention");

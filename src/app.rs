@@ -90,7 +90,6 @@ impl Application {
                     project_id: config.firestore_project().to_owned(),
                     database_id: config.store.firestore_database.clone(),
                     emulator_host: config.store.firestore_emulator_host.clone(),
-                    deadline: config.store_deadline(),
                     cache_bytes: config.firestore_cache_bytes(),
                 })
                 .await?,
@@ -126,7 +125,6 @@ impl Application {
                 UsageSettings {
                     limits: config.limits,
                     zone: config.reset_timezone,
-                    store_budget: config.store_deadline(),
                     reservations: config.reservation_rules(),
                 },
                 clock,

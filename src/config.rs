@@ -127,7 +127,8 @@ pub struct Config {
     #[arg(long, env = "USER_TYPE_CACHE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub user_type_cache_secs: u64,
 
-    /// Seconds a request may take before it is answered 503.
+    /// Seconds a request may take, from its arrival to its answer. Writes may begin in the
+    /// first three quarters; the last quarter is for their outcome to arrive.
     #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_secs: u64,
 
@@ -271,12 +272,6 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
-    }
-
-    /// How long a store may keep retrying one request: half the request timeout, so that a
-    /// contended or unreachable store is answered 503 well before the request times out.
-    pub fn store_deadline(&self) -> Duration {
-        self.request_timeout() / 2
     }
 
     pub fn firestore_project(&self) -> &str {

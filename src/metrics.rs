@@ -12,6 +12,7 @@ use crate::usage::UserType;
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
+pub const HTTP_DEADLINE_OVERRUNS: &str = "http_deadline_overruns_total";
 pub const DECISIONS: &str = "token_limits_decisions_total";
 pub const TOKENS: &str = "token_limits_tokens_total";
 pub const TOKENS_BY_HOUR: &str = "token_limits_admitted_tokens_by_hour_total";
@@ -114,6 +115,7 @@ fn start_at_zero() {
         metrics::counter!(DIRECTORY_LOOKUPS, "result" => result).absolute(0);
     }
     for name in [
+        HTTP_DEADLINE_OVERRUNS,
         STORE_LOST_ANSWERS,
         STORE_UNKNOWN_OUTCOMES,
         FIRESTORE_RPCS,
@@ -136,6 +138,10 @@ fn describe() {
         "Time to answer an HTTP request, by route and method"
     );
     describe_gauge!(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being answered now");
+    describe_counter!(
+        HTTP_DEADLINE_OVERRUNS,
+        "HTTP requests still running at their deadline, answered 503 by the backstop (a fault: every step keeps to the deadline)"
+    );
     describe_counter!(
         DECISIONS,
         "Recorded requests by outcome (admitted, denied, replayed, key_reused) and user type"

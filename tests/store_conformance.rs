@@ -11,11 +11,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{Value, json};
-use std::time::Instant;
-
 use token_limits::store::{FirestoreSettings, FirestoreStore, SqliteStore};
 use token_limits::usage::{
-    Action, DailyUsage, DayWindow, Fingerprint, IdempotencyKey, Limits, MonthlyUsage,
+    Action, DailyUsage, DayWindow, Deadline, Fingerprint, IdempotencyKey, Limits, MonthlyUsage,
     RecordOutcome, RecordRequest, ReservationId, StoredAnswer, Tokens, UsageStore, UserId,
     UserType,
 };
@@ -73,7 +71,7 @@ fn keyed(mut request: RecordRequest, key: &str) -> RecordRequest {
 }
 
 async fn record(store: &dyn UsageStore, request: RecordRequest) -> RecordOutcome {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Deadline::from_now(Duration::from_secs(5));
     store.record(request, deadline).await.unwrap().outcome
 }
 
@@ -444,7 +442,7 @@ async fn a_hold_is_stored_and_frees_its_tokens_when_it_expires(h: &impl Harness)
             .is_empty()
     );
     // Past the commit grace, the next write of the day drops it and says so.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Deadline::from_now(Duration::from_secs(5));
     let dropping = request("alice", 1, UserType::Trial, "2024-01-15T10:10:30Z");
     let recorded = store.record(dropping, deadline).await.unwrap();
     assert_eq!(recorded.expired_holds.len(), 1);
@@ -643,7 +641,6 @@ impl Firestore {
             project_id: project.to_owned(),
             database_id: "(default)".to_owned(),
             emulator_host: Some(emulator.host()),
-            deadline: Duration::from_secs(5),
             cache_bytes,
         })
         .await

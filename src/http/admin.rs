@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::deadline::RequestDeadline;
 use super::error::ErrorEnvelope;
 use super::extract::AppQuery;
 use super::page_token;
@@ -16,7 +17,7 @@ use super::params::{Admin, Limit, Month, Months, MonthsQuery, ReportDate, Year};
 use super::usage::UsageView;
 use super::{ApiError, AppState};
 use crate::usage::{
-    MonthlyUsage, PageCursor, PageRequest, Subject, TypeSource, UsageTotals, UserId, UserType,
+    MonthlyUsage, PageCursor, PageRequest, PlanSource, UsageTotals, UserId, UserType,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -142,9 +143,33 @@ async fn monthly(
 
 /// One user's day and months, as the dashboard drills down.
 #[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 struct UserUsage {
     today: UsageView,
+    /// Where today's plan (`userType`, `tokenLimit`) was learned.
+    plan_source: PlanSourceView,
     history: Vec<MonthlyUsage>,
+}
+
+/// `directory`: Firebase Auth, as the user's next request is judged. When it cannot be
+/// reached: `stored`, the plan stored with the user's latest usage, or `default` when nothing
+/// is stored.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum PlanSourceView {
+    Directory,
+    Stored,
+    Default,
+}
+
+impl From<PlanSource> for PlanSourceView {
+    fn from(source: PlanSource) -> Self {
+        match source {
+            PlanSource::Directory => Self::Directory,
+            PlanSource::Stored => Self::Stored,
+            PlanSource::Default => Self::Default,
+        }
+    }
 }
 
 /// One user's usage today and their latest months.
@@ -165,6 +190,7 @@ struct UserUsage {
 )]
 async fn user_usage(
     State(state): State<AppState>,
+    RequestDeadline(deadline): RequestDeadline,
     _: Admin,
     Path(user_id): Path<String>,
     AppQuery(query): AppQuery<MonthsQuery>,
@@ -172,18 +198,11 @@ async fn user_usage(
     let user_id =
         UserId::parse(&user_id).map_err(|e| ApiError::InvalidUserId(format!("userId: {e}")))?;
     let months = Months::or_default(query.months);
-    // The user's plan as the directory knows it: what their next request is judged by.
-    let subject = Subject {
-        user_id,
-        user_type: TypeSource::Directory,
-    };
-    let (today, history) = tokio::try_join!(
-        state.usage.today(&subject),
-        state.usage.history(&subject.user_id, months),
-    )?;
+    let report = state.usage.user_report(&user_id, months, deadline).await?;
     Ok(Json(UserUsage {
-        today: today.into(),
-        history,
+        today: report.today.into(),
+        plan_source: report.plan_source.into(),
+        history: report.history,
     }))
 }
 

@@ -6,11 +6,13 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
+use super::deadline::deadline_of;
 use super::{ApiError, AppState};
-use crate::auth::Principal;
+use crate::auth::{AuthError, Principal};
 
 /// A JSON body; malformed or mistyped bodies are 400 naming the field, a missing JSON content
-/// type is 415, and an oversized body is 413.
+/// type is 415, and an oversized body is 413. A body still arriving at the request's deadline
+/// is 503: nothing was recorded.
 pub struct AppJson<T>(pub T);
 
 impl<T, S> FromRequest<S> for AppJson<T>
@@ -21,9 +23,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let deadline = deadline_of(request.extensions())?;
+        let body = axum::Json::<T>::from_request(request, state);
+        match tokio::time::timeout_at(deadline.work_until().into(), body).await {
+            Ok(Ok(axum::Json(value))) => Ok(Self(value)),
+            Ok(Err(rejection)) => Err(json_rejection(rejection)),
+            Err(_) => {
+                tracing::warn!("the request body did not arrive before the deadline");
+                Err(ApiError::Unavailable)
+            }
         }
     }
 }
@@ -54,7 +62,8 @@ where
     }
 }
 
-/// The caller, from `Authorization: Bearer <Firebase ID token>`.
+/// The caller, from `Authorization: Bearer <Firebase ID token>`. A check still waiting for
+/// the signing keys at the request's deadline is 503.
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
@@ -62,8 +71,13 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        let deadline = deadline_of(&parts.extensions)?;
         let token = bearer_token(&parts.headers).ok_or(ApiError::Unauthenticated)?;
-        Ok(state.verifier.verify(token).await?)
+        let verified = state.verifier.verify(token);
+        match tokio::time::timeout_at(deadline.work_until().into(), verified).await {
+            Ok(principal) => Ok(principal?),
+            Err(_) => Err(AuthError::KeysUnavailable.into()),
+        }
     }
 }
 

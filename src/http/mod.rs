@@ -1,6 +1,7 @@
 //! The HTTP edge: the router, its layers, and one module per resource.
 
 mod admin;
+mod deadline;
 mod docs;
 mod error;
 mod extract;
@@ -18,10 +19,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Extension};
-use axum::http::{HeaderName, Method, StatusCode, header};
+use axum::http::{HeaderName, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -82,9 +82,9 @@ pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .with_state(state)
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
+        .layer(axum::middleware::from_fn_with_state(
             edge.request_timeout,
+            deadline::within_deadline,
         ))
         .layer(axum::middleware::map_response(error::json_errors));
     if !edge.cors_allowed_origins.is_empty() {

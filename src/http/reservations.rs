@@ -10,6 +10,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::deadline::RequestDeadline;
 use super::error::{ErrorBody, ErrorEnvelope};
 use super::extract::{AppJson, AppQuery};
 use super::params::{Caller, IdempotencyKeyHeader};
@@ -165,6 +166,7 @@ impl ReservationAnswer {
 )]
 async fn reserve(
     State(state): State<AppState>,
+    RequestDeadline(deadline): RequestDeadline,
     caller: Caller,
     IdempotencyKeyHeader(idempotency_key): IdempotencyKeyHeader,
     AppJson(body): AppJson<ReserveBody>,
@@ -186,7 +188,7 @@ async fn reserve(
     let subject = subject(&caller, body.user_id, body.user_type)?;
     let outcome = state
         .usage
-        .reserve(subject, tokens, ttl, idempotency_key)
+        .reserve(subject, tokens, ttl, idempotency_key, deadline)
         .await?;
     Ok(match outcome {
         RecordOutcome::Reserved(reservation, standing) => created(reservation, standing),
@@ -242,6 +244,7 @@ fn created(reservation: Reservation, standing: Standing) -> Response {
 )]
 async fn commit(
     State(state): State<AppState>,
+    RequestDeadline(deadline): RequestDeadline,
     caller: Caller,
     Path(id): Path<String>,
     AppJson(body): AppJson<CommitBody>,
@@ -249,7 +252,7 @@ async fn commit(
     let tokens = state.tokens(body.tokens)?;
     let owner = owner(&caller, body.user_id)?;
     let id = ReservationId::parse(&id).map_err(|_| ApiError::ReservationNotFound)?;
-    let outcome = state.usage.commit(owner, id, tokens).await?;
+    let outcome = state.usage.commit(owner, id, tokens, deadline).await?;
     settled(outcome)
 }
 
@@ -276,13 +279,14 @@ async fn commit(
 )]
 async fn release(
     State(state): State<AppState>,
+    RequestDeadline(deadline): RequestDeadline,
     caller: Caller,
     Path(id): Path<String>,
     AppQuery(query): AppQuery<OwnerQuery>,
 ) -> Result<Response, ApiError> {
     let owner = owner(&caller, query.user_id)?;
     let id = ReservationId::parse(&id).map_err(|_| ApiError::ReservationNotFound)?;
-    let outcome = state.usage.release(owner, id).await?;
+    let outcome = state.usage.release(owner, id, deadline).await?;
     settled(outcome)
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::deadline::RequestDeadline;
 use super::error::{ErrorBody, ErrorEnvelope};
 use super::extract::{AppJson, AppQuery};
 use super::params::{Caller, IdempotencyKeyHeader, Months, MonthsQuery};
@@ -113,13 +114,17 @@ pub(super) struct RecordAnswer {
 )]
 async fn record(
     State(state): State<AppState>,
+    RequestDeadline(deadline): RequestDeadline,
     caller: Caller,
     IdempotencyKeyHeader(idempotency_key): IdempotencyKeyHeader,
     AppJson(body): AppJson<RecordBody>,
 ) -> Result<Response, ApiError> {
     let tokens = state.tokens(body.tokens)?;
     let subject = subject(&caller, body.user_id, body.user_type)?;
-    let outcome = state.usage.record(subject, tokens, idempotency_key).await?;
+    let outcome = state
+        .usage
+        .record(subject, tokens, idempotency_key, deadline)
+        .await?;
     Ok(match outcome {
         RecordOutcome::Admitted(standing) => admitted(standing).into_response(),
         RecordOutcome::Replayed(StoredAnswer::Recorded(standing)) => {
@@ -237,12 +242,16 @@ pub(super) fn refused_429(standing: Standing, error: ErrorBody, retry_after_secs
     ),
     security(("bearer" = []))
 )]
-async fn today(State(state): State<AppState>, caller: Caller) -> Result<Json<UsageView>, ApiError> {
+async fn today(
+    State(state): State<AppState>,
+    RequestDeadline(deadline): RequestDeadline,
+    caller: Caller,
+) -> Result<Json<UsageView>, ApiError> {
     let subject = Subject {
         user_type: TypeSource::OwnToken(caller.principal.user_type),
         user_id: caller.user_id,
     };
-    Ok(Json(state.usage.today(&subject).await?.into()))
+    Ok(Json(state.usage.today(&subject, deadline).await?.into()))
 }
 
 /// The caller's months, newest first.

@@ -36,9 +36,6 @@ use crate::usage::StoreError;
 /// How many documents one page of a scan holds.
 const PAGE_SIZE: u32 = 500;
 
-/// How long a lifecycle command lets one store operation keep retrying.
-const STORE_DEADLINE: Duration = Duration::from_secs(30);
-
 /// The lifecycle commands, as subcommands of the binary.
 #[derive(Debug, clap::Subcommand)]
 pub enum LifecycleCommand {
@@ -95,7 +92,6 @@ pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn DocumentStore>, St
                 project_id: settings.firestore_project().to_owned(),
                 database_id: settings.firestore_database.clone(),
                 emulator_host: settings.firestore_emulator_host.clone(),
-                deadline: STORE_DEADLINE,
                 // Maintenance reads and writes whole collections once: nothing to reuse.
                 cache_bytes: 0,
             })

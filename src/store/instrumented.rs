@@ -8,8 +8,8 @@ use chrono::NaiveDate;
 
 use crate::metrics::{STORE_OPERATION_DURATION, STORE_OPERATIONS};
 use crate::usage::{
-    DailySummary, DailyUsage, MonthlyUsage, Page, PageRequest, RecordRequest, Recorded, StoreError,
-    StoredDay, UsageStore, UserId, UserType,
+    DailySummary, DailyUsage, Deadline, MonthlyUsage, Page, PageRequest, RecordRequest, Recorded,
+    StoreError, StoredDay, UsageStore, UserId, UserType,
 };
 
 pub struct Instrumented<S> {
@@ -50,7 +50,7 @@ impl<S: UsageStore> UsageStore for Instrumented<S> {
     async fn record(
         &self,
         request: RecordRequest,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Recorded, StoreError> {
         self.measure("record", self.store.record(request, deadline))
             .await

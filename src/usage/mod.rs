@@ -2,6 +2,7 @@
 //! record plan, and the ports the adapters implement (the store, the user directory).
 
 mod clock;
+mod deadline;
 mod decision;
 mod directory;
 mod idempotency;
@@ -14,6 +15,7 @@ mod user_type;
 mod window;
 
 pub use clock::{Clock, SystemClock};
+pub use deadline::Deadline;
 pub use decision::{Decision, DecisionError, DecisionInput, decide};
 pub use directory::{DirectoryError, OfflineDirectory, UserDirectory};
 pub use idempotency::{
@@ -28,7 +30,9 @@ pub use reservation::{
     MAX_ENTRIES_PER_DAY, Reservation, ReservationEntry, ReservationId, ReservationRules,
     Reservations, Settlement, StoredEntry, UnknownReservationId,
 };
-pub use service::{Subject, TypeSource, UsageError, UsageService, UsageSettings};
+pub use service::{
+    PlanSource, Subject, TypeSource, UsageError, UsageService, UsageSettings, UserReport,
+};
 pub use store::{
     DailySummary, Page, PageCursor, PageRequest, ReportItem, StoreError, UsageStore, UsageTotals,
 };

@@ -1,16 +1,14 @@
 //! The usage service: resolves whose plan applies, works out the window, the limits and the
 //! clock, then asks the store.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use chrono::{DateTime, NaiveDate, SubsecRound, Timelike, Utc};
 use chrono_tz::Tz;
+use std::sync::Arc;
 
 use super::{
-    Action, Clock, DailySummary, DailyUsage, DayWindow, DirectoryError, Fingerprint,
+    Action, Clock, DailySummary, DailyUsage, DayWindow, Deadline, DirectoryError, Fingerprint,
     IdempotencyKey, Limits, MonthlyUsage, Page, PageRequest, RecordOutcome, RecordRequest,
-    Recorded, ReservationId, ReservationRules, Settlement, Standing, StoreError, Tokens,
+    Recorded, ReservationId, ReservationRules, Settlement, Standing, StoreError, StoredDay, Tokens,
     UsageStore, UserDirectory, UserId, UserType,
 };
 use crate::metrics::{
@@ -46,6 +44,25 @@ impl Subject {
     }
 }
 
+/// Where the plan a user's report shows was learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlanSource {
+    /// The user directory: the plan the user's next request is judged by.
+    Directory,
+    /// The directory did not answer: the plan stored with the user's latest usage.
+    Stored,
+    /// The directory did not answer and nothing is stored for the user: the default plan.
+    Default,
+}
+
+/// One user's report: the day as it stands, where its plan was learned, and the latest months.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserReport {
+    pub today: Standing,
+    pub plan_source: PlanSource,
+    pub history: Vec<MonthlyUsage>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
     #[error(transparent)]
@@ -59,8 +76,6 @@ pub enum UsageError {
 pub struct UsageSettings {
     pub limits: Limits,
     pub zone: Tz,
-    /// How long a record may keep trying the store before it answers 503.
-    pub store_budget: Duration,
     pub reservations: ReservationRules,
 }
 
@@ -95,7 +110,8 @@ impl UsageService {
         self.settings.reservations
     }
 
-    /// The request for `action` on the day of `window`, handed to the store with a deadline.
+    /// The request for `action` on the day of `window`, handed to the store with the request's
+    /// deadline.
     async fn apply(
         &self,
         user_id: UserId,
@@ -103,8 +119,8 @@ impl UsageService {
         window: DayWindow,
         now: DateTime<Utc>,
         idempotency: Option<(IdempotencyKey, Fingerprint)>,
+        deadline: Deadline,
     ) -> Result<Recorded, StoreError> {
-        let deadline = Instant::now() + self.settings.store_budget;
         let request = RecordRequest {
             user_id,
             action,
@@ -118,11 +134,22 @@ impl UsageService {
     }
 
     /// The plan that applies to `subject` now: the one place it is decided, for the record
-    /// and for every view of the user's day alike.
-    async fn user_type(&self, subject: &Subject) -> Result<UserType, UsageError> {
+    /// and for every view of the user's day alike. The directory has until the deadline.
+    async fn user_type(
+        &self,
+        subject: &Subject,
+        deadline: Deadline,
+    ) -> Result<UserType, UsageError> {
         Ok(match subject.user_type {
             TypeSource::OwnToken(user_type) | TypeSource::Stated(user_type) => user_type,
-            TypeSource::Directory => self.directory.user_type(&subject.user_id).await?,
+            TypeSource::Directory => tokio::time::timeout_at(
+                deadline.work_until().into(),
+                self.directory.user_type(&subject.user_id),
+            )
+            .await
+            .map_err(|_| {
+                DirectoryError::Unavailable("no answer before the request's deadline".to_owned())
+            })??,
         })
     }
 
@@ -132,8 +159,9 @@ impl UsageService {
         subject: Subject,
         tokens: Tokens,
         idempotency_key: Option<IdempotencyKey>,
+        deadline: Deadline,
     ) -> Result<RecordOutcome, UsageError> {
-        let user_type = self.user_type(&subject).await?;
+        let user_type = self.user_type(&subject, deadline).await?;
         let now = self.now();
         let idempotency = idempotency_key.map(|key| {
             let fingerprint = Fingerprint::of(&subject.user_id, tokens, subject.stated_type());
@@ -142,7 +170,7 @@ impl UsageService {
         let window = DayWindow::containing(now, self.settings.zone);
         let action = Action::Spend { tokens, user_type };
         let recorded = self
-            .apply(subject.user_id, action, window, now, idempotency)
+            .apply(subject.user_id, action, window, now, idempotency, deadline)
             .await;
         let hour = now.with_timezone(&self.settings.zone).hour();
         count_record(&recorded, user_type, tokens, hour);
@@ -158,8 +186,9 @@ impl UsageService {
         tokens: Tokens,
         ttl: Option<chrono::Duration>,
         idempotency_key: Option<IdempotencyKey>,
+        deadline: Deadline,
     ) -> Result<RecordOutcome, UsageError> {
-        let user_type = self.user_type(&subject).await?;
+        let user_type = self.user_type(&subject, deadline).await?;
         let now = self.now();
         let ttl = ttl.unwrap_or(self.settings.reservations.default_ttl);
         let idempotency = idempotency_key.map(|key| {
@@ -178,7 +207,7 @@ impl UsageService {
             user_type,
         };
         let recorded = self
-            .apply(subject.user_id, action, window, now, idempotency)
+            .apply(subject.user_id, action, window, now, idempotency, deadline)
             .await;
         count_reservations(&recorded);
         Ok(recorded?.outcome)
@@ -190,9 +219,10 @@ impl UsageService {
         user_id: UserId,
         id: ReservationId,
         tokens: Tokens,
+        deadline: Deadline,
     ) -> Result<RecordOutcome, UsageError> {
         let date = id.date();
-        self.settle(user_id, date, Action::Commit { id, tokens })
+        self.settle(user_id, date, Action::Commit { id, tokens }, deadline)
             .await
     }
 
@@ -201,9 +231,11 @@ impl UsageService {
         &self,
         user_id: UserId,
         id: ReservationId,
+        deadline: Deadline,
     ) -> Result<RecordOutcome, UsageError> {
         let date = id.date();
-        self.settle(user_id, date, Action::Release { id }).await
+        self.settle(user_id, date, Action::Release { id }, deadline)
+            .await
     }
 
     /// Commits or releases a reservation on `date`, the day its id names, not today.
@@ -212,9 +244,12 @@ impl UsageService {
         user_id: UserId,
         date: NaiveDate,
         action: Action,
+        deadline: Deadline,
     ) -> Result<RecordOutcome, UsageError> {
         let window = DayWindow::of_date(date, self.settings.zone);
-        let recorded = self.apply(user_id, action, window, self.now(), None).await;
+        let recorded = self
+            .apply(user_id, action, window, self.now(), None, deadline)
+            .await;
         count_reservations(&recorded);
         Ok(recorded?.outcome)
     }
@@ -233,14 +268,67 @@ impl UsageService {
 
     /// The user's day so far, with the limit that their next request will be judged by and
     /// the tokens held for replies in flight. A read never creates a document.
-    pub async fn today(&self, subject: &Subject) -> Result<Standing, UsageError> {
+    pub async fn today(
+        &self,
+        subject: &Subject,
+        deadline: Deadline,
+    ) -> Result<Standing, UsageError> {
         let now = self.now();
         let window = DayWindow::containing(now, self.settings.zone);
-        let (user_type, stored) = tokio::try_join!(self.user_type(subject), async {
+        let (user_type, stored) = tokio::try_join!(self.user_type(subject, deadline), async {
             Ok(self.store.day(&subject.user_id, window.date).await?)
         })?;
+        Ok(self.standing(&subject.user_id, user_type, stored, now, window))
+    }
+
+    /// A user's day and latest `months` months, for an admin. Everything shown is stored, so
+    /// an unreachable directory does not stop the report: its plan is then the one stored with
+    /// the user's latest usage, and the report says so.
+    pub async fn user_report(
+        &self,
+        user_id: &UserId,
+        months: u32,
+        deadline: Deadline,
+    ) -> Result<UserReport, UsageError> {
+        let now = self.now();
+        let window = DayWindow::containing(now, self.settings.zone);
+        let subject = Subject {
+            user_id: user_id.clone(),
+            user_type: TypeSource::Directory,
+        };
+        let (looked_up, stored, history) = tokio::join!(
+            self.user_type(&subject, deadline),
+            self.store.day(user_id, window.date),
+            self.store.months(user_id, months),
+        );
+        let (stored, history) = (stored?, history?);
+        let latest_stored = stored
+            .as_ref()
+            .map(|day| day.usage.user_type)
+            .or_else(|| history.first().map(|month| month.user_type));
+        let (user_type, plan_source) = match (looked_up, latest_stored) {
+            (Ok(user_type), _) => (user_type, PlanSource::Directory),
+            (Err(_), Some(user_type)) => (user_type, PlanSource::Stored),
+            (Err(_), None) => (UserType::DEFAULT, PlanSource::Default),
+        };
+        Ok(UserReport {
+            today: self.standing(user_id, user_type, stored, now, window),
+            plan_source,
+            history,
+        })
+    }
+
+    /// The day as it stands for a user on `user_type`, from its stored document if any.
+    fn standing(
+        &self,
+        user_id: &UserId,
+        user_type: UserType,
+        stored: Option<StoredDay>,
+        now: DateTime<Utc>,
+        window: DayWindow,
+    ) -> Standing {
         let usage = stored.as_ref().map(|day| &day.usage);
-        Ok(Standing {
+        Standing {
             day: DailyUsage {
                 token_limit: self.settings.limits.for_type(user_type),
                 user_type,
@@ -248,10 +336,10 @@ impl UsageService {
                 last_updated: usage.map_or(now, |day| day.last_updated),
                 reset_at: window.reset_at,
                 date: window.date,
-                user_id: subject.user_id.clone(),
+                user_id: user_id.clone(),
             },
             reserved_tokens: stored.map_or(0, |day| day.reservations.held_at(now)),
-        })
+        }
     }
 
     /// The user's latest `months` month documents, newest first.

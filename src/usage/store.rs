@@ -2,13 +2,13 @@
 //! (`crate::store`) implement it; both pass one conformance suite.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
 use super::{
-    DailyUsage, DecisionError, MonthlyUsage, RecordRequest, Recorded, StoredDay, UserId, UserType,
+    DailyUsage, Deadline, DecisionError, MonthlyUsage, RecordRequest, Recorded, StoredDay, UserId,
+    UserType,
 };
 
 /// Where a page of a report resumes: just after the item with this figure and user. Reports
@@ -149,11 +149,16 @@ pub trait UsageStore: Send + Sync {
     /// Reads the request's documents as one snapshot, runs [`RecordRequest::plan`] on them and
     /// applies its writes atomically, on the condition that nothing changed since the read:
     /// usage is counted exactly once and never over the limit, however many requests and
-    /// instances run at once. No attempt begins after `deadline`.
+    /// instances run at once.
+    ///
+    /// No write begins after `deadline.writes_until()`, and the answer comes by
+    /// `deadline.work_until()`: [`StoreError::Unavailable`] only when nothing was written,
+    /// [`StoreError::OutcomeUnknown`] when a write may have been applied and its outcome could
+    /// not be learned in time.
     async fn record(
         &self,
         request: RecordRequest,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Recorded, StoreError>;
 
     /// The user's day document with its reservations, if it exists. Never creates one.

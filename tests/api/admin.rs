@@ -165,6 +165,7 @@ async fn the_drill_down_matches_what_the_user_sees(app: TestApp) {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["today"], app.today(&bo).await);
+    assert_eq!(body["planSource"], "directory");
     let own_history: Value = app
         .get(&bo, "/usage/history?months=2")
         .await

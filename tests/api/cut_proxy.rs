@@ -1,7 +1,7 @@
-//! A TCP proxy in front of the Firestore emulator that loses a commit or its answer, as a
-//! network can: the service talks gRPC to it as to Firestore, and it forwards every byte until
-//! it is told to fail the next commit. A commit is recognised by the month document's
-//! `dailyUsage` field, which only a commit's writes carry.
+//! A TCP proxy in front of the Firestore emulator that loses a commit or its answer, or makes
+//! every answer slow, as a network can: the service talks gRPC to it as to Firestore, and it
+//! forwards every byte until it is told otherwise. A commit is recognised by the month
+//! document's `dailyUsage` field, which only a commit's writes carry.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 const COMMIT_MARK: &[u8] = b"dailyUsage";
 /// Long enough for the emulator to apply a commit it has received whole.
@@ -22,10 +23,14 @@ pub enum Mode {
     LoseAnswer,
     /// Cut the next commit's connection before the commit reaches Firestore.
     LoseCommit,
+    /// Like `LoseCommit`, then refuse every connection until the mode changes.
+    LoseCommitThenDown,
     /// Like `LoseAnswer`, then refuse every connection until the mode changes.
     LoseAnswerThenDown,
     /// Refuse every connection.
     Down,
+    /// Forward everything, each answer's bytes this much later than they came.
+    DelayAnswers(Duration),
 }
 
 #[derive(Clone)]
@@ -75,6 +80,7 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
     let holding = Arc::new(AtomicBool::new(false));
     let upward = {
         let holding = holding.clone();
+        let mode = mode.clone();
         async move {
             let mut buffer = vec![0; 64 * 1024];
             let mut tail: Vec<u8> = Vec::new();
@@ -90,12 +96,22 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
                     .any(|window| window == COMMIT_MARK);
                 tail.drain(..tail.len().saturating_sub(COMMIT_MARK.len() - 1));
                 let current = *mode.lock().unwrap();
-                let losing = commit && current != Mode::Pass;
+                let losing = commit
+                    && matches!(
+                        current,
+                        Mode::LoseAnswer
+                            | Mode::LoseCommit
+                            | Mode::LoseAnswerThenDown
+                            | Mode::LoseCommitThenDown
+                    );
                 if losing {
                     holding.store(true, Ordering::SeqCst);
                 }
-                if losing && current == Mode::LoseCommit {
-                    *mode.lock().unwrap() = Mode::Pass;
+                if losing && matches!(current, Mode::LoseCommit | Mode::LoseCommitThenDown) {
+                    *mode.lock().unwrap() = match current {
+                        Mode::LoseCommitThenDown => Mode::Down,
+                        _ => Mode::Pass,
+                    };
                     return;
                 }
                 if server_write.write_all(chunk).await.is_err() {
@@ -123,6 +139,9 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
             }
         }
     };
+    // Answers pass through a queue, each with the time it is due, so that a delay is the same
+    // for every answer rather than adding up.
+    let (due, mut answers) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let downward = async move {
         let mut buffer = vec![0; 64 * 1024];
         loop {
@@ -133,7 +152,22 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
             if holding.load(Ordering::SeqCst) {
                 continue;
             }
-            if client_write.write_all(&buffer[..read]).await.is_err() {
+            let delay = match *mode.lock().unwrap() {
+                Mode::DelayAnswers(delay) => delay,
+                _ => Duration::ZERO,
+            };
+            if due
+                .send((Instant::now() + delay, buffer[..read].to_vec()))
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    let deliver = async move {
+        while let Some((at, bytes)) = answers.recv().await {
+            tokio::time::sleep_until(at).await;
+            if client_write.write_all(&bytes).await.is_err() {
                 return;
             }
         }
@@ -141,6 +175,6 @@ async fn relay(client: TcpStream, server: TcpStream, mode: Arc<Mutex<Mode>>) {
     // Whichever side ends first ends the connection: both halves are dropped.
     tokio::select! {
         () = upward => {},
-        () = downward => {},
+        () = async { tokio::join!(downward, deliver); } => {},
     }
 }

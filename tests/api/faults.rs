@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::auth_emulator;
 use crate::cut_proxy::{CutProxy, Mode};
 use crate::emulator;
-use crate::firestore::instance;
+use crate::firestore::{instance, instance_timed};
 use crate::helpers::*;
 
 /// A request that times out answers 503, which says that nothing was recorded: on the
@@ -35,6 +35,117 @@ async fn sqlite_never_records_a_request_it_answered_503() {
     );
     assert_eq!(app.today(&alice).await["tokensUsed"], 5);
 }
+
+/// What `unavailable` says when nothing was recorded.
+const NOTHING_RECORDED: &str = "the service is unavailable; retry shortly";
+
+/// The request's one deadline runs from its arrival: a body that arrives late leaves the store
+/// less time, not a budget of its own. With `REQUEST_TIMEOUT_SECS=2`, the body 1.5 s late and
+/// another process holding the file's write lock until 2.3 s, the answer must not say that
+/// nothing was recorded while the write lands afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_late_body_gets_an_answer_that_stays_true() {
+    let app = spawn_app_with(&["--request-timeout-secs=2"], |_| {}).await;
+    let alice = token("alice");
+    let blocker = rusqlite::Connection::open(&app.sqlite_path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(2_300)).await;
+        blocker.execute_batch("COMMIT").unwrap();
+    });
+    let (status, body) = app
+        .post_usage_slowly(&alice, json!({"tokens": 5}), Duration::from_millis(1_500))
+        .await;
+    release.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["message"], NOTHING_RECORDED, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.today(&alice).await["tokensUsed"], 0);
+}
+
+/// The same on Firestore, where every answer comes 450 ms late: the body arrives at 1.2 s, the
+/// day is read by 1.65 s, past the last moment a write may begin (1.5 s of 2), so no commit is
+/// sent and the 503 that says so is true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firestore_a_late_body_gets_an_answer_that_stays_true() {
+    let (app, proxy) = behind_proxy("late-body", &["--request-timeout-secs=2"]).await;
+    let bob = token("bob");
+    proxy.set(Mode::DelayAnswers(Duration::from_millis(450)));
+    let (status, body) = app
+        .post_usage_slowly(&bob, json!({"tokens": 5}), Duration::from_millis(1_200))
+        .await;
+    proxy.set(Mode::Pass);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["message"], NOTHING_RECORDED, "{body}");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(app.today(&bob).await["tokensUsed"], 0);
+}
+
+/// A commit sent in time whose answer cannot arrive before the deadline (every answer 900 ms
+/// late, of 2 s) is answered 503 saying that the outcome is unknown, and it did land: a plain
+/// "unavailable" would have been false.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firestore_a_commit_without_an_answer_by_the_deadline_is_an_unknown_outcome() {
+    let (app, proxy) = behind_proxy("no-answer-in-time", &["--request-timeout-secs=2"]).await;
+    let bob = token("bob");
+    proxy.set(Mode::DelayAnswers(Duration::from_millis(900)));
+    let response = app.post_usage(&bob, json!({"tokens": 5})).await;
+    proxy.set(Mode::Pass);
+    let body = assert_error(response, 503, "unavailable").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("outcome of this request is unknown"),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(app.today(&bob).await["tokensUsed"], 5);
+}
+
+/// A user's report shows only what is stored, so it does not depend on Firebase Auth: with the
+/// user directory unreachable, it shows the plan stored with the user's usage and says so, and
+/// the failed lookups are counted. Recording for a user whose plan cannot be known still
+/// refuses.
+#[tokio::test]
+async fn a_user_report_shows_the_stored_plan_while_the_directory_is_down() {
+    let unreachable = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let app = spawn_app_with(&[], |config| {
+        config.auth_emulator_for_lookups = Some(unreachable);
+    })
+    .await;
+    let carol = token_with("carol", json!({"userType": "subscribed"}));
+    assert_eq!(
+        app.post_usage(&carol, json!({"tokens": 10})).await.status(),
+        200
+    );
+    let failed_lookups = || async { metric_total(&scrape(&app).await, LOOKUP_ERRORS) };
+    let failed_before = failed_lookups().await;
+    let admin = admin_token("root");
+
+    let response = app.get(&admin, "/admin/users/carol/usage").await;
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["planSource"], "stored", "{report}");
+    assert_eq!(report["today"]["userType"], "subscribed", "{report}");
+    assert_eq!(report["today"]["tokensUsed"], 10, "{report}");
+    assert!(failed_lookups().await > failed_before);
+
+    let response = app.get(&admin, "/admin/users/nobody/usage").await;
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(report["planSource"], "default", "{report}");
+    assert_eq!(report["today"]["tokensUsed"], 0, "{report}");
+
+    let response = app
+        .post_usage(&admin, json!({"tokens": 1, "userId": "carol"}))
+        .await;
+    assert_error(response, 503, "unavailable").await;
+    assert_eq!(app.today(&carol).await["tokensUsed"], 10);
+}
+
+const LOOKUP_ERRORS: &str = "token_limits_user_directory_lookups_total{result=\"error\"}";
 
 /// A month document that another writer made unusable is a clear error naming it, on both
 /// stores, and nothing is written.
@@ -119,11 +230,11 @@ async fn not_ready_while_no_signing_key_can_be_fetched() {
 }
 
 /// One instance on Firestore behind a proxy that can lose commits or their answers.
-async fn behind_proxy(label: &str) -> (TestApp, CutProxy) {
+async fn behind_proxy(label: &str, extra: &[&str]) -> (TestApp, CutProxy) {
     let emulator = emulator::shared().await;
     let proxy = CutProxy::start(emulator.host()).await;
     let project = emulator::unique_project(label);
-    let app = instance(&proxy.host, &project, &[]).await;
+    let app = instance(&proxy.host, &project, extra).await;
     // Warm the connection so that the losses below hit a commit, not a connect.
     assert_eq!(
         app.post_usage(&token("alice"), json!({"tokens": 1}))
@@ -145,7 +256,7 @@ async fn record_body(app: &TestApp, tokens: i64) -> (u16, Value) {
 /// back shows it applied. The request is answered as admitted and counted once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_commit_answer_is_resolved_by_reading_back() {
-    let (app, proxy) = behind_proxy("lost-answer").await;
+    let (app, proxy) = behind_proxy("lost-answer", &[]).await;
     proxy.set(Mode::LoseAnswer);
     let (status, body) = record_body(&app, 100).await;
     assert_eq!(proxy.mode(), Mode::Pass, "no commit answer was lost");
@@ -158,11 +269,62 @@ async fn a_lost_commit_answer_is_resolved_by_reading_back() {
     );
 }
 
+/// Two instances whose clocks agree to the millisecond: one loses its commit and stays cut off
+/// while the other records the same tokens for the same user, so that the day then holds
+/// exactly what the lost commit would have written. The lost commit's resend is refused, and
+/// the day read back looks like its own: only the write's marker tells that another instance
+/// wrote it. The answer must be that the outcome is unknown, not an admission that nothing
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_is_not_taken_for_an_identical_write_by_another_instance() {
+    let emulator = emulator::shared().await;
+    let proxy = CutProxy::start(emulator.host()).await;
+    let project = emulator::unique_project("identical-write");
+    let clock = TestClock::at("2026-01-15T10:00:00.123Z");
+    let cut_off = instance_timed(&proxy.host, &project, &[], clock.clone()).await;
+    let direct = instance_timed(&emulator.host(), &project, &[], clock).await;
+    // Warm the connection so that the loss below hits a commit, not a connect.
+    let warm = cut_off
+        .post_usage(&token("warm"), json!({"tokens": 1}))
+        .await;
+    assert_eq!(warm.status(), 200);
+
+    proxy.set(Mode::LoseCommitThenDown);
+    let lost = tokio::spawn(async move {
+        let response = cut_off
+            .post_usage(&token("dana"), json!({"tokens": 7}))
+            .await;
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    });
+    while proxy.mode() != Mode::Down {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let dana = token("dana");
+    assert_eq!(
+        direct
+            .post_usage(&dana, json!({"tokens": 7}))
+            .await
+            .status(),
+        200
+    );
+    proxy.set(Mode::Pass);
+
+    let (status, body) = lost.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("outcome of this request is unknown"),
+        "{body}"
+    );
+    assert_eq!(direct.today(&dana).await["tokensUsed"], 7);
+}
+
 /// A commit that never reached Firestore is sent again, with the same preconditions: counted
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_commit_is_sent_again() {
-    let (app, proxy) = behind_proxy("lost-commit").await;
+    let (app, proxy) = behind_proxy("lost-commit", &[]).await;
     proxy.set(Mode::LoseCommit);
     let (status, body) = record_body(&app, 100).await;
     assert_eq!(proxy.mode(), Mode::Pass, "no commit was lost");
@@ -175,7 +337,7 @@ async fn a_lost_commit_is_sent_again() {
 /// recorded: here it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outcome_that_cannot_be_known_says_so() {
-    let (app, proxy) = behind_proxy("unknown").await;
+    let (app, proxy) = behind_proxy("unknown", &[]).await;
     proxy.set(Mode::LoseAnswerThenDown);
     let response = app
         .post_usage(&token("alice"), json!({"tokens": 100}))

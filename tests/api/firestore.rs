@@ -1,10 +1,12 @@
 //! The service on Firestore (the real emulator): several instances at once never over-admit
 //! or double count, contention still gets answers, and an outage is a 503 that heals.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use token_limits::config::StoreKind;
+use token_limits::usage::{Clock, SystemClock};
 use tokio::task::JoinSet;
 
 use crate::emulator::{self, Emulator};
@@ -12,13 +14,23 @@ use crate::helpers::*;
 
 /// An instance of the service on Firestore at `emulator_host`, in `project`.
 pub async fn instance(emulator_host: &str, project: &str, extra: &[&str]) -> TestApp {
+    instance_timed(emulator_host, project, extra, Arc::new(SystemClock)).await
+}
+
+/// [`instance`], reading the time from `clock`.
+pub async fn instance_timed(
+    emulator_host: &str,
+    project: &str,
+    extra: &[&str],
+    clock: Arc<dyn Clock>,
+) -> TestApp {
     let (host, project) = (emulator_host.to_owned(), project.to_owned());
-    spawn_app_with(extra, move |config| {
+    let adjust = move |config: &mut token_limits::config::Config| {
         config.store.kind = StoreKind::Firestore;
         config.store.firestore_emulator_host = Some(host);
         config.store.google_cloud_project = Some(project);
-    })
-    .await
+    };
+    spawn_app_timed(JwksServer::start(&[KEY_1]).await, extra, adjust, clock).await
 }
 
 /// One instance of the service on the shared emulator, in a project of its own.
@@ -225,24 +237,7 @@ async fn an_outage_is_a_503_that_heals_without_a_restart() {
     assert_eq!(ready.status(), 200);
 }
 
-/// The sum of every series of `name` in a Prometheus text (all label sets).
-fn metric_total(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
-}
-
 const CACHED_COMMITS: &str = "token_limits_firestore_cached_commits_total";
-
-async fn scrape(app: &TestApp) -> String {
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
 
 /// Firestore's calls, reads and writes are counted in `/metrics` as they happen. The registry
 /// is the process's, shared with tests running beside this one: counts only grow.

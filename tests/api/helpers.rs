@@ -322,12 +322,60 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// `POST /usage` whose headers go at once and whose body `body_after` later, as a slow
+    /// client sends it; the status and the JSON body of the answer.
+    pub async fn post_usage_slowly(
+        &self,
+        token: &str,
+        body: Value,
+        body_after: Duration,
+    ) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let address = self.base.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let body = body.to_string();
+        let head = format!(
+            "POST /usage HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(body_after).await;
+        // The service may have answered and closed before the body: that answer counts.
+        let _ = stream.write_all(body.as_bytes()).await;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str(body).unwrap())
+    }
+
     pub async fn history(&self, token: &str) -> Vec<Value> {
         let response = self.get(token, "/usage/history?months=24").await;
         assert_eq!(response.status(), 200);
         let body: Value = response.json().await.unwrap();
         body["items"].as_array().unwrap().clone()
     }
+}
+
+/// The sum of every series of `name` in a Prometheus text (all label sets).
+pub fn metric_total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// The service's metrics, as Prometheus scrapes them.
+pub async fn scrape(app: &TestApp) -> String {
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap()
 }
 
 /// Asserts the contract's error shape and code, and returns the body.

@@ -97,14 +97,14 @@ impl Emulator {
     async fn warm_up(&self) {
         use token_limits::store::{FirestoreSettings, FirestoreStore};
         use token_limits::usage::{
-            Action, DayWindow, Limits, RecordRequest, Tokens, UsageStore, UserId, UserType,
+            Action, DayWindow, Deadline, Limits, RecordRequest, Tokens, UsageStore, UserId,
+            UserType,
         };
 
         let store = FirestoreStore::connect(FirestoreSettings {
             project_id: "demo-warm-up".to_owned(),
             database_id: "(default)".to_owned(),
             emulator_host: Some(self.host()),
-            deadline: Duration::from_secs(30),
             cache_bytes: 0,
         })
         .await
@@ -124,7 +124,7 @@ impl Emulator {
                 now,
                 idempotency: None,
             };
-            let deadline = Instant::now() + Duration::from_secs(30);
+            let deadline = Deadline::from_now(Duration::from_secs(30));
             store
                 .record(request, deadline)
                 .await

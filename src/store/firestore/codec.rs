@@ -29,6 +29,11 @@ pub const DAY_FIELDS: &[&str] = &[
 /// The day document's map of reservations, by id; absent when it keeps none.
 pub const RESERVATIONS_FIELD: &str = "reservations";
 
+/// A day document's marker of the record that last wrote it, unique to each commit, so that a
+/// commit whose answer was lost can tell its own write from an identical one by another
+/// instance. Only the record path writes it; nothing reads it for usage.
+pub const WRITE_ID_FIELD: &str = "writeId";
+
 /// Every field of a day document this service writes, its reservations included.
 pub fn stored_day_mask() -> Vec<&'static str> {
     let mut mask = DAY_FIELDS.to_vec();

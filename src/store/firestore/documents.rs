@@ -21,8 +21,8 @@ use firestore::gcloud_sdk::tonic::Code;
 
 use super::queries::{self, QueryShape};
 use super::{
-    AttemptError, FirestoreStore, all_of, codec, field_condition, read_failure, string_value,
-    structured_query,
+    AttemptError, FirestoreStore, MAX_RPC_TIMEOUT, all_of, codec, field_condition, read_failure,
+    string_value, structured_query,
 };
 use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
@@ -136,13 +136,16 @@ impl FirestoreStore {
         names: &[String],
     ) -> Result<(Vec<FirestoreDocument>, Option<Timestamp>), StoreError> {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let (found, read_time) =
-            (|| async { self.batch_get_at(&names).await.map_err(read_failure) })
-                .retry(read_retries())
-                .sleep(tokio::time::sleep)
-                .when(AttemptError::retryable)
+        let (found, read_time) = (|| async {
+            self.batch_get_at(&names, MAX_RPC_TIMEOUT)
                 .await
-                .map_err(AttemptError::into_store_error)?;
+                .map_err(read_failure)
+        })
+        .retry(read_retries())
+        .sleep(tokio::time::sleep)
+        .when(AttemptError::retryable)
+        .await
+        .map_err(AttemptError::into_store_error)?;
         Ok((found.into_values().collect(), read_time))
     }
 
@@ -188,16 +191,10 @@ impl FirestoreStore {
         (collection, query)
     }
 
-    fn lifecycle_write(&self, write: &DocumentWrite) -> Write {
+    fn lifecycle_write(&self, write: &DocumentWrite) -> Result<Write, StoreError> {
         let name = self.document_name(write.collection.name(), &write.id);
-        let condition = match &write.condition {
-            Condition::Missing => Some(ConditionType::Exists(false)),
-            Condition::Unchanged(version) => update_time_of(version).map(ConditionType::UpdateTime),
-        };
-        let current_document = Some(Precondition {
-            condition_type: Some(condition.unwrap_or(ConditionType::Exists(true))),
-        });
-        match &write.change {
+        let current_document = Some(precondition(&name, &write.condition)?);
+        Ok(match &write.change {
             Change::Delete => Write {
                 operation: Some(write::Operation::Delete(name)),
                 current_document,
@@ -226,8 +223,28 @@ impl FirestoreStore {
                     ..Default::default()
                 }
             }
-        }
+        })
     }
+}
+
+/// What a maintenance write requires of its document: to be missing, or to be exactly the
+/// version that was read. A version without an update time cannot be required exactly, and a
+/// looser condition (that the document merely exists) could overwrite another writer's change:
+/// such a write is refused.
+fn precondition(name: &str, condition: &Condition) -> Result<Precondition, StoreError> {
+    let condition = match condition {
+        Condition::Missing => ConditionType::Exists(false),
+        Condition::Unchanged(version) => update_time_of(version)
+            .map(ConditionType::UpdateTime)
+            .ok_or_else(|| {
+                StoreError::Internal(format!(
+                    "{name} was read without an update time: no write can be conditioned on it"
+                ))
+            })?,
+    };
+    Ok(Precondition {
+        condition_type: Some(condition),
+    })
 }
 
 fn reference(name: String) -> Value {
@@ -322,8 +339,11 @@ impl DocumentStore for FirestoreStore {
     }
 
     async fn apply(&self, writes: Vec<DocumentWrite>) -> Result<Applied, StoreError> {
-        let writes: Vec<Write> = writes.iter().map(|w| self.lifecycle_write(w)).collect();
-        match self.commit(writes).await {
+        let writes = writes
+            .iter()
+            .map(|write| self.lifecycle_write(write))
+            .collect::<Result<Vec<_>, _>>()?;
+        match self.commit(writes, MAX_RPC_TIMEOUT).await {
             Ok(_) => Ok(Applied::All),
             Err(status)
                 if matches!(
@@ -344,5 +364,34 @@ impl DocumentStore for FirestoreStore {
         _limit: u32,
     ) -> Result<Option<u64>, StoreError> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_on_a_version_without_an_update_time_is_refused() {
+        let name = "projects/p/databases/(default)/documents/daily_token_usage/a_2024-01-15";
+        let unknown = Condition::Unchanged(version_of(None));
+        let error = precondition(name, &unknown).unwrap_err();
+        assert!(error.to_string().contains(name), "{error}");
+
+        let at = Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5,
+        };
+        let read = Condition::Unchanged(version_of(Some(at)));
+        assert_eq!(
+            precondition(name, &read).unwrap().condition_type,
+            Some(ConditionType::UpdateTime(at))
+        );
+        assert_eq!(
+            precondition(name, &Condition::Missing)
+                .unwrap()
+                .condition_type,
+            Some(ConditionType::Exists(false))
+        );
     }
 }

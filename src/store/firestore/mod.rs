@@ -19,7 +19,7 @@ pub use counters::{FirestoreCounters, OperationCounts};
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
@@ -49,9 +49,9 @@ use firestore::{FirestoreDb, FirestoreDbOptions};
 use self::cache::{CachedDocument, DocumentCache};
 use super::queries::{self, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape};
 use crate::usage::{
-    DailySummary, DailyUsage, IdempotencyKey, MonthlyUsage, Page, PageCursor, PageRequest, Plan,
-    RecordRequest, Recorded, Snapshot, StoreError, StoredDay, UsageStore, UsageTotals, UserId,
-    UserType, Writes,
+    DailySummary, DailyUsage, Deadline, IdempotencyKey, MonthlyUsage, Page, PageCursor,
+    PageRequest, Plan, RecordRequest, Recorded, Snapshot, StoreError, StoredDay, UsageStore,
+    UsageTotals, UserId, UserType, Writes,
 };
 
 /// The service's own collection: idempotency records, deleted by a TTL policy on `expiresAt`.
@@ -60,7 +60,10 @@ const IDEMPOTENCY: &str = "idempotency_keys";
 /// The longest one call to Firestore may take.
 const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Where the store connects, and how long one request may keep trying.
+/// The least time worth giving a call: with less left, the call is not made.
+const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(5);
+
+/// Where the store connects.
 #[derive(Debug, Clone)]
 pub struct FirestoreSettings {
     pub project_id: String,
@@ -68,8 +71,6 @@ pub struct FirestoreSettings {
     /// `host:port` of a Firestore emulator; `None` means the real service with Application
     /// Default Credentials.
     pub emulator_host: Option<String>,
-    /// The longest a request may keep trying: one call gets a share of it.
-    pub deadline: Duration,
     /// About how many bytes of day and month documents to keep for committing without a
     /// read first; 0 reads before every commit.
     pub cache_bytes: u64,
@@ -79,7 +80,6 @@ pub struct FirestoreStore {
     db: FirestoreDb,
     /// `projects/{project}/databases/{database}`.
     database: String,
-    deadline: Duration,
     counters: Arc<FirestoreCounters>,
     queue: user_queue::UserQueue,
     cache: DocumentCache,
@@ -90,6 +90,9 @@ pub struct FirestoreStore {
 enum AttemptError {
     /// Another writer changed a document since it was read: nothing was written; try again.
     Contention,
+    /// The request's time for writes ended before the commit could be sent: nothing was
+    /// written.
+    TooLate,
     /// Firestore could not answer now and nothing was written: try again.
     Transient(Status),
     /// The commit may or may not have been applied, and reading back could not tell:
@@ -107,6 +110,9 @@ impl AttemptError {
     fn into_store_error(self) -> StoreError {
         match self {
             Self::Contention => StoreError::Unavailable("contention: out of retries".to_owned()),
+            Self::TooLate => StoreError::Unavailable(
+                "the request's deadline came before its write could begin".to_owned(),
+            ),
             Self::Transient(status) => StoreError::Unavailable(describe(&status)),
             Self::Ambiguous(detail) => StoreError::OutcomeUnknown(detail),
             Self::Permanent(error) => error,
@@ -138,6 +144,14 @@ fn read_failure(status: Status) -> AttemptError {
         | Code::Unknown => AttemptError::Transient(status),
         _ => AttemptError::Permanent(permanent_error(&status)),
     }
+}
+
+/// What settling a lost commit found.
+enum Settled {
+    /// The commit was applied, once.
+    Applied,
+    /// Whether it was applied cannot be told, and why.
+    Unknown(&'static str),
 }
 
 /// How a commit failed: a failed precondition or an abort wrote nothing; a lost answer may
@@ -196,7 +210,6 @@ impl FirestoreStore {
                 settings.project_id, settings.database_id
             ),
             db,
-            deadline: settings.deadline,
             counters: Arc::default(),
             queue: user_queue::UserQueue::default(),
             cache: DocumentCache::with_capacity(settings.cache_bytes),
@@ -216,29 +229,30 @@ impl FirestoreStore {
         format!("{}/documents/{collection}/{id}", self.database)
     }
 
-    /// A request with its own timeout, so that a slow Firestore answers 503 in time.
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    /// A call that may take at most `timeout`, so that a slow Firestore is answered in time.
+    fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request.set_timeout(self.rpc_timeout());
+        request.set_timeout(timeout.clamp(MIN_RPC_TIMEOUT, MAX_RPC_TIMEOUT));
         request
     }
 
-    /// Short enough that an attempt begun just before the deadline (a read and a commit)
-    /// still ends within the request timeout, of which the deadline is half: a commit is
-    /// never cut off by the request timeout, where its outcome would be unknown.
-    fn rpc_timeout(&self) -> Duration {
-        (self.deadline / 2).min(MAX_RPC_TIMEOUT)
-    }
-
-    /// Reads the named documents at one consistent time; missing ones are absent.
-    async fn batch_get(&self, names: &[&str]) -> Result<HashMap<String, Document>, Status> {
-        self.batch_get_at(names).await.map(|(found, _)| found)
+    /// Reads the named documents at one consistent time, within `timeout`; missing ones are
+    /// absent.
+    async fn batch_get(
+        &self,
+        names: &[&str],
+        timeout: Duration,
+    ) -> Result<HashMap<String, Document>, Status> {
+        self.batch_get_at(names, timeout)
+            .await
+            .map(|(found, _)| found)
     }
 
     /// [`Self::batch_get`], with the time the documents were read at.
     async fn batch_get_at(
         &self,
         names: &[&str],
+        timeout: Duration,
     ) -> Result<(HashMap<String, Document>, Option<Timestamp>), Status> {
         self.counters.rpc();
         self.counters.reads(names.len() as u64);
@@ -249,7 +263,7 @@ impl FirestoreStore {
         };
         let mut stream = self
             .client()
-            .batch_get_documents(self.request(request))
+            .batch_get_documents(Self::request(request, timeout))
             .await?
             .into_inner();
         let (mut found, mut read_time) = (HashMap::new(), None);
@@ -262,8 +276,13 @@ impl FirestoreStore {
         Ok((found, read_time))
     }
 
-    /// Applies all `writes` or none; the results are in the order of the writes.
-    async fn commit(&self, writes: Vec<Write>) -> Result<Vec<WriteResult>, Status> {
+    /// Applies all `writes` or none, within `timeout`; the results are in the order of the
+    /// writes.
+    async fn commit(
+        &self,
+        writes: Vec<Write>,
+        timeout: Duration,
+    ) -> Result<Vec<WriteResult>, Status> {
         self.counters.commit_attempt();
         let count = writes.len() as u64;
         let request = CommitRequest {
@@ -271,7 +290,10 @@ impl FirestoreStore {
             writes,
             ..Default::default()
         };
-        let response = self.client().commit(self.request(request)).await?;
+        let response = self
+            .client()
+            .commit(Self::request(request, timeout))
+            .await?;
         self.counters.committed(count);
         Ok(response.into_inner().write_results)
     }
@@ -282,7 +304,7 @@ impl FirestoreStore {
         &self,
         request: &RecordRequest,
         names: &RecordNames,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Recorded, AttemptError> {
         if let Some(cached) = self.cached_snapshot(names).await {
             let plan = request
@@ -308,7 +330,10 @@ impl FirestoreStore {
                 }
             }
         }
-        let read = self.batch_get(&names.all()).await.map_err(read_failure)?;
+        let read = self
+            .batch_get(&names.all(), deadline.time_left())
+            .await
+            .map_err(read_failure)?;
         let snapshot = names.snapshot(&read)?;
         let plan = request
             .plan(&snapshot)
@@ -383,11 +408,14 @@ impl FirestoreStore {
         snapshot: &Snapshot,
         plan: Plan,
         conditions: &Conditions,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Recorded, AttemptError> {
         let Some(writes) = &plan.writes else {
             return Ok(plan.applied());
         };
+        if !deadline.may_write() {
+            return Err(AttemptError::TooLate);
+        }
         let written_day = StoredDay {
             usage: writes.day.clone(),
             reservations: writes.reservations.clone().unwrap_or_else(|| {
@@ -398,8 +426,10 @@ impl FirestoreStore {
                     .unwrap_or_default()
             }),
         };
-        let commit = names.conditional_writes(request, writes, conditions);
-        match self.commit(commit.clone()).await {
+        let write_id = uuid::Uuid::new_v4().to_string();
+        let commit = names.conditional_writes(request, writes, conditions, &write_id);
+        // Half the time left, so that a lost answer can still be settled in the other half.
+        match self.commit(commit.clone(), deadline.time_left() / 2).await {
             Ok(results) => {
                 let mut update_times = results.into_iter().map(|result| result.update_time);
                 if let Some(Some(update_time)) = update_times.next() {
@@ -420,7 +450,7 @@ impl FirestoreStore {
                     CommitFailure::Refused(error) => Err(error),
                     CommitFailure::AnswerLost(status) => {
                         self.counters.lost_answer();
-                        self.settle_lost_commit(names, commit, &written_day, status, deadline)
+                        self.settle_lost_commit(names, commit, &write_id, status, deadline)
                             .await
                             .map(|()| plan.applied())
                     }
@@ -433,65 +463,85 @@ impl FirestoreStore {
     /// a read cannot rule out that it lands later. So the very same commit, with the same
     /// preconditions, is sent again; at most one of the two can ever apply. Applied: done.
     /// Refused: the day changed since it was read, and reading it back tells whether this
-    /// commit did it. Only when time runs out, or another writer changed the day since, is
-    /// the outcome unknown.
+    /// commit did it, for the day then carries this commit's `writeId`. Only when the request's
+    /// time runs out, or another writer changed the day since, is the outcome unknown.
     async fn settle_lost_commit(
         &self,
         names: &RecordNames,
         commit: Vec<Write>,
-        planned_day: &StoredDay,
+        write_id: &str,
         status: Status,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<(), AttemptError> {
-        let unknown = |status: &Status, why: &str| {
-            tracing::warn!(error = %describe(status), why, "a commit's outcome is unknown");
-            self.counters.unknown_outcome();
-            AttemptError::Ambiguous(format!("{}; {why}", describe(status)))
+        let settled = tokio::time::timeout_at(
+            deadline.work_until().into(),
+            self.resend_or_read_back(names, commit, write_id, deadline),
+        )
+        .await;
+        let why = match settled {
+            Ok(Ok(Settled::Applied)) => return Ok(()),
+            Ok(Ok(Settled::Unknown(why))) => why,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => "no answer came before the deadline",
         };
-        // The deadline is half the request's time: a call may start while it can still end
-        // before the request times out.
-        let request_ends = deadline + self.deadline;
-        let time_left = || Instant::now() + self.rpc_timeout() < request_ends;
+        tracing::warn!(error = %describe(&status), why, "a commit's outcome is unknown");
+        self.counters.unknown_outcome();
+        Err(AttemptError::Ambiguous(format!(
+            "{}; {why}",
+            describe(&status)
+        )))
+    }
+
+    /// The steps of [`Self::settle_lost_commit`], each call within the time left.
+    async fn resend_or_read_back(
+        &self,
+        names: &RecordNames,
+        commit: Vec<Write>,
+        write_id: &str,
+        deadline: Deadline,
+    ) -> Result<Settled, AttemptError> {
+        let time_left = || deadline.time_left() >= MIN_RPC_TIMEOUT;
         let resend = (|| async {
-            match self.commit(commit.clone()).await {
+            match self.commit(commit.clone(), deadline.time_left()).await {
                 Ok(_) => Ok(true),
                 Err(status) => match commit_failure(status) {
                     CommitFailure::Refused(AttemptError::Contention) => Ok(false),
-                    CommitFailure::Refused(error) => Err(Err(error)),
-                    CommitFailure::AnswerLost(status) => Err(Ok(status)),
+                    CommitFailure::Refused(error) => Err(Some(error)),
+                    CommitFailure::AnswerLost(_) => Err(None),
                 },
             }
         })
         .retry(Self::settle_backoff())
         .sleep(tokio::time::sleep)
-        .when(|lost| lost.is_ok() && time_left())
+        .when(|lost| lost.is_none() && time_left())
         .await;
         match resend {
-            Ok(true) => return Ok(()),
+            Ok(true) => return Ok(Settled::Applied),
             Ok(false) => {}
-            Err(Ok(status)) => return Err(unknown(&status, "it could not be sent again")),
-            Err(Err(error)) => return Err(error),
+            Err(None) => return Ok(Settled::Unknown("it could not be sent again")),
+            Err(Some(error)) => return Err(error),
         }
         let day_only = [names.day.as_str()];
-        let read_back = (|| self.batch_get(&day_only))
+        let read_back = (|| self.batch_get(&day_only, deadline.time_left()))
             .retry(Self::settle_backoff())
             .sleep(tokio::time::sleep)
             .when(|_| time_left())
             .await;
         let Ok(now) = read_back else {
-            return Err(unknown(&status, "the day could not be read back"));
+            return Ok(Settled::Unknown("the day could not be read back"));
         };
-        let day_now = now
+        let written_by = now
             .get(&names.day)
-            .map(codec::stored_day_from)
-            .transpose()?;
-        if day_now.as_ref() == Some(planned_day) {
-            return Ok(());
-        }
-        Err(unknown(
-            &status,
-            "the day was changed by another writer since",
-        ))
+            .and_then(|day| day.fields.get(codec::WRITE_ID_FIELD))
+            .and_then(|value| match &value.value_type {
+                Some(ValueType::StringValue(id)) => Some(id.as_str()),
+                _ => None,
+            });
+        Ok(if written_by == Some(write_id) {
+            Settled::Applied
+        } else {
+            Settled::Unknown("the day was changed by another writer since")
+        })
     }
 
     fn settle_backoff() -> ExponentialBuilder {
@@ -509,7 +559,11 @@ impl FirestoreStore {
             name,
             ..Default::default()
         };
-        match self.client().get_document(self.request(request)).await {
+        match self
+            .client()
+            .get_document(Self::request(request, MAX_RPC_TIMEOUT))
+            .await
+        {
             Ok(response) => Ok(Some(response.into_inner())),
             Err(status) if status.code() == Code::NotFound => Ok(None),
             Err(status) => Err(read_failure(status).into_store_error()),
@@ -561,7 +615,7 @@ impl FirestoreStore {
         let read = async {
             let mut stream = self
                 .client()
-                .run_aggregation_query(self.request(request))
+                .run_aggregation_query(Self::request(request, MAX_RPC_TIMEOUT))
                 .await?
                 .into_inner();
             let mut fields = HashMap::new();
@@ -639,7 +693,7 @@ impl FirestoreStore {
         let read = async {
             let mut stream = self
                 .client()
-                .run_query(self.request(request))
+                .run_query(Self::request(request, MAX_RPC_TIMEOUT))
                 .await?
                 .into_inner();
             let mut documents = Vec::new();
@@ -712,22 +766,25 @@ impl RecordNames {
     }
 
     /// The plan's writes, day first, then the month, then the idempotency record, each on
-    /// its condition.
+    /// its condition; the day carries `write_id`.
     fn conditional_writes(
         &self,
         request: &RecordRequest,
         writes: &Writes,
         conditions: &Conditions,
+        write_id: &str,
     ) -> Vec<Write> {
         // Reservations that changed are written whole (none left removes the field); others
         // stay as stored.
-        let (day_fields, day_mask) = match &writes.reservations {
+        let (mut day_fields, mut day_mask) = match &writes.reservations {
             Some(reservations) => (
                 codec::stored_day_fields(&writes.day, reservations),
                 codec::stored_day_mask(),
             ),
             None => (codec::day_fields(&writes.day), codec::DAY_FIELDS.to_vec()),
         };
+        day_fields.insert(codec::WRITE_ID_FIELD.to_owned(), string_value(write_id));
+        day_mask.push(codec::WRITE_ID_FIELD);
         let mut conditional = vec![conditional_update(
             &self.day,
             day_fields,
@@ -902,7 +959,7 @@ impl UsageStore for FirestoreStore {
     async fn record(
         &self,
         request: RecordRequest,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Recorded, StoreError> {
         let names = RecordNames {
             day: self.document_name(DAILY_COLLECTION, &request.day_id()),
@@ -913,13 +970,13 @@ impl UsageStore for FirestoreStore {
                 self.document_name(IDEMPOTENCY, &idempotency_document_id(&request.user_id, key))
             }),
         };
-        // No attempt starts after the deadline; one under way may finish (see `rpc_timeout`).
-        let _turn =
-            tokio::time::timeout_at(deadline.into(), self.queue.turn(request.user_id.as_str()))
-                .await
-                .map_err(|_| {
-                    StoreError::Unavailable("too many requests queued for one user".to_owned())
-                })?;
+        // No commit is sent after the time for writes; one under way ends by the deadline.
+        let _turn = tokio::time::timeout_at(
+            deadline.writes_until().into(),
+            self.queue.turn(request.user_id.as_str()),
+        )
+        .await
+        .map_err(|_| StoreError::Unavailable("too many requests queued for one user".to_owned()))?;
         // Contenders for one user back off briefly and at random, so that each round has a
         // winner rather than everyone colliding again.
         let backoff = ExponentialBuilder::default()
@@ -931,7 +988,7 @@ impl UsageStore for FirestoreStore {
         (|| self.attempt(&request, &names, deadline))
             .retry(backoff)
             .sleep(tokio::time::sleep)
-            .when(|error| error.retryable() && Instant::now() < deadline)
+            .when(|error| error.retryable() && deadline.may_write())
             .notify(|error, _| match error {
                 AttemptError::Contention => self.counters.contention_retry(),
                 _ => self.counters.transient_retry(),

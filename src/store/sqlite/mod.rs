@@ -7,7 +7,7 @@ mod time;
 mod writer;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -17,9 +17,9 @@ use self::checkpointer::Checkpointer;
 use self::time::{SqlDate, SqlTime};
 
 use crate::usage::{
-    DailySummary, DailyUsage, Fingerprint, IdempotencyKey, IdempotencyRecord, MonthlyUsage, Page,
-    PageRequest, RecordRequest, Recorded, Reservations, Snapshot, StoreError, StoredDay,
-    UsageStore, UsageTotals, UserId, UserType,
+    DailySummary, DailyUsage, Deadline, Fingerprint, IdempotencyKey, IdempotencyRecord,
+    MonthlyUsage, Page, PageRequest, RecordRequest, Recorded, Reservations, Snapshot, StoreError,
+    StoredDay, UsageStore, UsageTotals, UserId, UserType,
 };
 
 const SCHEMA: &str = "
@@ -136,13 +136,12 @@ fn add_reservations_column(connection: &Connection) -> rusqlite::Result<()> {
 
 #[async_trait]
 impl UsageStore for SqliteStore {
-    /// A request timeout drops the waiting future but not the writer's transaction, so no
-    /// record begins after `deadline`, and what began before it ends long before the request
-    /// times out.
+    /// The writer thread applies the record; see [`writer::Writer::record`] for how the
+    /// deadline bounds it.
     async fn record(
         &self,
         request: RecordRequest,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Recorded, StoreError> {
         self.writer.record(request, deadline).await
     }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::checkpointer::{self, Checkpointer};
 use super::{RecordStatements, store_error};
 use crate::metrics::SQLITE_GROUP_COMMIT_SIZE;
-use crate::usage::{RecordRequest, Recorded, StoreError};
+use crate::usage::{Deadline, RecordRequest, Recorded, StoreError};
 
 /// The most records one transaction applies: bounds the latency a group adds to its first.
 const MAX_GROUP: usize = 256;
@@ -26,7 +26,7 @@ type Answer = Result<Recorded, StoreError>;
 
 struct Job {
     request: RecordRequest,
-    deadline: Instant,
+    deadline: Deadline,
     answer: oneshot::Sender<Answer>,
 }
 
@@ -55,20 +55,29 @@ impl Writer {
         Ok(Self { jobs })
     }
 
-    /// Applies `request` in the next group. A record still queued at `deadline` is answered
-    /// 503 unapplied: none begins after it.
-    pub(super) async fn record(&self, request: RecordRequest, deadline: Instant) -> Answer {
+    /// Applies `request` in the next group. A record still queued when the deadline's time
+    /// for writes ends is answered 503 unapplied: none begins after it. Once queued, the
+    /// writer's answer is awaited until the deadline; it comes long before, as a group
+    /// applies in milliseconds, but if it did not, whether the record was applied is unknown.
+    pub(super) async fn record(&self, request: RecordRequest, deadline: Deadline) -> Answer {
         let (answer, answered) = oneshot::channel();
         let job = Job {
             request,
             deadline,
             answer,
         };
-        tokio::time::timeout_at(deadline.into(), self.jobs.send(job))
+        tokio::time::timeout_at(deadline.writes_until().into(), self.jobs.send(job))
             .await
             .map_err(|_| late())?
             .map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+        tokio::time::timeout_at(deadline.work_until().into(), answered)
+            .await
+            .map_err(|_| {
+                StoreError::OutcomeUnknown(
+                    "the sqlite writer did not answer before the deadline".to_owned(),
+                )
+            })?
+            .map_err(|_| stopped())?
     }
 
     /// Fails once the writer thread has stopped: no record can be applied any more.
@@ -137,7 +146,7 @@ fn apply_group(
     // whose own deadline passes meanwhile is then answered unapplied.
     let patience = group
         .iter()
-        .map(|job| job.deadline.saturating_duration_since(now))
+        .map(|job| job.deadline.writes_until().saturating_duration_since(now))
         .max()
         .unwrap_or(Duration::ZERO);
     // Unchecked only in that it takes the connection shared, as the prepared statements do.
@@ -161,7 +170,7 @@ fn apply_group(
     for job in group {
         let answer = match &unsure {
             Some(error) => Err(error.clone()),
-            None if Instant::now() >= job.deadline => Err(late()),
+            None if !job.deadline.may_write() => Err(late()),
             None => statements
                 .apply_in_savepoint(&job.request)
                 .unwrap_or_else(|error| {
@@ -239,7 +248,7 @@ mod tests {
                 [],
             )
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Deadline::from_now(Duration::from_secs(10));
         let first = {
             let store = store.clone();
             tokio::spawn(async move { store.record(spend("first", 1), deadline).await })
@@ -278,15 +287,15 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_record_still_waiting_at_its_deadline_writes_nothing() {
+    async fn a_record_still_waiting_when_writes_end_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (store, blocker) = blocked_store(&dir);
-        let deadline = Instant::now() + Duration::from_millis(100);
+        let deadline = Deadline::from_now(Duration::from_millis(400));
         let answer = {
             let store = store.clone();
             tokio::spawn(async move { store.record(spend("late", 1), deadline).await })
         };
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         blocker.execute_batch("COMMIT").unwrap();
         assert!(matches!(
             answer.await.unwrap(),
@@ -316,7 +325,7 @@ mod tests {
         let pauses_before = restart_pauses();
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("usage.db")).unwrap());
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Deadline::from_now(Duration::from_secs(120));
         let tasks: Vec<_> = (0..64)
             .map(|task| {
                 let store = store.clone();
