@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 /// How long a settled entry is remembered, so that a retried commit or release replays.
@@ -18,7 +18,8 @@ pub const MAX_ENTRIES_PER_DAY: usize = 1_000;
 
 /// A reservation's id: `{yyyymmdd}-{expiresAt as Unix seconds}-{random}`. It names the day
 /// whose document holds it, so a commit after midnight finds it, and its expiry, so a commit
-/// long after the entry is gone still answers "expired".
+/// long after the entry is gone still answers "expired". The expiry is a whole second, rounded
+/// up from the one asked for, so that a hold lasts at least its ttl.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReservationId {
     text: String,
@@ -34,8 +35,10 @@ pub struct UnknownReservationId;
 impl ReservationId {
     const RANDOM_CHARS: usize = 16;
 
-    /// A fresh id for a hold made on `date` that expires at `expires_at`.
+    /// A fresh id for a hold made on `date` that expires at `expires_at`, or at the next whole
+    /// second when that is not one.
     pub fn new(date: NaiveDate, expires_at: DateTime<Utc>) -> Self {
+        let expires_at = next_whole_second(expires_at);
         let random = uuid::Uuid::new_v4().simple().to_string();
         let text = format!(
             "{}-{}-{}",
@@ -46,7 +49,7 @@ impl ReservationId {
         Self {
             text,
             date,
-            expires_at: whole_seconds(expires_at),
+            expires_at,
         }
     }
 
@@ -98,9 +101,16 @@ impl fmt::Display for ReservationId {
     }
 }
 
-/// Expiry is kept to the second, as the id carries it.
-fn whole_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at)
+/// Expiry is kept to the second, as the id carries it: rounded up, never down, so that a hold
+/// never ends before it was asked to.
+fn next_whole_second(at: DateTime<Utc>) -> DateTime<Utc> {
+    let truncated = at.trunc_subsecs(0);
+    if truncated == at {
+        return at;
+    }
+    truncated
+        .checked_add_signed(Duration::seconds(1))
+        .unwrap_or(truncated)
 }
 
 /// How a reservation ended, if it has.
@@ -330,13 +340,25 @@ mod tests {
     #[test]
     fn an_id_names_its_day_and_expiry_and_parses_back() {
         let date = NaiveDate::from_ymd_opt(2024, 1, 15).unwrap();
-        let id = ReservationId::new(date, at("2024-01-15T10:10:00.250Z"));
+        let id = ReservationId::new(date, at("2024-01-15T10:10:00Z"));
         assert!(id.as_str().starts_with("20240115-1705313400-"), "{id}");
         let parsed = ReservationId::parse(id.as_str()).unwrap();
         assert_eq!(parsed, id);
         assert_eq!(parsed.date(), date);
         assert_eq!(parsed.expires_at(), at("2024-01-15T10:10:00Z"));
         assert_ne!(ReservationId::new(date, id.expires_at()), id);
+    }
+
+    #[test]
+    fn a_hold_lasts_at_least_its_ttl() {
+        let date = NaiveDate::from_ymd_opt(2024, 1, 15).unwrap();
+        let now = at("2024-01-15T10:00:00.999Z");
+        let id = ReservationId::new(date, now + Duration::seconds(1));
+        assert_eq!(id.expires_at(), at("2024-01-15T10:00:02Z"));
+        assert!(id.as_str().starts_with("20240115-1705312802-"), "{id}");
+        assert_eq!(ReservationId::parse(id.as_str()).unwrap(), id);
+        let to_the_second = ReservationId::new(date, at("2024-01-15T10:00:02Z"));
+        assert_eq!(to_the_second.expires_at(), at("2024-01-15T10:00:02Z"));
     }
 
     #[test]
