@@ -447,7 +447,7 @@ impl RecordRequest {
             (Some(day), Some(entry)) if entry.settlement.is_some() => Found::Settled(day, *entry),
             (Some(day), Some(entry)) => Found::Open(day, *entry),
             // Its entry is gone once nothing can settle it any more; its id still says when.
-            _ if self.now >= id.expires_at() + self.commit_grace => {
+            _ if self.now >= id.settleable_until(self.commit_grace) => {
                 Found::Refused(ReservationRefusal::Expired)
             }
             _ => Found::Refused(ReservationRefusal::NotFound),

@@ -90,6 +90,12 @@ impl ReservationId {
         self.expires_at
     }
 
+    /// Until when a commit may still settle it: `grace` after its expiry. An id is the
+    /// client's text, so its expiry may be the last instant there is, and this then saturates.
+    pub fn settleable_until(&self, grace: Duration) -> DateTime<Utc> {
+        saturating_after(self.expires_at, grace)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -111,6 +117,12 @@ fn next_whole_second(at: DateTime<Utc>) -> DateTime<Utc> {
     truncated
         .checked_add_signed(Duration::seconds(1))
         .unwrap_or(truncated)
+}
+
+/// `at + by`, or the last instant there is when that is later still.
+fn saturating_after(at: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
+    at.checked_add_signed(by)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// How a reservation ended, if it has.
@@ -220,14 +232,15 @@ impl ReservationEntry {
     }
 
     /// From when the entry can be dropped: a hold once no commit can reach it any more, a
-    /// settled entry once its retries are no longer expected.
+    /// settled entry once its retries are no longer expected. Saturates, as stored times may be
+    /// as late as a timestamp goes.
     pub fn forgotten_at(&self, grace: Duration) -> DateTime<Utc> {
-        let dead = self.expires_at + grace;
+        let dead = saturating_after(self.expires_at, grace);
         match self.settlement {
             None => dead,
             Some(
                 Settlement::Committed { settled_at, .. } | Settlement::Released { settled_at },
-            ) => dead.max(settled_at + SETTLED_MEMORY),
+            ) => dead.max(saturating_after(settled_at, SETTLED_MEMORY)),
         }
     }
 }
@@ -425,6 +438,22 @@ mod tests {
             vec![expired],
             "a settled entry never counts as expired"
         );
+    }
+
+    #[test]
+    fn entries_expiring_at_the_end_of_time_are_kept_not_overflowed() {
+        let mut last = hold(300, "2024-01-15T10:10:00Z");
+        last.expires_at = DateTime::<Utc>::MAX_UTC;
+        let mut settled = last;
+        settled.settlement = Some(Settlement::Released {
+            settled_at: DateTime::<Utc>::MAX_UTC,
+        });
+        let reservations: Reservations = [("h".to_owned(), last), ("s".to_owned(), settled)]
+            .into_iter()
+            .collect();
+        let (kept, dropped) =
+            reservations.pruned(at("2024-01-15T10:11:00Z"), Duration::seconds(30));
+        assert_eq!((kept, dropped), (reservations, vec![]));
     }
 
     #[test]

@@ -637,3 +637,19 @@ async fn three_instances_on_firestore_admit_exactly_33() {
         assert_eq!(app.history(&alice).await[0]["totalMonthlyTokens"], 9_900);
     }
 }
+
+/// A reservation id is the client's text: one whose expiry is seconds before the last instant
+/// a timestamp can name is no reservation, answered 404 like any other unknown id.
+#[tokio::test]
+async fn an_id_expiring_at_the_end_of_time_is_not_found() {
+    let app = spawn_app().await;
+    let alice = token("alice");
+    let id = "20240115-8210266876790-0123456789abcdef";
+    assert_error(app.release(&alice, id).await, 404, "reservation_not_found").await;
+    assert_error(
+        app.commit(&alice, id, json!({"tokens": 5})).await,
+        404,
+        "reservation_not_found",
+    )
+    .await;
+}
