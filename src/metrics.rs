@@ -168,7 +168,7 @@ fn describe() {
     );
     describe_gauge!(
         ACTIVE_USERS_TODAY,
-        "Users with usage today (all instances see the same figure), by user type"
+        "Users who used tokens today (all instances see the same figure), by user type"
     );
     describe_gauge!(TOKENS_TODAY, "Tokens used today by all users, by user type");
     describe_counter!(

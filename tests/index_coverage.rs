@@ -10,7 +10,9 @@
 //! - an `orderBy` together with an equality filter or a second `orderBy`: a composite index is
 //!   needed whose fields are the equality fields (in any order, any direction) followed by the
 //!   `orderBy` fields, in order, in the same direction. `__name__`, which Firestore appends to
-//!   every index, is ignored.
+//!   every index, is ignored;
+//! - a range filter (`positive`) on the first `orderBy` field: served by the same index as the
+//!   order alone.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -273,6 +275,22 @@ fn every_query_that_needs_a_composite_index_has_one() {
     );
 }
 
+/// A range filter is served by the index of the order only when its field is ordered first
+/// (Firestore's rule for a range without its own index); the checks above rely on that.
+#[test]
+fn every_range_filter_is_on_the_first_order_field() {
+    for query in queries::ALL {
+        if let Some(field) = query.positive {
+            assert_eq!(
+                query.order.first().map(|(path, _)| *path),
+                Some(field),
+                "{}: the range on {field} must be its first order",
+                query.name
+            );
+        }
+    }
+}
+
 #[test]
 fn no_query_served_by_single_field_indexes_uses_an_exempted_field() {
     let declared = declared();
@@ -397,6 +415,7 @@ mod rule {
             name: "hand-made",
             collection: "c",
             equality,
+            positive: None,
             order,
         }
     }

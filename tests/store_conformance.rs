@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use token_limits::store::{FirestoreSettings, FirestoreStore, SqliteStore};
 use token_limits::usage::{
     Action, DailyUsage, DayWindow, Deadline, Fingerprint, IdempotencyKey, Limits, MonthlyUsage,
-    RecordOutcome, RecordRequest, ReservationId, StoredAnswer, Tokens, UsageStore, UserId,
-    UserType,
+    PageRequest, RecordOutcome, RecordRequest, ReservationId, StoredAnswer, Tokens, UsageStore,
+    UsageTotals, UserId, UserType,
 };
 
 const LIMITS: Limits = Limits {
@@ -531,6 +531,77 @@ async fn a_release_changes_only_the_reservations(h: &impl Harness) {
     );
 }
 
+/// Active means tokens used: a day that only held a reservation, and a month placed with a
+/// total of 0, are in no report and no summary, though their documents exist.
+async fn only_days_and_months_with_tokens_are_reported(h: &impl Harness) {
+    let store = h.store();
+    let now = "2024-01-15T10:00:00Z";
+    let date = at(now).date_naive();
+    let first_page = PageRequest {
+        limit: 10,
+        after: None,
+    };
+    admitted(record(&*store, request("bob", 40, UserType::Trial, now)).await);
+    let summary = store.daily_summary(date).await.unwrap();
+    assert_eq!(
+        summary.all(),
+        UsageTotals {
+            active_users: 1,
+            total_tokens: 40
+        }
+    );
+
+    let id = held(
+        &*store,
+        reserve("alice", 300, "2024-01-15T10:01:00Z", "2024-01-15T10:11:00Z"),
+    )
+    .await;
+    let release = action("alice", Action::Release { id }, "2024-01-15T10:02:00Z");
+    assert!(matches!(
+        record(&*store, release).await,
+        RecordOutcome::Settled {
+            replayed: false,
+            ..
+        }
+    ));
+    let alices_day = stored_day(&*store, &user("alice"), date).await.unwrap();
+    assert_eq!(alices_day.tokens_used, 0);
+
+    assert_eq!(store.daily_summary(date).await.unwrap(), summary);
+    for user_type in [None, Some(UserType::Trial)] {
+        let report = store
+            .daily_report(date, user_type, &first_page)
+            .await
+            .unwrap();
+        let users: Vec<&str> = report.items.iter().map(|d| d.user_id.as_str()).collect();
+        assert_eq!(users, ["bob"], "{user_type:?}");
+    }
+
+    let placed = at("2024-01-02T08:00:00Z");
+    h.put_month(&MonthlyUsage {
+        user_id: user("carol"),
+        year: 2024,
+        month: 1,
+        daily_usage: BTreeMap::from([("02".to_owned(), 0)]),
+        total_monthly_tokens: 0,
+        average_daily_usage: 0.0,
+        peak_usage_date: "02".to_owned(),
+        peak_usage_tokens: 0,
+        user_type: UserType::Trial,
+        created_at: placed,
+        updated_at: placed,
+    })
+    .await;
+    for user_type in [None, Some(UserType::Trial)] {
+        let report = store
+            .monthly_report(2024, 1, user_type, &first_page)
+            .await
+            .unwrap();
+        let users: Vec<&str> = report.items.iter().map(|m| m.user_id.as_str()).collect();
+        assert_eq!(users, ["bob"], "{user_type:?}");
+    }
+}
+
 macro_rules! conformance_suite {
     ($store:ident, $harness:expr) => {
         mod $store {
@@ -548,6 +619,7 @@ macro_rules! conformance_suite {
                 a_hold_is_stored_and_frees_its_tokens_when_it_expires,
                 a_commit_after_midnight_lands_on_the_reserved_day,
                 a_release_changes_only_the_reservations,
+                only_days_and_months_with_tokens_are_reported,
                 it_answers_ping,
             );
         }

@@ -80,7 +80,7 @@ struct ReportPage<T> {
     next_page_token: Option<String>,
 }
 
-/// One day's usage across users, most tokens first (ties by user id).
+/// One day's usage across the users who used tokens, most first (ties by user id).
 #[utoipa::path(
     get,
     path = "/admin/usage/daily",
@@ -108,7 +108,7 @@ async fn daily(
     }))
 }
 
-/// One month's aggregates across users, most tokens first (ties by user id).
+/// One month's aggregates across the users who used tokens, most first (ties by user id).
 #[utoipa::path(
     get,
     path = "/admin/usage/monthly",
@@ -206,7 +206,8 @@ async fn user_usage(
     }))
 }
 
-/// Users with usage, their tokens, and the mean per user (0 with no users).
+/// Users who used tokens (a reservation alone is no use), their tokens, and the mean per user
+/// (0 with no users).
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct Totals {

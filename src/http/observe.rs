@@ -1,12 +1,16 @@
 //! What every request leaves behind: a span carrying its trace context, one request log line
 //! with Cloud Logging's `httpRequest` fields, and the HTTP metrics. Only the path is logged:
 //! query strings and headers (tokens) never are.
+//!
+//! A metric label never carries request text as it came: every label value is one of a closed
+//! set (a standard method or `other`, a route template or `unmatched`), so that no client can
+//! add series. The log line keeps the request's text, cut to a bounded length.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
@@ -17,15 +21,16 @@ use crate::telemetry::{SPAN_ID, TRACE_ID};
 
 pub async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
-    let path = request.uri().path().to_owned();
+    let method = bounded(request.method().as_str());
+    let method_label = method_label(request.method());
+    let path = bounded(request.uri().path());
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let user_agent = header_text(request.headers(), header::USER_AGENT);
-    let remote_ip = client_ip(&request);
+    let user_agent = header_text(request.headers(), header::USER_AGENT).map(|text| bounded(&text));
+    let remote_ip = client_ip(&request).map(|ip| bounded(&ip));
     let span = tracing::info_span!("request", trace_id = Empty, span_id = Empty);
     if let Some(context) = TraceContext::from_headers(request.headers()) {
         span.record(TRACE_ID, context.trace_id.as_str());
@@ -48,7 +53,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
             "request"
         );
     });
-    let labels = [("route", route), ("method", method)];
+    let labels = [("route", route), ("method", method_label)];
     metrics::histogram!(HTTP_REQUEST_DURATION, &labels).record(latency.as_secs_f64());
     let [route, method] = labels;
     metrics::counter!(
@@ -57,6 +62,39 @@ pub async fn observe(request: Request, next: Next) -> Response {
     )
     .increment(1);
     response
+}
+
+/// The methods a metric label names; any other is `other`.
+const LABELLED_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::PATCH,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::TRACE,
+];
+
+fn method_label(method: &Method) -> String {
+    if LABELLED_METHODS.contains(method) {
+        method.as_str().to_owned()
+    } else {
+        "other".to_owned()
+    }
+}
+
+/// The longest request text (in characters) a log line carries: a request head may be hundreds
+/// of kilobytes, a log entry should not be.
+const LOGGED_TEXT_MAX_CHARS: usize = 1024;
+
+/// `text`, cut to `LOGGED_TEXT_MAX_CHARS` with `…` marking the cut.
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(LOGGED_TEXT_MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
 }
 
 /// Counts a request in flight until it is answered or dropped (a client gone away).
@@ -149,6 +187,30 @@ fn hex_id(id: &str, len: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_standard_methods_are_label_values() {
+        for standard in [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+        ] {
+            let method = Method::from_bytes(standard.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), standard);
+        }
+        for invented in ["X0Y", "get", "PROPFIND", "QUERY", "A-VERY-LONG-METHOD-NAME"] {
+            let method = Method::from_bytes(invented.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), "other", "{invented}");
+        }
+    }
+
+    #[test]
+    fn logged_request_text_is_cut_to_its_bound() {
+        assert_eq!(bounded("GET"), "GET");
+        let at_bound = "a".repeat(LOGGED_TEXT_MAX_CHARS);
+        assert_eq!(bounded(&at_bound), at_bound);
+        let cut = bounded(&"é".repeat(400_000));
+        assert_eq!(cut.chars().count(), LOGGED_TEXT_MAX_CHARS + 1);
+        assert!(cut.ends_with("é…"), "{cut}");
+    }
 
     #[test]
     fn both_trace_headers_are_read() {

@@ -15,12 +15,16 @@ pub enum Direction {
 }
 
 /// One query: equality filters on `equality` (values supplied when it runs, in this order),
-/// then ordered by `order`. Field names are the documents' own, as in the schema.
+/// only documents whose `positive` field is above zero when one is named, then ordered by
+/// `order`. Field names are the documents' own, as in the schema.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryShape {
     pub name: &'static str,
     pub collection: &'static str,
     pub equality: &'static [&'static str],
+    /// A range filter `> 0`. Firestore wants a range field ordered before any other, so it is
+    /// always `order`'s first field, and the index of the order serves the range too.
+    pub positive: Option<&'static str>,
     pub order: &'static [(&'static str, Direction)],
 }
 
@@ -32,14 +36,17 @@ pub const USER_HISTORY: QueryShape = QueryShape {
     name: "user history",
     collection: HISTORY_COLLECTION,
     equality: &["userId"],
+    positive: None,
     order: &[("year", Descending), ("month", Descending)],
 };
 
-/// One day's documents, most tokens first, ties by user (`GET /admin/usage/daily`).
+/// One day's documents with tokens used, most first, ties by user (`GET /admin/usage/daily`):
+/// a day that only held reservations has none and is left out.
 pub const DAILY_REPORT: QueryShape = QueryShape {
     name: "daily report",
     collection: DAILY_COLLECTION,
     equality: &["date"],
+    positive: Some("tokensUsed"),
     order: &[("tokensUsed", Descending), ("userId", Ascending)],
 };
 
@@ -48,14 +55,17 @@ pub const DAILY_REPORT_BY_TYPE: QueryShape = QueryShape {
     name: "daily report by user type",
     collection: DAILY_COLLECTION,
     equality: &["date", "userType"],
+    positive: Some("tokensUsed"),
     order: &[("tokensUsed", Descending), ("userId", Ascending)],
 };
 
-/// One month's aggregates, most tokens first, ties by user (`GET /admin/usage/monthly`).
+/// One month's aggregates with tokens used, most first, ties by user
+/// (`GET /admin/usage/monthly`): a month placed with a total of 0 is left out.
 pub const MONTHLY_REPORT: QueryShape = QueryShape {
     name: "monthly report",
     collection: HISTORY_COLLECTION,
     equality: &["year", "month"],
+    positive: Some("totalMonthlyTokens"),
     order: &[("totalMonthlyTokens", Descending), ("userId", Ascending)],
 };
 
@@ -64,16 +74,19 @@ pub const MONTHLY_REPORT_BY_TYPE: QueryShape = QueryShape {
     name: "monthly report by user type",
     collection: HISTORY_COLLECTION,
     equality: &["year", "month", "userType"],
+    positive: Some("totalMonthlyTokens"),
     order: &[("totalMonthlyTokens", Descending), ("userId", Ascending)],
 };
 
-/// The documents of one day and user type, counted and their `tokensUsed` summed by an
-/// aggregation query (`GET /admin/reports/summary`). Ordered by the summed field so that the
-/// index serving it holds that field, which a sum reads from the index.
+/// The documents of one day and user type with tokens used (its active users), counted and
+/// their `tokensUsed` summed by an aggregation query (`GET /admin/reports/summary`). Ordered by
+/// the summed field so that the index serving it holds that field, which a sum reads from the
+/// index.
 pub const DAILY_SUMMARY_BY_TYPE: QueryShape = QueryShape {
     name: "daily summary by user type",
     collection: DAILY_COLLECTION,
     equality: &["date", "userType"],
+    positive: Some("tokensUsed"),
     order: &[("tokensUsed", Descending)],
 };
 
@@ -82,6 +95,7 @@ pub const SCHEMA_DAILY_BY_TOKENS: QueryShape = QueryShape {
     name: "schema: one date by tokensUsed",
     collection: DAILY_COLLECTION,
     equality: &["date"],
+    positive: None,
     order: &[("tokensUsed", Descending)],
 };
 
@@ -90,6 +104,7 @@ pub const SCHEMA_MONTHLY_BY_TYPE: QueryShape = QueryShape {
     name: "schema: one month by user type",
     collection: HISTORY_COLLECTION,
     equality: &["userType", "year", "month"],
+    positive: None,
     order: &[],
 };
 
@@ -98,6 +113,7 @@ pub const USER_DAYS_BY_NAME: QueryShape = QueryShape {
     name: "maintenance: a user's days by name",
     collection: DAILY_COLLECTION,
     equality: &["userId"],
+    positive: None,
     order: &[],
 };
 
@@ -106,6 +122,7 @@ pub const USER_MONTHS_BY_NAME: QueryShape = QueryShape {
     name: "maintenance: a user's months by name",
     collection: HISTORY_COLLECTION,
     equality: &["userId"],
+    positive: None,
     order: &[],
 };
 
@@ -114,6 +131,7 @@ pub const MONTH_BY_NAME: QueryShape = QueryShape {
     name: "maintenance: one month by name",
     collection: HISTORY_COLLECTION,
     equality: &["year", "month"],
+    positive: None,
     order: &[],
 };
 
@@ -123,6 +141,7 @@ pub const DAYS_BEFORE: QueryShape = QueryShape {
     name: "maintenance: days before a date",
     collection: DAILY_COLLECTION,
     equality: &[],
+    positive: None,
     order: &[("date", Ascending)],
 };
 
@@ -131,6 +150,7 @@ pub const USER_DAYS_OF_MONTH: QueryShape = QueryShape {
     name: "maintenance: a user's days of a month",
     collection: DAILY_COLLECTION,
     equality: &["userId"],
+    positive: None,
     order: &[("date", Descending)],
 };
 

@@ -152,7 +152,7 @@ impl DailyUsage {
     }
 
     pub fn remaining(&self) -> i64 {
-        (self.token_limit - self.tokens_used).max(0)
+        self.token_limit.saturating_sub(self.tokens_used).max(0)
     }
 
     /// Whole seconds until the limit resets, at least 1: the `Retry-After` of a denial.
@@ -242,21 +242,36 @@ mod tests {
         assert_eq!(MonthlyUsage::document_id(&uid, 2024, 1), "user123_2024_01");
     }
 
-    #[test]
-    fn retry_after_rounds_up_and_is_never_zero() {
-        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
-        let day = DailyUsage {
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().to_utc()
+    }
+
+    /// Alice's 15 January 2024 with these figures.
+    fn day(tokens_used: i64, token_limit: i64) -> DailyUsage {
+        DailyUsage {
             user_id: UserId::parse("alice").unwrap(),
             date: NaiveDate::from_ymd_opt(2024, 1, 15).unwrap(),
-            tokens_used: 0,
-            token_limit: 1,
+            tokens_used,
+            token_limit,
             user_type: UserType::Trial,
             last_updated: at("2024-01-15T00:00:00Z"),
             reset_at: at("2024-01-16T00:00:00Z"),
-        };
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        let day = day(0, 1);
         assert_eq!(day.seconds_until_reset(at("2024-01-15T23:59:59.200Z")), 1);
         assert_eq!(day.seconds_until_reset(at("2024-01-15T23:00:00Z")), 3600);
         assert_eq!(day.seconds_until_reset(at("2024-01-16T00:00:01Z")), 1);
+    }
+
+    /// A stored day whose figures no write of the service makes still has an answer.
+    #[test]
+    fn remaining_does_not_overflow_on_extreme_stored_figures() {
+        assert_eq!(day(1, i64::MIN).remaining(), 0);
+        assert_eq!(day(i64::MIN, 1).remaining(), i64::MAX);
     }
 
     #[test]

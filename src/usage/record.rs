@@ -208,7 +208,7 @@ impl RecordRequest {
                 id,
                 tokens,
                 user_type,
-            } => Ok(self.reserve(day, holds, id, *tokens, *user_type)),
+            } => self.reserve(day, holds, id, *tokens, *user_type),
             Action::Commit { id, tokens } => {
                 self.commit(day, snapshot.month.as_ref(), holds, id, *tokens)
             }
@@ -264,7 +264,7 @@ impl RecordRequest {
         id: &ReservationId,
         tokens: Tokens,
         user_type: UserType,
-    ) -> Plan {
+    ) -> Result<Plan, DecisionError> {
         let token_limit = self.limits.for_type(user_type);
         let tokens_used = day.map_or(0, |day| day.tokens_used);
         let day = DailyUsage {
@@ -277,17 +277,22 @@ impl RecordRequest {
             reset_at: self.window.reset_at,
         };
         if !admits(token_limit, tokens_used, holds.held, tokens) {
-            return Plan::answer(RecordOutcome::Denied(Standing {
+            return Ok(Plan::answer(RecordOutcome::Denied(Standing {
                 day,
                 reserved_tokens: holds.held,
-            }));
+            })));
         }
         if holds.kept.len() >= MAX_ENTRIES_PER_DAY {
-            return Plan::answer(RecordOutcome::Crowded(Standing {
+            return Ok(Plan::answer(RecordOutcome::Crowded(Standing {
                 day,
                 reserved_tokens: holds.held,
-            }));
+            })));
         }
+        // Admitted beside a negative `tokensUsed`, holds may still not add up.
+        let reserved_tokens = holds
+            .held
+            .checked_add(tokens.get())
+            .ok_or_else(|| self.unfit_day())?;
         let reservation = Reservation {
             id: id.clone(),
             entry: ReservationEntry {
@@ -301,9 +306,9 @@ impl RecordRequest {
         kept.insert(id, reservation.entry);
         let standing = Standing {
             day: day.clone(),
-            reserved_tokens: holds.held + tokens.get(),
+            reserved_tokens,
         };
-        Plan {
+        Ok(Plan {
             writes: Some(Writes {
                 day,
                 reservations: Some(kept),
@@ -315,7 +320,7 @@ impl RecordRequest {
                 expired_holds: holds.expired,
             }),
             outcome: RecordOutcome::Reserved(reservation, standing),
-        }
+        })
     }
 
     fn commit(
@@ -348,14 +353,11 @@ impl RecordRequest {
                 return Ok(Plan::answer(RecordOutcome::Refused(refusal)));
             }
         };
-        let overflow = || DecisionError {
-            document: self.day_id(),
-        };
         let day = DailyUsage {
             tokens_used: day
                 .tokens_used
                 .checked_add(tokens.get())
-                .ok_or_else(overflow)?,
+                .ok_or_else(|| self.unfit_day())?,
             last_updated: self.now,
             ..day.clone()
         };
@@ -445,10 +447,17 @@ impl RecordRequest {
             (Some(day), Some(entry)) if entry.settlement.is_some() => Found::Settled(day, *entry),
             (Some(day), Some(entry)) => Found::Open(day, *entry),
             // Its entry is gone once nothing can settle it any more; its id still says when.
-            _ if self.now >= id.expires_at() + self.commit_grace => {
+            _ if self.now >= id.settleable_until(self.commit_grace) => {
                 Found::Refused(ReservationRefusal::Expired)
             }
             _ => Found::Refused(ReservationRefusal::NotFound),
+        }
+    }
+
+    /// The request's day document, whose figures do not fit in 64 bits: one to repair.
+    fn unfit_day(&self) -> DecisionError {
+        DecisionError {
+            document: self.day_id(),
         }
     }
 
@@ -698,6 +707,49 @@ mod tests {
         assert_eq!(writes.reservations, Some(Reservations::default()));
         assert_eq!(writes.expired_holds.len(), 1);
         assert_eq!(writes.expired_holds[0].tokens, 700);
+    }
+
+    /// A day no write of the service makes: `tokensUsed` far below zero beside a hold of the
+    /// most tokens, so that used + held + asked fits the limit but held + asked does not.
+    #[test]
+    fn holds_that_do_not_add_up_are_a_corrupt_day_not_an_overflow() {
+        let reserve = request(
+            reserve(1, "2024-01-15T10:10:00Z"),
+            "2024-01-15T10:00:00Z",
+            None,
+        );
+        let date = reserve.window.date;
+        let mut reservations = Reservations::default();
+        reservations.insert(
+            &ReservationId::new(date, at("2024-01-15T10:09:00Z")),
+            ReservationEntry {
+                tokens: i64::MAX,
+                created_at: at("2024-01-15T09:59:00Z"),
+                expires_at: at("2024-01-15T10:09:00Z"),
+                settlement: None,
+            },
+        );
+        let snapshot = Snapshot {
+            day: Some(StoredDay {
+                usage: DailyUsage {
+                    user_id: alice(),
+                    date,
+                    tokens_used: -i64::MAX,
+                    token_limit: 1_000,
+                    user_type: UserType::Trial,
+                    last_updated: at("2024-01-15T09:59:00Z"),
+                    reset_at: reserve.window.reset_at,
+                },
+                reservations,
+            }),
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            reserve.plan(&snapshot),
+            Err(DecisionError {
+                document: reserve.day_id()
+            })
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, NaiveDate, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 
 /// How long a settled entry is remembered, so that a retried commit or release replays.
@@ -18,7 +18,8 @@ pub const MAX_ENTRIES_PER_DAY: usize = 1_000;
 
 /// A reservation's id: `{yyyymmdd}-{expiresAt as Unix seconds}-{random}`. It names the day
 /// whose document holds it, so a commit after midnight finds it, and its expiry, so a commit
-/// long after the entry is gone still answers "expired".
+/// long after the entry is gone still answers "expired". The expiry is a whole second, rounded
+/// up from the one asked for, so that a hold lasts at least its ttl.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReservationId {
     text: String,
@@ -34,8 +35,10 @@ pub struct UnknownReservationId;
 impl ReservationId {
     const RANDOM_CHARS: usize = 16;
 
-    /// A fresh id for a hold made on `date` that expires at `expires_at`.
+    /// A fresh id for a hold made on `date` that expires at `expires_at`, or at the next whole
+    /// second when that is not one.
     pub fn new(date: NaiveDate, expires_at: DateTime<Utc>) -> Self {
+        let expires_at = next_whole_second(expires_at);
         let random = uuid::Uuid::new_v4().simple().to_string();
         let text = format!(
             "{}-{}-{}",
@@ -46,7 +49,7 @@ impl ReservationId {
         Self {
             text,
             date,
-            expires_at: whole_seconds(expires_at),
+            expires_at,
         }
     }
 
@@ -87,6 +90,12 @@ impl ReservationId {
         self.expires_at
     }
 
+    /// Until when a commit may still settle it: `grace` after its expiry. An id is the
+    /// client's text, so its expiry may be the last instant there is, and this then saturates.
+    pub fn settleable_until(&self, grace: Duration) -> DateTime<Utc> {
+        saturating_after(self.expires_at, grace)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -98,9 +107,22 @@ impl fmt::Display for ReservationId {
     }
 }
 
-/// Expiry is kept to the second, as the id carries it.
-fn whole_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at)
+/// Expiry is kept to the second, as the id carries it: rounded up, never down, so that a hold
+/// never ends before it was asked to.
+fn next_whole_second(at: DateTime<Utc>) -> DateTime<Utc> {
+    let truncated = at.trunc_subsecs(0);
+    if truncated == at {
+        return at;
+    }
+    truncated
+        .checked_add_signed(Duration::seconds(1))
+        .unwrap_or(truncated)
+}
+
+/// `at + by`, or the last instant there is when that is later still.
+fn saturating_after(at: DateTime<Utc>, by: Duration) -> DateTime<Utc> {
+    at.checked_add_signed(by)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// How a reservation ended, if it has.
@@ -210,14 +232,15 @@ impl ReservationEntry {
     }
 
     /// From when the entry can be dropped: a hold once no commit can reach it any more, a
-    /// settled entry once its retries are no longer expected.
+    /// settled entry once its retries are no longer expected. Saturates, as stored times may be
+    /// as late as a timestamp goes.
     pub fn forgotten_at(&self, grace: Duration) -> DateTime<Utc> {
-        let dead = self.expires_at + grace;
+        let dead = saturating_after(self.expires_at, grace);
         match self.settlement {
             None => dead,
             Some(
                 Settlement::Committed { settled_at, .. } | Settlement::Released { settled_at },
-            ) => dead.max(settled_at + SETTLED_MEMORY),
+            ) => dead.max(saturating_after(settled_at, SETTLED_MEMORY)),
         }
     }
 }
@@ -330,13 +353,25 @@ mod tests {
     #[test]
     fn an_id_names_its_day_and_expiry_and_parses_back() {
         let date = NaiveDate::from_ymd_opt(2024, 1, 15).unwrap();
-        let id = ReservationId::new(date, at("2024-01-15T10:10:00.250Z"));
+        let id = ReservationId::new(date, at("2024-01-15T10:10:00Z"));
         assert!(id.as_str().starts_with("20240115-1705313400-"), "{id}");
         let parsed = ReservationId::parse(id.as_str()).unwrap();
         assert_eq!(parsed, id);
         assert_eq!(parsed.date(), date);
         assert_eq!(parsed.expires_at(), at("2024-01-15T10:10:00Z"));
         assert_ne!(ReservationId::new(date, id.expires_at()), id);
+    }
+
+    #[test]
+    fn a_hold_lasts_at_least_its_ttl() {
+        let date = NaiveDate::from_ymd_opt(2024, 1, 15).unwrap();
+        let now = at("2024-01-15T10:00:00.999Z");
+        let id = ReservationId::new(date, now + Duration::seconds(1));
+        assert_eq!(id.expires_at(), at("2024-01-15T10:00:02Z"));
+        assert!(id.as_str().starts_with("20240115-1705312802-"), "{id}");
+        assert_eq!(ReservationId::parse(id.as_str()).unwrap(), id);
+        let to_the_second = ReservationId::new(date, at("2024-01-15T10:00:02Z"));
+        assert_eq!(to_the_second.expires_at(), at("2024-01-15T10:00:02Z"));
     }
 
     #[test]
@@ -403,6 +438,22 @@ mod tests {
             vec![expired],
             "a settled entry never counts as expired"
         );
+    }
+
+    #[test]
+    fn entries_expiring_at_the_end_of_time_are_kept_not_overflowed() {
+        let mut last = hold(300, "2024-01-15T10:10:00Z");
+        last.expires_at = DateTime::<Utc>::MAX_UTC;
+        let mut settled = last;
+        settled.settlement = Some(Settlement::Released {
+            settled_at: DateTime::<Utc>::MAX_UTC,
+        });
+        let reservations: Reservations = [("h".to_owned(), last), ("s".to_owned(), settled)]
+            .into_iter()
+            .collect();
+        let (kept, dropped) =
+            reservations.pruned(at("2024-01-15T10:11:00Z"), Duration::seconds(30));
+        assert_eq!((kept, dropped), (reservations, vec![]));
     }
 
     #[test]

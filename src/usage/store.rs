@@ -168,7 +168,8 @@ pub trait UsageStore: Send + Sync {
     /// The user's month documents, newest first, at most `limit`.
     async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError>;
 
-    /// One day's documents, most tokens first (ties by user id), optionally of one user type.
+    /// One day's documents with tokens used (above 0), most first (ties by user id),
+    /// optionally of one user type: a day that only held reservations is left out.
     async fn daily_report(
         &self,
         date: NaiveDate,
@@ -176,7 +177,8 @@ pub trait UsageStore: Send + Sync {
         page: &PageRequest,
     ) -> Result<Page<DailyUsage>, StoreError>;
 
-    /// One month's aggregates, most tokens first (ties by user id), optionally of one type.
+    /// One month's aggregates with tokens used (above 0), most first (ties by user id),
+    /// optionally of one type.
     async fn monthly_report(
         &self,
         year: i32,
@@ -185,8 +187,9 @@ pub trait UsageStore: Send + Sync {
         page: &PageRequest,
     ) -> Result<Page<MonthlyUsage>, StoreError>;
 
-    /// Active users and tokens of one day per user type, counted by the store (aggregation
-    /// queries), never by reading every document, and every figure as of one instant.
+    /// Active users (those with tokens used above 0) and tokens of one day per user type,
+    /// counted by the store (aggregation queries), never by reading every document, and every
+    /// figure as of one instant.
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError>;
 
     /// Answers when the store can serve requests.

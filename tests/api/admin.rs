@@ -235,6 +235,33 @@ async fn the_summary_matches_the_pages(app: TestApp) {
     assert_eq!(empty["averageTokensPerUser"], 0.0);
 }
 
+/// A reservation released unused leaves a day document with no tokens: no activity, so the
+/// summary and the daily report stay as they were.
+async fn a_released_reservation_is_no_activity(app: TestApp) {
+    seed(&app).await;
+    let summary_path = format!("/admin/reports/summary?date={}", today());
+    let report_path = format!("/admin/usage/daily?date={}&limit=500", today());
+    let summary = || async {
+        let response = app.get(&admin(), &summary_path).await;
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()
+    };
+    let before = (summary().await, walk(&app, &report_path).await);
+    assert_eq!(before.0["activeUsers"], USERS.len());
+
+    let hal = user_token("hal", "trial");
+    let reserved = app.reserve(&hal, json!({"tokens": 300}), None).await;
+    assert_eq!(reserved.status(), 201);
+    let id = reserved.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.release(&hal, &id).await.status(), 200);
+
+    let after = (summary().await, walk(&app, &report_path).await);
+    assert_eq!(after, before);
+}
+
 macro_rules! on_both_stores {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -262,6 +289,7 @@ on_both_stores!(
     the_monthly_report_is_ordered_by_total,
     the_drill_down_matches_what_the_user_sees,
     the_summary_matches_the_pages,
+    a_released_reservation_is_no_activity,
 );
 
 const ADMIN_ROUTES: [&str; 4] = [

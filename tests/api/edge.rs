@@ -116,3 +116,69 @@ async fn readiness_fails_at_once_while_shutting_down() {
     // Requests still being answered meanwhile are served as usual.
     assert_eq!(app.today(&token("alice")).await["tokensUsed"], 0);
 }
+
+/// Metric labels come from closed sets: a method the service does not know counts as `other`,
+/// so that clients sending invented methods add no series. The registry is the process's,
+/// shared with the tests running beside this one, which send standard methods only.
+#[tokio::test]
+async fn invented_methods_add_no_metric_series() {
+    let app = spawn_app().await;
+    let invented = |n: usize| format!("X{n}Y");
+    let send_invented = |range: std::ops::Range<usize>| {
+        let app = &app;
+        async move {
+            for n in range {
+                let method = reqwest::Method::from_bytes(invented(n).as_bytes()).unwrap();
+                for path in ["/usage", "/no/such/thing"] {
+                    let response = app
+                        .client
+                        .request(method.clone(), app.url(path))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(response.status().is_client_error(), "{path}");
+                }
+            }
+        }
+    };
+    let scrape = || async {
+        let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    let unnamed_method_series = |text: &str| {
+        text.lines()
+            .filter(|line| line.starts_with("http_request"))
+            .filter(|line| {
+                let method = line
+                    .split_once("method=\"")
+                    .and_then(|(_, rest)| rest.split_once('"'))
+                    .map(|(method, _)| method);
+                method.is_some_and(|method| {
+                    ![
+                        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT",
+                        "TRACE",
+                    ]
+                    .contains(&method)
+                })
+            })
+            .count()
+    };
+
+    send_invented(0..10).await;
+    let first = scrape().await;
+    send_invented(10..200).await;
+    let after = scrape().await;
+
+    for n in 0..200 {
+        let label = format!("method=\"{}\"", invented(n));
+        assert!(!after.contains(&label), "{label} is a label value");
+    }
+    assert!(
+        after.contains(r#"http_requests_total{route="unmatched",method="other",status="404"}"#),
+        "{after}"
+    );
+    let series = unnamed_method_series(&first);
+    assert!(series > 0, "{first}");
+    assert_eq!(unnamed_method_series(&after), series, "{after}");
+}

@@ -882,11 +882,15 @@ pub fn conditional_update(
 }
 
 fn structured_query(shape: &QueryShape, equals: &[Value]) -> StructuredQuery {
+    let above_zero = shape
+        .positive
+        .map(|path| field_condition(path, field_filter::Operator::GreaterThan, codec::integer(0)));
     let filters = shape
         .equality
         .iter()
         .zip(equals)
         .map(|(path, value)| field_condition(path, field_filter::Operator::Equal, value.clone()))
+        .chain(above_zero)
         .collect();
     let field = |path: &str| {
         Some(FieldReference {

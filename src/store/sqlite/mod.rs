@@ -182,7 +182,7 @@ impl UsageStore for SqliteStore {
             let (after_figure, after_user) = cursor_params(&page);
             let mut statement = connection.prepare_cached(&format!(
                 "SELECT {DAY_COLUMNS} FROM daily_token_usage
-                 WHERE date = ?1 AND (?2 IS NULL OR user_type = ?2)
+                 WHERE date = ?1 AND tokens_used > 0 AND (?2 IS NULL OR user_type = ?2)
                    AND (?3 IS NULL OR tokens_used < ?3 OR (tokens_used = ?3 AND user_id > ?4))
                  ORDER BY tokens_used DESC, user_id ASC LIMIT ?5"
             ))?;
@@ -215,7 +215,8 @@ impl UsageStore for SqliteStore {
             let (after_figure, after_user) = cursor_params(&page);
             let mut statement = connection.prepare_cached(
                 "SELECT * FROM token_usage_history
-                 WHERE year = ?1 AND month = ?2 AND (?3 IS NULL OR user_type = ?3)
+                 WHERE year = ?1 AND month = ?2 AND total_monthly_tokens > 0
+                   AND (?3 IS NULL OR user_type = ?3)
                    AND (?4 IS NULL OR total_monthly_tokens < ?4
                         OR (total_monthly_tokens = ?4 AND user_id > ?5))
                  ORDER BY total_monthly_tokens DESC, user_id ASC LIMIT ?6",
@@ -244,7 +245,7 @@ impl UsageStore for SqliteStore {
         self.with_connection(move |connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT user_type, COUNT(*), COALESCE(SUM(tokens_used), 0)
-                 FROM daily_token_usage WHERE date = ?1 GROUP BY user_type",
+                 FROM daily_token_usage WHERE date = ?1 AND tokens_used > 0 GROUP BY user_type",
             )?;
             let rows = statement.query_map([date], |row| {
                 Ok((
