@@ -827,6 +827,8 @@ mod firestore_documents {
                 ("userType", "stringValue"),
                 ("lastUpdated", "timestampValue"),
                 ("resetAt", "timestampValue"),
+                // Beyond the schema: the marker by which a lost commit knows its own write.
+                ("writeId", "stringValue"),
             ])
         );
         assert_eq!(day["date"]["stringValue"], "2024-01-15");
