@@ -341,7 +341,7 @@ fn value(value_type: ValueType) -> Value {
     }
 }
 
-fn string(text: &str) -> Value {
+pub fn string(text: &str) -> Value {
     value(ValueType::StringValue(text.to_owned()))
 }
 

@@ -19,15 +19,14 @@ use firestore::gcloud_sdk::google::firestore::v1::{
 use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::gcloud_sdk::tonic::Code;
 
-use super::queries::{self, QueryShape};
-use super::{
-    AttemptError, FirestoreStore, MAX_RPC_TIMEOUT, all_of, codec, field_condition, read_failure,
-    string_value, structured_query,
-};
+use super::client::{AttemptError, MAX_RPC_TIMEOUT, read_failure};
+use super::reports::{all_of, field_condition, structured_query};
+use super::{FirestoreStore, codec};
 use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
     Scan, ScanCursor, Stored, Version, strict_user_type,
 };
+use crate::store::queries::{self, QueryShape};
 use crate::usage::{MonthlyUsage, StoreError, UserId, month_dates};
 
 /// Reads are retried a few times: a long scan should not fail on one dropped call.
@@ -112,7 +111,7 @@ fn by_name() -> Order {
 }
 
 fn date_value(date: NaiveDate) -> Value {
-    string_value(&date.format("%Y-%m-%d").to_string())
+    codec::string(&date.format("%Y-%m-%d").to_string())
 }
 
 impl FirestoreStore {
@@ -158,7 +157,7 @@ impl FirestoreStore {
                     Collection::Daily => &queries::USER_DAYS_BY_NAME,
                     Collection::History => &queries::USER_MONTHS_BY_NAME,
                 };
-                let equals: Vec<Value> = user.iter().map(|u| string_value(u.as_str())).collect();
+                let equals: Vec<Value> = user.iter().map(|u| codec::string(u.as_str())).collect();
                 (*collection, structured_query(shape, &equals))
             }
             Scan::Month { year, month } => {
@@ -181,7 +180,7 @@ impl FirestoreStore {
         query.start_at = after.map(|cursor| {
             // Ordered by date first, a page resumes after the last document's date too.
             let date = matches!(scan, Scan::DaysBefore(_))
-                .then(|| string_value(cursor.date.as_deref().unwrap_or_default()));
+                .then(|| codec::string(cursor.date.as_deref().unwrap_or_default()));
             let name = reference(self.document_name(collection.name(), &cursor.id));
             Cursor {
                 values: date.into_iter().chain([name]).collect(),
@@ -299,7 +298,7 @@ impl DocumentStore for FirestoreStore {
             .ok_or_else(|| StoreError::Internal(format!("{year}-{month} is no month")))?;
         let mut query = structured_query(
             &queries::USER_DAYS_OF_MONTH,
-            &[string_value(user_id.as_str())],
+            &[codec::string(user_id.as_str())],
         );
         and(
             &mut query,

@@ -1,0 +1,250 @@
+//! The calls to Firestore: each bounded in time, counted, and its failure sorted by what a
+//! retry can do.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use firestore::gcloud_sdk::GoogleAuthMiddleware;
+use firestore::gcloud_sdk::google::firestore::v1::firestore_client::FirestoreClient;
+use firestore::gcloud_sdk::google::firestore::v1::{
+    BatchGetDocumentsRequest, CommitRequest, Document, GetDocumentRequest, RunQueryRequest,
+    StructuredQuery, Write, WriteResult, batch_get_documents_response, run_query_request,
+};
+use firestore::gcloud_sdk::prost_types::Timestamp;
+use firestore::gcloud_sdk::tonic::{self, Code, Status};
+
+use super::FirestoreStore;
+use super::codec;
+use crate::usage::StoreError;
+
+/// The longest one call to Firestore may take.
+pub(super) const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The least time worth giving a call: with less left, the call is not made.
+pub(super) const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(5);
+
+/// Why one attempt of a record did not finish.
+#[derive(Debug)]
+pub(super) enum AttemptError {
+    /// Another writer changed a document since it was read: nothing was written; try again.
+    Contention,
+    /// The request's time for writes ended before the commit could be sent: nothing was
+    /// written.
+    TooLate,
+    /// Firestore could not answer now and nothing was written: try again.
+    Transient(Status),
+    /// The commit may or may not have been applied, and reading back could not tell:
+    /// retrying could count twice.
+    Ambiguous(String),
+    /// Retrying will not help.
+    Permanent(StoreError),
+}
+
+impl AttemptError {
+    pub(super) fn retryable(&self) -> bool {
+        matches!(self, Self::Contention | Self::Transient(_))
+    }
+
+    pub(super) fn into_store_error(self) -> StoreError {
+        match self {
+            Self::Contention => StoreError::Unavailable("contention: out of retries".to_owned()),
+            Self::TooLate => StoreError::Unavailable(
+                "the request's deadline came before its write could begin".to_owned(),
+            ),
+            Self::Transient(status) => StoreError::Unavailable(describe(&status)),
+            Self::Ambiguous(detail) => StoreError::OutcomeUnknown(detail),
+            Self::Permanent(error) => error,
+        }
+    }
+}
+
+impl From<codec::DecodeError> for AttemptError {
+    fn from(error: codec::DecodeError) -> Self {
+        Self::Permanent(error.into())
+    }
+}
+
+impl From<codec::DecodeError> for StoreError {
+    fn from(error: codec::DecodeError) -> Self {
+        Self::Corrupt(error.to_string())
+    }
+}
+
+/// Sorts a failed read (safe to repeat) by whether repeating can help.
+pub(super) fn read_failure(status: Status) -> AttemptError {
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::Cancelled
+        | Code::Internal
+        | Code::Unknown => AttemptError::Transient(status),
+        _ => AttemptError::Permanent(permanent_error(&status)),
+    }
+}
+
+/// How a commit failed: a failed precondition or an abort wrote nothing; a lost answer may
+/// have written everything.
+pub(super) enum CommitFailure {
+    Refused(AttemptError),
+    AnswerLost(Status),
+}
+
+pub(super) fn commit_failure(status: Status) -> CommitFailure {
+    match status.code() {
+        Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists => {
+            CommitFailure::Refused(AttemptError::Contention)
+        }
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Cancelled
+        | Code::Internal
+        | Code::Unknown => CommitFailure::AnswerLost(status),
+        _ => CommitFailure::Refused(AttemptError::Permanent(permanent_error(&status))),
+    }
+}
+
+/// Credentials or permission problems are an outage to clients (503), not a bug (500).
+fn permanent_error(status: &Status) -> StoreError {
+    match status.code() {
+        Code::PermissionDenied | Code::Unauthenticated => StoreError::Unavailable(describe(status)),
+        _ => StoreError::Internal(describe(status)),
+    }
+}
+
+pub(super) fn describe(status: &Status) -> String {
+    format!("firestore {:?}: {}", status.code(), status.message())
+}
+
+impl FirestoreStore {
+    pub(super) fn client(&self) -> FirestoreClient<GoogleAuthMiddleware> {
+        self.db.client().get()
+    }
+
+    pub(super) fn document_name(&self, collection: &str, id: &str) -> String {
+        format!("{}/documents/{collection}/{id}", self.database)
+    }
+
+    /// A call that may take at most `timeout`, so that a slow Firestore is answered in time.
+    pub(super) fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout.clamp(MIN_RPC_TIMEOUT, MAX_RPC_TIMEOUT));
+        request
+    }
+
+    /// Reads the named documents at one consistent time, within `timeout`; missing ones are
+    /// absent.
+    pub(super) async fn batch_get(
+        &self,
+        names: &[&str],
+        timeout: Duration,
+    ) -> Result<HashMap<String, Document>, Status> {
+        self.batch_get_at(names, timeout)
+            .await
+            .map(|(found, _)| found)
+    }
+
+    /// [`Self::batch_get`], with the time the documents were read at.
+    pub(super) async fn batch_get_at(
+        &self,
+        names: &[&str],
+        timeout: Duration,
+    ) -> Result<(HashMap<String, Document>, Option<Timestamp>), Status> {
+        self.counters.rpc();
+        self.counters.reads(names.len() as u64);
+        let request = BatchGetDocumentsRequest {
+            database: self.database.clone(),
+            documents: names.iter().map(|name| name.to_string()).collect(),
+            ..Default::default()
+        };
+        let mut stream = self
+            .client()
+            .batch_get_documents(Self::request(request, timeout))
+            .await?
+            .into_inner();
+        let (mut found, mut read_time) = (HashMap::new(), None);
+        while let Some(response) = stream.message().await? {
+            read_time = response.read_time.or(read_time);
+            if let Some(batch_get_documents_response::Result::Found(document)) = response.result {
+                found.insert(document.name.clone(), document);
+            }
+        }
+        Ok((found, read_time))
+    }
+
+    /// Applies all `writes` or none, within `timeout`; the results are in the order of the
+    /// writes.
+    pub(super) async fn commit(
+        &self,
+        writes: Vec<Write>,
+        timeout: Duration,
+    ) -> Result<Vec<WriteResult>, Status> {
+        self.counters.commit_attempt();
+        let count = writes.len() as u64;
+        let request = CommitRequest {
+            database: self.database.clone(),
+            writes,
+            ..Default::default()
+        };
+        let response = self
+            .client()
+            .commit(Self::request(request, timeout))
+            .await?;
+        self.counters.committed(count);
+        Ok(response.into_inner().write_results)
+    }
+
+    /// One document by name; `None` when it does not exist.
+    pub(super) async fn get(&self, name: String) -> Result<Option<Document>, StoreError> {
+        self.counters.rpc();
+        self.counters.reads(1);
+        let request = GetDocumentRequest {
+            name,
+            ..Default::default()
+        };
+        match self
+            .client()
+            .get_document(Self::request(request, MAX_RPC_TIMEOUT))
+            .await
+        {
+            Ok(response) => Ok(Some(response.into_inner())),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(read_failure(status).into_store_error()),
+        }
+    }
+
+    /// Runs one query, at `read_time` when given, else now.
+    pub(super) async fn run_query(
+        &self,
+        query: StructuredQuery,
+        read_time: Option<Timestamp>,
+    ) -> Result<Vec<Document>, StoreError> {
+        self.counters.rpc();
+        let request = RunQueryRequest {
+            parent: format!("{}/documents", self.database),
+            query_type: Some(run_query_request::QueryType::StructuredQuery(query)),
+            consistency_selector: read_time.map(run_query_request::ConsistencySelector::ReadTime),
+            ..Default::default()
+        };
+        let read = async {
+            let mut stream = self
+                .client()
+                .run_query(Self::request(request, MAX_RPC_TIMEOUT))
+                .await?
+                .into_inner();
+            let mut documents = Vec::new();
+            while let Some(response) = stream.message().await? {
+                documents.extend(response.document);
+            }
+            Ok::<_, Status>(documents)
+        };
+        let documents = read
+            .await
+            .map_err(|status| read_failure(status).into_store_error())?;
+        // A query is billed one read per document, and at least one.
+        self.counters.reads(documents.len().max(1) as u64);
+        Ok(documents)
+    }
+}

@@ -1,0 +1,319 @@
+//! The reads behind the reports: a user's day and months, report pages in index order, and
+//! the day's totals counted by aggregation queries.
+
+use std::collections::HashMap;
+
+use chrono::NaiveDate;
+use firestore::gcloud_sdk::google::firestore::v1::structured_aggregation_query::{
+    Aggregation, aggregation,
+};
+use firestore::gcloud_sdk::google::firestore::v1::structured_query::{
+    CollectionSelector, CompositeFilter, Direction as OrderDirection, FieldFilter, FieldReference,
+    Filter, Order, composite_filter, field_filter, filter,
+};
+use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
+use firestore::gcloud_sdk::google::firestore::v1::{
+    Cursor, Document, RunAggregationQueryRequest, StructuredAggregationQuery, StructuredQuery,
+    Value, run_aggregation_query_request, structured_aggregation_query,
+};
+use firestore::gcloud_sdk::prost_types::Timestamp;
+use firestore::gcloud_sdk::tonic::Status;
+
+use super::FirestoreStore;
+use super::client::{MAX_RPC_TIMEOUT, read_failure};
+use super::codec;
+use crate::store::queries::{self, DAILY_COLLECTION, Direction, QueryShape};
+use crate::usage::{
+    DailySummary, DailyUsage, MonthlyUsage, Page, PageCursor, PageRequest, StoreError, StoredDay,
+    UsageTotals, UserId, UserType,
+};
+
+impl FirestoreStore {
+    /// Counts the documents of a query and sums their `tokensUsed`, in Firestore.
+    /// Counts at `read_time` when given, else now; returns the time it counted at.
+    async fn totals(
+        &self,
+        shape: &QueryShape,
+        equals: &[Value],
+        read_time: Option<Timestamp>,
+    ) -> Result<(UsageTotals, Timestamp), StoreError> {
+        let field = FieldReference {
+            field_path: "tokensUsed".to_owned(),
+        };
+        let aggregations = vec![
+            Aggregation {
+                alias: "users".to_owned(),
+                operator: Some(aggregation::Operator::Count(aggregation::Count {
+                    up_to: None,
+                })),
+            },
+            Aggregation {
+                alias: "tokens".to_owned(),
+                operator: Some(aggregation::Operator::Sum(aggregation::Sum {
+                    field: Some(field),
+                })),
+            },
+        ];
+        let request = RunAggregationQueryRequest {
+            parent: format!("{}/documents", self.database),
+            query_type: Some(
+                run_aggregation_query_request::QueryType::StructuredAggregationQuery(
+                    StructuredAggregationQuery {
+                        aggregations,
+                        query_type: Some(structured_aggregation_query::QueryType::StructuredQuery(
+                            structured_query(shape, equals),
+                        )),
+                    },
+                ),
+            ),
+            consistency_selector: read_time
+                .map(run_aggregation_query_request::ConsistencySelector::ReadTime),
+            ..Default::default()
+        };
+        self.counters.rpc();
+        let read = async {
+            let mut stream = self
+                .client()
+                .run_aggregation_query(Self::request(request, MAX_RPC_TIMEOUT))
+                .await?
+                .into_inner();
+            let mut fields = HashMap::new();
+            let mut counted_at = None;
+            while let Some(response) = stream.message().await? {
+                counted_at = response.read_time.or(counted_at);
+                fields.extend(
+                    response
+                        .result
+                        .map(|result| result.aggregate_fields)
+                        .unwrap_or_default(),
+                );
+            }
+            Ok::<_, Status>((fields, counted_at))
+        };
+        let (fields, counted_at) = read
+            .await
+            .map_err(|status| read_failure(status).into_store_error())?;
+        let counted_at = counted_at.ok_or_else(|| {
+            StoreError::Internal("an aggregation came without its read time".to_owned())
+        })?;
+        // An aggregation is billed one read per 1,000 index entries it scans, and at least one.
+        self.counters.reads(1);
+        let number = |alias: &str| match fields
+            .get(alias)
+            .and_then(|value| value.value_type.as_ref())
+        {
+            Some(ValueType::IntegerValue(number)) => Ok(*number),
+            Some(ValueType::DoubleValue(number)) => Ok(*number as i64),
+            _ => Err(StoreError::Internal(format!(
+                "aggregation result {alias} is missing"
+            ))),
+        };
+        let totals = UsageTotals {
+            active_users: number("users")?,
+            total_tokens: number("tokens")?,
+        };
+        Ok((totals, counted_at))
+    }
+
+    /// Runs a query of a declared shape with the given equality values, in its order.
+    async fn query(
+        &self,
+        shape: &QueryShape,
+        equals: &[Value],
+        limit: u32,
+        start_after: Option<&PageCursor>,
+    ) -> Result<Vec<Document>, StoreError> {
+        let mut query = structured_query(shape, equals);
+        query.limit = Some(i32::try_from(limit).unwrap_or(i32::MAX));
+        // The order is (figure desc, userId asc): resume after the last item's values.
+        query.start_at = start_after.map(|after| Cursor {
+            values: vec![
+                codec::integer(after.figure),
+                codec::string(after.user_id.as_str()),
+            ],
+            before: false,
+        });
+        self.run_query(query, None).await
+    }
+
+    pub(super) async fn read_day(
+        &self,
+        user_id: &UserId,
+        date: NaiveDate,
+    ) -> Result<Option<StoredDay>, StoreError> {
+        let name = self.document_name(DAILY_COLLECTION, &DailyUsage::document_id(user_id, date));
+        self.get(name)
+            .await?
+            .map(|document| codec::stored_day_from(&document))
+            .transpose()
+            .map_err(StoreError::from)
+    }
+
+    pub(super) async fn read_months(
+        &self,
+        user_id: &UserId,
+        limit: u32,
+    ) -> Result<Vec<MonthlyUsage>, StoreError> {
+        let equals = [codec::string(user_id.as_str())];
+        let documents = self
+            .query(&queries::USER_HISTORY, &equals, limit, None)
+            .await?;
+        decode_all(&documents, codec::month_from)
+    }
+
+    pub(super) async fn read_daily_report(
+        &self,
+        date: NaiveDate,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<DailyUsage>, StoreError> {
+        let mut equals = vec![codec::string(&date.format("%Y-%m-%d").to_string())];
+        let shape = match user_type {
+            Some(user_type) => {
+                equals.push(codec::string(user_type.as_str()));
+                &queries::DAILY_REPORT_BY_TYPE
+            }
+            None => &queries::DAILY_REPORT,
+        };
+        let documents = self
+            .query(shape, &equals, page.limit + 1, page.after.as_ref())
+            .await?;
+        let items = decode_all(&documents, codec::day_from)?;
+        Ok(Page::from_overfetch(items, page.limit))
+    }
+
+    pub(super) async fn read_monthly_report(
+        &self,
+        year: i32,
+        month: u32,
+        user_type: Option<UserType>,
+        page: &PageRequest,
+    ) -> Result<Page<MonthlyUsage>, StoreError> {
+        let mut equals = vec![
+            codec::integer(i64::from(year)),
+            codec::integer(i64::from(month)),
+        ];
+        let shape = match user_type {
+            Some(user_type) => {
+                equals.push(codec::string(user_type.as_str()));
+                &queries::MONTHLY_REPORT_BY_TYPE
+            }
+            None => &queries::MONTHLY_REPORT,
+        };
+        let documents = self
+            .query(shape, &equals, page.limit + 1, page.after.as_ref())
+            .await?;
+        let items = decode_all(&documents, codec::month_from)?;
+        Ok(Page::from_overfetch(items, page.limit))
+    }
+
+    /// One aggregation query per user type, each counting its own type; the first one's read
+    /// time is every other one's, so that the answer is one instant even while users upgrade.
+    pub(super) async fn count_daily_summary(
+        &self,
+        date: NaiveDate,
+    ) -> Result<DailySummary, StoreError> {
+        let day = codec::string(&date.format("%Y-%m-%d").to_string());
+        let of_type = |user_type: UserType| [day.clone(), codec::string(user_type.as_str())];
+        let [first, rest @ ..] = UserType::ALL;
+        let (first_totals, read_time) = self
+            .totals(&queries::DAILY_SUMMARY_BY_TYPE, &of_type(first), None)
+            .await?;
+        let rest = futures_util::future::try_join_all(rest.map(|user_type| async move {
+            let (totals, _) = self
+                .totals(
+                    &queries::DAILY_SUMMARY_BY_TYPE,
+                    &of_type(user_type),
+                    Some(read_time),
+                )
+                .await?;
+            Ok::<_, StoreError>((user_type, totals))
+        }))
+        .await?;
+        Ok(DailySummary::from_counts(
+            std::iter::once((first, first_totals)).chain(rest),
+        ))
+    }
+
+    /// Reads a document that never exists: an answer, even "not found", means reachable.
+    pub(super) async fn probe(&self) -> Result<(), StoreError> {
+        self.get(self.document_name(DAILY_COLLECTION, "readiness-probe"))
+            .await
+            .map(drop)
+    }
+}
+
+fn decode_all<T>(
+    documents: &[Document],
+    decode: impl Fn(&Document) -> Result<T, codec::DecodeError>,
+) -> Result<Vec<T>, StoreError> {
+    documents
+        .iter()
+        .map(|document| decode(document).map_err(StoreError::from))
+        .collect()
+}
+
+pub(super) fn structured_query(shape: &QueryShape, equals: &[Value]) -> StructuredQuery {
+    let above_zero = shape
+        .positive
+        .map(|path| field_condition(path, field_filter::Operator::GreaterThan, codec::integer(0)));
+    let filters = shape
+        .equality
+        .iter()
+        .zip(equals)
+        .map(|(path, value)| field_condition(path, field_filter::Operator::Equal, value.clone()))
+        .chain(above_zero)
+        .collect();
+    let field = |path: &str| {
+        Some(FieldReference {
+            field_path: path.to_owned(),
+        })
+    };
+    let order_by = shape
+        .order
+        .iter()
+        .map(|(path, direction)| Order {
+            field: field(path),
+            direction: match direction {
+                Direction::Ascending => OrderDirection::Ascending,
+                Direction::Descending => OrderDirection::Descending,
+            } as i32,
+        })
+        .collect();
+    StructuredQuery {
+        from: vec![CollectionSelector {
+            collection_id: shape.collection.to_owned(),
+            all_descendants: false,
+        }],
+        r#where: all_of(filters),
+        order_by,
+        ..Default::default()
+    }
+}
+
+/// One condition on a field.
+pub(super) fn field_condition(path: &str, op: field_filter::Operator, value: Value) -> Filter {
+    Filter {
+        filter_type: Some(filter::FilterType::FieldFilter(FieldFilter {
+            field: Some(FieldReference {
+                field_path: path.to_owned(),
+            }),
+            op: op as i32,
+            value: Some(value),
+        })),
+    }
+}
+
+/// All of `filters`, as a query's `where`: none, the one, or their conjunction.
+pub(super) fn all_of(mut filters: Vec<Filter>) -> Option<Filter> {
+    match filters.len() {
+        0 => None,
+        1 => filters.pop(),
+        _ => Some(Filter {
+            filter_type: Some(filter::FilterType::CompositeFilter(CompositeFilter {
+                op: composite_filter::Operator::And as i32,
+                filters,
+            })),
+        }),
+    }
+}
