@@ -288,6 +288,68 @@ fn idle_kept_alive_connections_are_closed() {
     server.stop();
 }
 
+/// Reads what the service sends until it closes the connection; `None` when it is still open
+/// after `within`.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0; 1024];
+    while started.elapsed() < within {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(received),
+            Ok(read) => received.extend_from_slice(&buffer[..read]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(received),
+        }
+    }
+    None
+}
+
+/// Only HTTP/1.1 is served: a client that connects and sends nothing, or speaks HTTP/2 with
+/// prior knowledge and then waits, is cut off after the header read timeout like any slow
+/// client, and never gets an HTTP/2 answer.
+#[test]
+fn silent_and_http2_connections_are_cut_off() {
+    const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, &[("HEADER_READ_TIMEOUT_SECS", "1")]);
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let openings = [
+        ("nothing", Vec::new()),
+        ("half the HTTP/2 preface", HTTP2_PREFACE[..16].to_vec()),
+        (
+            "the HTTP/2 preface and its settings",
+            [HTTP2_PREFACE, EMPTY_SETTINGS].concat(),
+        ),
+    ];
+    let mut connections: Vec<(&str, TcpStream)> = openings
+        .iter()
+        .map(|(sent, bytes)| {
+            let mut stream = TcpStream::connect(&address).unwrap();
+            stream.write_all(bytes).unwrap();
+            (*sent, stream)
+        })
+        .collect();
+    for (sent, stream) in &mut connections {
+        let received = read_until_closed(stream, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("a connection that sent {sent} is still open"));
+        assert!(
+            received.is_empty() || received.starts_with(b"HTTP/1.1 "),
+            "a connection that sent {sent} was answered {received:?}"
+        );
+    }
+    server.stop();
+}
+
 /// No more connections are open at once than configured: the next client waits until one
 /// closes, then is served.
 #[test]
