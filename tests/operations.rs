@@ -536,6 +536,7 @@ fn metrics_count_what_the_service_did() {
         "token_limits_firestore_document_reads_total",
         "token_limits_firestore_document_writes_total",
         "token_limits_signing_key_fetches_total",
+        "token_limits_stale_signing_key_uses_total",
         "token_limits_user_directory_lookups_total",
     ] {
         assert!(
