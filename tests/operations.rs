@@ -16,6 +16,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 const PROJECT: &str = "token-limits-ops";
+/// The bearer token `/metrics` asks for, as production has one.
+const METRICS_TOKEN: &str = "ops-scraper";
 
 /// A JWK endpoint serving the first test key, as Google's would.
 fn serve_jwks() -> String {
@@ -58,7 +60,8 @@ fn signed_token(uid: &str) -> String {
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
-/// A signed-token service on the embedded store in `dir`, with `environment` set too.
+/// A signed-token service on the embedded store in `dir`, with `/metrics` for
+/// [`METRICS_TOKEN`], and `environment` set too.
 fn start(dir: &tempfile::TempDir, environment: &[(&str, &str)]) -> Server {
     let jwks = serve_jwks();
     let sqlite = dir.path().join("usage.db").display().to_string();
@@ -66,6 +69,7 @@ fn start(dir: &tempfile::TempDir, environment: &[(&str, &str)]) -> Server {
         ("SQLITE_PATH", sqlite.as_str()),
         ("FIREBASE_PROJECT_ID", PROJECT),
         ("FIREBASE_JWKS_URL", jwks.as_str()),
+        ("METRICS_TOKEN", METRICS_TOKEN),
         ("RUST_LOG", "info"),
     ];
     all.extend_from_slice(environment);
@@ -506,7 +510,11 @@ fn metrics_count_what_the_service_did() {
         404
     );
 
-    let response = client().get(format!("{base}/metrics")).send().unwrap();
+    let response = client()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -644,5 +652,25 @@ fn a_metrics_token_guards_the_metrics() {
         .unwrap();
     assert_eq!(right.status(), 200);
     assert!(right.text().unwrap().contains("http_requests_total"));
+    server.stop();
+}
+
+/// `METRICS_PUBLIC=true` says `/metrics` is meant to be open: served to anyone, no token.
+#[test]
+fn public_metrics_are_served_to_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty variable counts as unset: no token.
+    let server = start(&dir, &[("METRICS_TOKEN", ""), ("METRICS_PUBLIC", "true")]);
+    let response = client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .text()
+            .unwrap()
+            .contains("token_limits_decisions_total")
+    );
     server.stop();
 }
