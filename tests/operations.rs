@@ -3,12 +3,14 @@
 
 #[path = "support/binary.rs"]
 mod binary;
+#[path = "support/emulator.rs"]
+mod emulator;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use binary::{Server, client};
@@ -633,6 +635,76 @@ fn metrics_count_what_the_service_did() {
             "token_limits_signing_key_fetches_total",
             &[("result", "ok")]
         ) >= 1.0
+    );
+}
+
+fn emulator() -> &'static emulator::Emulator {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| tokio::runtime::Runtime::new().unwrap());
+    runtime.block_on(emulator::shared())
+}
+
+/// However often `/metrics` is scraped, today's figures cost the store one query per user type
+/// per interval: on Firestore, a burst of scrapes makes the calls of a single count.
+#[test]
+fn scrapes_count_todays_figures_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = emulator().host();
+    let project = emulator::unique_project("scrapes");
+    let server = start(
+        &dir,
+        &[
+            ("STORE", "firestore"),
+            ("FIRESTORE_EMULATOR_HOST", &host),
+            ("GOOGLE_CLOUD_PROJECT", &project),
+        ],
+    );
+    let alice = signed_token("alice");
+    assert_eq!(
+        post_usage(&server.base, &alice, json!({"tokens": 120})).status(),
+        200
+    );
+    let scrape = || {
+        let response = client()
+            .get(format!("{}/metrics", server.base))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().unwrap()
+    };
+    let value = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        series(text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}:\n{text}"))
+    };
+    let rpcs = "token_limits_firestore_rpcs_total";
+    let summaries = [
+        ("store", "firestore"),
+        ("operation", "daily_summary"),
+        ("result", "ok"),
+    ];
+
+    let first = scrape();
+    assert_eq!(
+        value(
+            &first,
+            "token_limits_tokens_today",
+            &[("user_type", "trial")]
+        ),
+        120.0
+    );
+    for _ in 0..30 {
+        scrape();
+    }
+    let last = scrape();
+    server.stop();
+    assert_eq!(
+        value(&last, rpcs, &[]),
+        value(&first, rpcs, &[]),
+        "the scrapes after the first called Firestore"
+    );
+    assert_eq!(
+        value(&last, "token_limits_store_operations_total", &summaries),
+        1.0
     );
 }
 
