@@ -74,7 +74,7 @@ start_service() {
   local log=$1
   shift
   port=$(free_port)
-  env HOST=127.0.0.1 PORT="$port" FIREBASE_PROJECT_ID=$project \
+  env HOST=127.0.0.1 PORT="$port" FIREBASE_PROJECT_ID=$project METRICS_PUBLIC=true \
     FIREBASE_JWKS_URL="http://127.0.0.1:$jwks_port/keys" DAILY_LIMIT_TRIAL=1000000000000 "$@" \
     target/release/token-limits >"$log" 2>&1 &
   service=$!

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Container test: builds the Dockerfile with podman, then runs the image as Cloud Run would and
 # checks that it serves a real signed request as uid 65532, serves within a second of starting,
-# and on `podman stop` finishes the request in flight and exits 0. Needs root, apt, Python 3
-# and OpenSSL. Base images that cannot be pulled are replaced by local stand-ins (Debian via
-# debootstrap, the machine's Rust toolchain, so rustc too), built once and then reused.
+# serves /metrics only for its METRICS_TOKEN, and on `podman stop` finishes the request in
+# flight and exits 0. Needs root, apt, Python 3 and OpenSSL. Base images that cannot be pulled
+# are replaced by local stand-ins (Debian via debootstrap, the machine's Rust toolchain, so
+# rustc too), built once and then reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -205,6 +206,8 @@ chown 65532:65532 "$work/data"
 # a free loopback port so that parallel runs do not clash.
 port=$(free_port)
 url=http://127.0.0.1:$port
+# As deploy/cloudrun.yaml sets it from Secret Manager: production refuses to start without it.
+metrics_token=$(openssl rand -hex 16)
 ctr=token-limits-ct-$port
 containers+=("$ctr")
 launched=$(date +%s%N)
@@ -212,6 +215,7 @@ podman run -d --name "$ctr" --network slirp4netns:allow_host_loopback=true -p "1
   -e PORT=8080 -e K_SERVICE=token-limits -e K_REVISION=token-limits-00001-abc \
   -e K_CONFIGURATION=token-limits \
   -e FIREBASE_PROJECT_ID=$project -e FIREBASE_JWKS_URL="http://10.0.2.2:$jwks_port/keys.json" \
+  -e METRICS_TOKEN="$metrics_token" \
   -v "$work/data:/data:Z" "$image" >/dev/null
 run_ms=$(ms_since "$launched")
 
@@ -255,6 +259,13 @@ if [ "${usage##*$'\n'}" = 200 ] && grep -q '"tokensUsed":5[,}]' <<<"$usage" &&
   echo "ok   POST /usage with a signed token: 200, tokensUsed 5"
 else
   fail "POST /usage: $usage"
+fi
+anonymous=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url/metrics")
+scraped=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $metrics_token" "$url/metrics")
+if [ "$anonymous" = 401 ] && [ "$scraped" = 200 ]; then
+  echo "ok   /metrics 401 without METRICS_TOKEN, 200 with it"
+else
+  fail "/metrics: $anonymous without the token, $scraped with it"
 fi
 if [ -f "$work/data/token-limits.db" ]; then
   echo "ok   SQLite file created on the volume"

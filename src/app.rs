@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{DirectorySettings, IdentityToolkitDirectory, TokenVerifier, VerifierSettings};
 use crate::config::{Config, StoreKind};
-use crate::http::{AppState, EdgeSettings, router};
+use crate::http::{AppState, EdgeSettings, TODAY_GAUGES_INTERVAL, TodayGauges, router};
 use crate::server::{self, ConnectionSettings, Draining};
 use crate::store::{FirestoreSettings, FirestoreStore, Instrumented, SqliteStore};
 use crate::usage::{
@@ -133,6 +133,7 @@ impl Application {
             max_tokens_per_request: config.max_tokens_per_request,
             draining: Arc::default(),
             metrics_token: config.metrics_token.clone(),
+            today_gauges: Arc::new(TodayGauges::new(TODAY_GAUGES_INTERVAL)),
         };
         let edge = EdgeSettings {
             request_timeout: config.request_timeout(),

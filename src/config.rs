@@ -151,9 +151,14 @@ pub struct Config {
     #[arg(long, env = "FIRESTORE_CACHE_MIB", default_value_t = 32, value_parser = clap::value_parser!(u64).range(0..=4096))]
     pub firestore_cache_mib: u64,
 
-    /// When set, `GET /metrics` requires `Authorization: Bearer <this>`.
+    /// When set, `GET /metrics` requires `Authorization: Bearer <this>`. Outside emulator mode
+    /// the service refuses to start without it unless METRICS_PUBLIC is true.
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+
+    /// `true` serves `GET /metrics` to anyone outside emulator mode, without METRICS_TOKEN.
+    #[arg(long, env = "METRICS_PUBLIC", action = clap::ArgAction::Set, default_value_t = false)]
+    pub metrics_public: bool,
 
     /// The least time between two key fetches caused by an unknown key id.
     #[arg(skip = Duration::from_secs(60))]
@@ -310,7 +315,25 @@ impl Config {
                 self.reservation_default_ttl_secs, self.reservation_max_ttl_secs
             ));
         }
-        Ok(())
+        self.validate_metrics_access()
+    }
+
+    /// `/metrics` hands out business figures: in production it is guarded by a token unless
+    /// the operator says it is meant to be open.
+    fn validate_metrics_access(&self) -> Result<(), String> {
+        match (self.metrics_token.is_some(), self.metrics_public) {
+            (true, true) => Err(
+                "METRICS_TOKEN guards GET /metrics and METRICS_PUBLIC=true opens it to anyone: \
+                 set only one of them"
+                    .to_owned(),
+            ),
+            (false, false) if !self.emulator_mode() => Err(
+                "GET /metrics would be open to anyone: set METRICS_TOKEN to the bearer token \
+                 scrapers send, or METRICS_PUBLIC=true if it is meant to be open"
+                    .to_owned(),
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -430,11 +453,49 @@ mod tests {
             .is_ok()
         );
         assert!(
-            serve(&["--store=firestore", "--firebase-project-id=my-real-app"])
+            serve(&[
+                "--store=firestore",
+                "--firebase-project-id=my-real-app",
+                "--metrics-token=s3cret"
+            ])
+            .validate()
+            .is_ok()
+        );
+        assert!(serve(&["--store=sqlite"]).validate().is_ok());
+    }
+
+    #[test]
+    fn production_guards_the_metrics_unless_told_they_are_public() {
+        let production = "--firebase-project-id=my-real-app";
+        let refused = serve(&[production]).validate().unwrap_err();
+        assert!(
+            refused.contains("METRICS_TOKEN") && refused.contains("METRICS_PUBLIC"),
+            "{refused}"
+        );
+        assert!(
+            serve(&[production, "--metrics-token=s3cret"])
                 .validate()
                 .is_ok()
         );
-        assert!(serve(&["--store=sqlite"]).validate().is_ok());
+        assert!(
+            serve(&[production, "--metrics-public=true"])
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            serve(&[production, "--metrics-public=false"])
+                .validate()
+                .is_err()
+        );
+        // Local runs (a demo- project) need neither.
+        assert!(serve(&[]).validate().is_ok());
+        let both = serve(&["--metrics-token=s3cret", "--metrics-public=true"])
+            .validate()
+            .unwrap_err();
+        assert!(
+            both.contains("METRICS_TOKEN") && both.contains("METRICS_PUBLIC"),
+            "{both}"
+        );
     }
 
     #[test]

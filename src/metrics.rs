@@ -33,6 +33,7 @@ pub const FIRESTORE_READS: &str = "token_limits_firestore_document_reads_total";
 pub const FIRESTORE_WRITES: &str = "token_limits_firestore_document_writes_total";
 pub const FIRESTORE_CACHED_COMMITS: &str = "token_limits_firestore_cached_commits_total";
 pub const KEY_FETCHES: &str = "token_limits_signing_key_fetches_total";
+pub const STALE_KEY_USES: &str = "token_limits_stale_signing_key_uses_total";
 pub const DIRECTORY_LOOKUPS: &str = "token_limits_user_directory_lookups_total";
 
 /// Latency buckets, in seconds: from a cached read to a request timeout.
@@ -121,6 +122,7 @@ fn start_at_zero() {
         FIRESTORE_RPCS,
         FIRESTORE_READS,
         FIRESTORE_WRITES,
+        STALE_KEY_USES,
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -209,6 +211,10 @@ fn describe() {
         "Commits sent from cached documents without a read, and those refused as stale"
     );
     describe_counter!(KEY_FETCHES, "Fetches of the token signing keys, by result");
+    describe_counter!(
+        STALE_KEY_USES,
+        "Token checks that used a signing key past its max-age because refreshing the keys failed"
+    );
     describe_counter!(
         DIRECTORY_LOOKUPS,
         "Look-ups of a user's plan in Firebase Auth, by result"

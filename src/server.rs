@@ -1,6 +1,7 @@
-//! Serving connections: at most a set number open at once, a client that is slow to send its
-//! request head is cut off, and on SIGTERM or SIGINT the service stops accepting, reports
-//! itself not ready, and lets the requests in flight finish within a grace period.
+//! Serving connections: HTTP/1.1 only, at most a set number open at once, a client that is
+//! slow to send its request head is cut off, and on SIGTERM or SIGINT the service stops
+//! accepting, reports itself not ready, and lets the requests in flight finish within a grace
+//! period.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,8 +11,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -52,9 +53,12 @@ pub async fn serve(
     draining: Arc<Draining>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only. Cloud Run speaks it to the container unless the service is set up for
+    // end-to-end HTTP/2; serving both would let a client hold a connection, and one of
+    // `max_connections`, for ever: hyper's HTTP/2 has no header read timeout, and neither has
+    // the wait for the first bytes that tell the two apart.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout);
     let graceful = GracefulShutdown::new();
@@ -75,8 +79,7 @@ pub async fn serve(
                 router.clone().oneshot(request.map(axum::body::Body::new))
             },
         ));
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection.into_owned());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "connection ended with an error");

@@ -4,9 +4,11 @@
 #[path = "support/binary.rs"]
 mod binary;
 
+use std::io::Read;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use binary::{Server, client, command};
 use serde_json::{Value, json};
@@ -43,6 +45,7 @@ fn bad_configuration_stops_with_one_line_naming_the_variable() {
         ("HOST", "localhost:80"),
         ("RESERVATION_MAX_TTL_SECS", "0"),
         ("RESERVATION_COMMIT_GRACE_SECS", "-5"),
+        ("METRICS_PUBLIC", "yes"),
     ];
     for (variable, value) in cases {
         let output = command().env(variable, value).output().unwrap();
@@ -76,6 +79,48 @@ fn a_default_reservation_ttl_above_the_maximum_is_refused() {
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("RESERVATION_DEFAULT_TTL_SECS"), "{stderr}");
+}
+
+/// Outside emulator mode `/metrics` (business figures, and a store query each time they are
+/// counted) is not served to anyone unless the operator says so.
+#[test]
+fn production_refuses_to_start_with_the_metrics_open_to_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = command()
+        .env("FIREBASE_PROJECT_ID", "my-production-app")
+        .env("FIREBASE_JWKS_URL", "http://127.0.0.1:9/keys")
+        .env("SQLITE_PATH", dir.path().join("usage.db"))
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = service.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            service.kill().unwrap();
+            service.wait().unwrap();
+            panic!("the service started with /metrics open to anyone");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    service
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("METRICS_TOKEN") && stderr.contains("METRICS_PUBLIC"),
+        "{stderr}"
+    );
 }
 
 #[test]

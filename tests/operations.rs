@@ -3,12 +3,14 @@
 
 #[path = "support/binary.rs"]
 mod binary;
+#[path = "support/emulator.rs"]
+mod emulator;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use binary::{Server, client};
@@ -16,6 +18,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 const PROJECT: &str = "token-limits-ops";
+/// The bearer token `/metrics` asks for, as production has one.
+const METRICS_TOKEN: &str = "ops-scraper";
 
 /// A JWK endpoint serving the first test key, as Google's would.
 fn serve_jwks() -> String {
@@ -58,7 +62,8 @@ fn signed_token(uid: &str) -> String {
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
-/// A signed-token service on the embedded store in `dir`, with `environment` set too.
+/// A signed-token service on the embedded store in `dir`, with `/metrics` for
+/// [`METRICS_TOKEN`], and `environment` set too.
 fn start(dir: &tempfile::TempDir, environment: &[(&str, &str)]) -> Server {
     let jwks = serve_jwks();
     let sqlite = dir.path().join("usage.db").display().to_string();
@@ -66,6 +71,7 @@ fn start(dir: &tempfile::TempDir, environment: &[(&str, &str)]) -> Server {
         ("SQLITE_PATH", sqlite.as_str()),
         ("FIREBASE_PROJECT_ID", PROJECT),
         ("FIREBASE_JWKS_URL", jwks.as_str()),
+        ("METRICS_TOKEN", METRICS_TOKEN),
         ("RUST_LOG", "info"),
     ];
     all.extend_from_slice(environment);
@@ -288,6 +294,68 @@ fn idle_kept_alive_connections_are_closed() {
     server.stop();
 }
 
+/// Reads what the service sends until it closes the connection; `None` when it is still open
+/// after `within`.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let mut buffer = [0; 1024];
+    while started.elapsed() < within {
+        match stream.read(&mut buffer) {
+            Ok(0) => return Some(received),
+            Ok(read) => received.extend_from_slice(&buffer[..read]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(received),
+        }
+    }
+    None
+}
+
+/// Only HTTP/1.1 is served: a client that connects and sends nothing, or speaks HTTP/2 with
+/// prior knowledge and then waits, is cut off after the header read timeout like any slow
+/// client, and never gets an HTTP/2 answer.
+#[test]
+fn silent_and_http2_connections_are_cut_off() {
+    const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    const EMPTY_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, &[("HEADER_READ_TIMEOUT_SECS", "1")]);
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let openings = [
+        ("nothing", Vec::new()),
+        ("half the HTTP/2 preface", HTTP2_PREFACE[..16].to_vec()),
+        (
+            "the HTTP/2 preface and its settings",
+            [HTTP2_PREFACE, EMPTY_SETTINGS].concat(),
+        ),
+    ];
+    let mut connections: Vec<(&str, TcpStream)> = openings
+        .iter()
+        .map(|(sent, bytes)| {
+            let mut stream = TcpStream::connect(&address).unwrap();
+            stream.write_all(bytes).unwrap();
+            (*sent, stream)
+        })
+        .collect();
+    for (sent, stream) in &mut connections {
+        let received = read_until_closed(stream, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("a connection that sent {sent} is still open"));
+        assert!(
+            received.is_empty() || received.starts_with(b"HTTP/1.1 "),
+            "a connection that sent {sent} was answered {received:?}"
+        );
+    }
+    server.stop();
+}
+
 /// No more connections are open at once than configured: the next client waits until one
 /// closes, then is served.
 #[test]
@@ -444,7 +512,11 @@ fn metrics_count_what_the_service_did() {
         404
     );
 
-    let response = client().get(format!("{base}/metrics")).send().unwrap();
+    let response = client()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(METRICS_TOKEN)
+        .send()
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -474,6 +546,7 @@ fn metrics_count_what_the_service_did() {
         "token_limits_firestore_document_reads_total",
         "token_limits_firestore_document_writes_total",
         "token_limits_signing_key_fetches_total",
+        "token_limits_stale_signing_key_uses_total",
         "token_limits_user_directory_lookups_total",
     ] {
         assert!(
@@ -565,6 +638,76 @@ fn metrics_count_what_the_service_did() {
     );
 }
 
+fn emulator() -> &'static emulator::Emulator {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let runtime = RUNTIME.get_or_init(|| tokio::runtime::Runtime::new().unwrap());
+    runtime.block_on(emulator::shared())
+}
+
+/// However often `/metrics` is scraped, today's figures cost the store one query per user type
+/// per interval: on Firestore, a burst of scrapes makes the calls of a single count.
+#[test]
+fn scrapes_count_todays_figures_once_per_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = emulator().host();
+    let project = emulator::unique_project("scrapes");
+    let server = start(
+        &dir,
+        &[
+            ("STORE", "firestore"),
+            ("FIRESTORE_EMULATOR_HOST", &host),
+            ("GOOGLE_CLOUD_PROJECT", &project),
+        ],
+    );
+    let alice = signed_token("alice");
+    assert_eq!(
+        post_usage(&server.base, &alice, json!({"tokens": 120})).status(),
+        200
+    );
+    let scrape = || {
+        let response = client()
+            .get(format!("{}/metrics", server.base))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().unwrap()
+    };
+    let value = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        series(text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}:\n{text}"))
+    };
+    let rpcs = "token_limits_firestore_rpcs_total";
+    let summaries = [
+        ("store", "firestore"),
+        ("operation", "daily_summary"),
+        ("result", "ok"),
+    ];
+
+    let first = scrape();
+    assert_eq!(
+        value(
+            &first,
+            "token_limits_tokens_today",
+            &[("user_type", "trial")]
+        ),
+        120.0
+    );
+    for _ in 0..30 {
+        scrape();
+    }
+    let last = scrape();
+    server.stop();
+    assert_eq!(
+        value(&last, rpcs, &[]),
+        value(&first, rpcs, &[]),
+        "the scrapes after the first called Firestore"
+    );
+    assert_eq!(
+        value(&last, "token_limits_store_operations_total", &summaries),
+        1.0
+    );
+}
+
 /// With `METRICS_TOKEN` set, `/metrics` is for that bearer token only.
 #[test]
 fn a_metrics_token_guards_the_metrics() {
@@ -581,5 +724,25 @@ fn a_metrics_token_guards_the_metrics() {
         .unwrap();
     assert_eq!(right.status(), 200);
     assert!(right.text().unwrap().contains("http_requests_total"));
+    server.stop();
+}
+
+/// `METRICS_PUBLIC=true` says `/metrics` is meant to be open: served to anyone, no token.
+#[test]
+fn public_metrics_are_served_to_anyone() {
+    let dir = tempfile::tempdir().unwrap();
+    // An empty variable counts as unset: no token.
+    let server = start(&dir, &[("METRICS_TOKEN", ""), ("METRICS_PUBLIC", "true")]);
+    let response = client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .text()
+            .unwrap()
+            .contains("token_limits_decisions_total")
+    );
     server.stop();
 }

@@ -2,7 +2,8 @@
 //!
 //! Requests with a fresh cache only take a short read lock. Fetches are single-flight and
 //! rate-limited, so neither a burst of requests nor tokens with made-up `kid`s can hammer the
-//! key endpoint, and a failed refresh keeps the keys we already have.
+//! key endpoint, and a failed refresh keeps the keys we already have, for a bounded time past
+//! their max-age.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
@@ -15,18 +16,23 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::AuthError;
-use crate::metrics::KEY_FETCHES;
+use crate::metrics::{KEY_FETCHES, STALE_KEY_USES};
 
 /// With nothing cached, a failed fetch fails requests fast for this long instead of making
 /// each of them wait on an endpoint that is down.
 const EMPTY_RETRY: Duration = Duration::from_secs(1);
 /// A larger `max-age` is capped, so that a bogus header cannot pin a key set for ever.
 const MAX_FRESHNESS: Duration = Duration::from_secs(24 * 60 * 60);
+/// While every refresh fails, keys are still used this long past their max-age: an outage of
+/// the key endpoint, or of the way to it, does not refuse every user at once, and a key Google
+/// has since rotated out is not trusted for ever.
+pub(crate) const STALE_KEY_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 
 pub(crate) struct KeyStore {
     client: reqwest::Client,
     url: String,
     refetch_cooldown: Duration,
+    stale_grace: Duration,
     cache: RwLock<Cache>,
     /// Held only by callers that fetch, never by requests served from the cache.
     fetching: tokio::sync::Mutex<()>,
@@ -39,13 +45,66 @@ struct Cache {
     fresh_until: Option<Instant>,
     /// Successful or not: the cooldowns count from here.
     last_attempt: Option<Instant>,
+    /// The last attempt failed, so keys past their max-age are being served stale.
+    refresh_failing: bool,
+}
+
+/// Where the cached key set stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// Within its max-age.
+    Fresh,
+    /// Past its max-age, within the grace: used until a refresh succeeds.
+    Stale,
+    /// Nothing cached, or past the grace: not used.
+    Expired,
+}
+
+impl Cache {
+    fn freshness(&self, now: Instant, grace: Duration) -> Freshness {
+        let Some(fresh_until) = self.fresh_until.filter(|_| !self.keys.is_empty()) else {
+            return Freshness::Expired;
+        };
+        if now < fresh_until {
+            Freshness::Fresh
+        } else if fresh_until.checked_add(grace).is_some_and(|end| now < end) {
+            Freshness::Stale
+        } else {
+            Freshness::Expired
+        }
+    }
+
+    /// The key named `kid`, from a set at `freshness` that is not expired.
+    fn usable(&self, kid: &str, freshness: Freshness) -> Option<Usable> {
+        self.keys.get(kid).map(|key| Usable {
+            key: Arc::clone(key),
+            stale: freshness == Freshness::Stale && self.refresh_failing,
+        })
+    }
+}
+
+/// A cached key that may be used now.
+struct Usable {
+    key: Arc<DecodingKey>,
+    /// Past its max-age, and the last refresh failed.
+    stale: bool,
+}
+
+impl Usable {
+    /// The key, its use counted when it is stale.
+    fn serve(self) -> Arc<DecodingKey> {
+        if self.stale {
+            metrics::counter!(STALE_KEY_USES).increment(1);
+        }
+        self.key
+    }
 }
 
 enum Lookup {
-    Hit(Arc<DecodingKey>),
-    /// A fetch is due; `stale` is the cached key for the kid, if any.
+    Hit(Usable),
+    /// A fetch is due; `meanwhile` is the cached key for the kid, usable until it ends.
     Fetch {
-        stale: Option<Arc<DecodingKey>>,
+        meanwhile: Option<Usable>,
     },
     Miss(AuthError),
 }
@@ -65,12 +124,19 @@ struct KeySet {
 }
 
 impl KeyStore {
-    /// `client` carries the fetch timeout.
-    pub(crate) fn new(client: reqwest::Client, url: String, refetch_cooldown: Duration) -> Self {
+    /// `client` carries the fetch timeout; `stale_grace` is how long past their max-age keys
+    /// are used while refreshing fails.
+    pub(crate) fn new(
+        client: reqwest::Client,
+        url: String,
+        refetch_cooldown: Duration,
+        stale_grace: Duration,
+    ) -> Self {
         Self {
             client,
             url,
             refetch_cooldown,
+            stale_grace,
             cache: RwLock::default(),
             fetching: tokio::sync::Mutex::new(()),
         }
@@ -78,32 +144,35 @@ impl KeyStore {
 
     /// The key named `kid`, fetching the key set when the cache is stale or lacks the kid.
     pub(crate) async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
-        let stale = match self.lookup(kid, Instant::now()) {
-            Lookup::Hit(key) => return Ok(key),
+        let meanwhile = match self.lookup(kid, Instant::now()) {
+            Lookup::Hit(usable) => return Ok(usable.serve()),
             Lookup::Miss(err) => return Err(err),
-            Lookup::Fetch { stale } => stale,
+            Lookup::Fetch { meanwhile } => meanwhile,
         };
-        let _fetching = match stale {
-            // Another task is already refreshing; the stale key stays valid meanwhile.
-            Some(key) => match self.fetching.try_lock() {
+        let _fetching = match meanwhile {
+            // Another task is already refreshing; the cached key stays usable meanwhile.
+            Some(usable) => match self.fetching.try_lock() {
                 Ok(guard) => guard,
-                Err(_) => return Ok(key),
+                Err(_) => return Ok(usable.serve()),
             },
             None => self.fetching.lock().await,
         };
         // Another task may have refreshed while this one waited for the lock.
         match self.lookup(kid, Instant::now()) {
-            Lookup::Hit(key) => return Ok(key),
+            Lookup::Hit(usable) => return Ok(usable.serve()),
             Lookup::Miss(err) => return Err(err),
             Lookup::Fetch { .. } => {}
         }
         self.refresh_locked().await;
         let cache = self.read();
-        match cache.keys.get(kid) {
-            Some(key) => Ok(Arc::clone(key)),
-            None if cache.keys.is_empty() => Err(AuthError::KeysUnavailable),
-            None => Err(AuthError::Invalid("unknown_kid")),
+        let freshness = cache.freshness(Instant::now(), self.stale_grace);
+        if freshness == Freshness::Expired {
+            return Err(AuthError::KeysUnavailable);
         }
+        cache
+            .usable(kid, freshness)
+            .map(Usable::serve)
+            .ok_or(AuthError::Invalid("unknown_kid"))
     }
 
     /// Fetches the key set unless a fresh one is cached (a request may have fetched it first).
@@ -120,9 +189,9 @@ impl KeyStore {
         }
     }
 
-    /// Whether any key has been fetched.
+    /// Whether a key set is at hand that may be used.
     pub(crate) fn has_keys(&self) -> bool {
-        !self.read().keys.is_empty()
+        self.read().freshness(Instant::now(), self.stale_grace) != Freshness::Expired
     }
 
     fn lookup(&self, kid: &str, now: Instant) -> Lookup {
@@ -130,30 +199,32 @@ impl KeyStore {
         let since_attempt = cache
             .last_attempt
             .map(|at| now.saturating_duration_since(at));
-        if cache.keys.is_empty() {
+        let freshness = cache.freshness(now, self.stale_grace);
+        if freshness == Freshness::Expired {
             return match since_attempt {
                 Some(elapsed) if elapsed < EMPTY_RETRY => Lookup::Miss(AuthError::KeysUnavailable),
-                _ => Lookup::Fetch { stale: None },
+                _ => Lookup::Fetch { meanwhile: None },
             };
         }
-        let fresh = cache.fresh_until.is_some_and(|until| now < until);
         let may_fetch = since_attempt.is_none_or(|elapsed| elapsed >= self.refetch_cooldown);
-        match cache.keys.get(kid) {
-            Some(key) if fresh || !may_fetch => Lookup::Hit(Arc::clone(key)),
-            Some(key) => Lookup::Fetch {
-                stale: Some(Arc::clone(key)),
+        match cache.usable(kid, freshness) {
+            Some(usable) if freshness == Freshness::Fresh || !may_fetch => Lookup::Hit(usable),
+            Some(usable) => Lookup::Fetch {
+                meanwhile: Some(usable),
             },
-            None if may_fetch => Lookup::Fetch { stale: None },
+            None if may_fetch => Lookup::Fetch { meanwhile: None },
             None => Lookup::Miss(AuthError::Invalid("unknown_kid")),
         }
     }
 
-    /// One fetch attempt, recorded; a failure keeps the cached keys. The caller holds `fetching`.
+    /// One fetch attempt, recorded; a failure keeps the cached keys until they are past the
+    /// grace, and then drops them. The caller holds `fetching`.
     async fn refresh_locked(&self) -> bool {
         let fetched = self.fetch().await;
         let now = Instant::now();
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
         cache.last_attempt = Some(now);
+        cache.refresh_failing = fetched.is_err();
         let result = if fetched.is_ok() { "ok" } else { "error" };
         metrics::counter!(KEY_FETCHES, "result" => result).increment(1);
         match fetched {
@@ -166,14 +237,37 @@ impl KeyStore {
                 true
             }
             Err(err) => {
+                let freshness = cache.freshness(now, self.stale_grace);
+                let dropped = if freshness == Freshness::Expired {
+                    std::mem::take(&mut cache.keys).len()
+                } else {
+                    0
+                };
+                let past_max_age = cache
+                    .fresh_until
+                    .map(|until| now.saturating_duration_since(until));
                 let kept = cache.keys.len();
                 drop(cache);
                 tracing::warn!(
                     error = %err,
                     url = %self.url,
-                    kept_stale_keys = kept,
+                    kept_keys = kept,
                     "could not fetch the token signing keys"
                 );
+                if freshness == Freshness::Stale {
+                    tracing::warn!(
+                        ?past_max_age,
+                        grace = ?self.stale_grace,
+                        "serving token signing keys past their max-age until a refresh succeeds"
+                    );
+                } else if dropped > 0 {
+                    tracing::warn!(
+                        keys = dropped,
+                        grace = ?self.stale_grace,
+                        "dropped the token signing keys, past their max-age by more than the \
+                         grace: signed tokens are refused until a refresh succeeds"
+                    );
+                }
                 false
             }
         }
@@ -370,11 +464,15 @@ mod tests {
     const COOLDOWN: Duration = Duration::from_millis(500);
 
     fn store(url: &str, cooldown: Duration) -> KeyStore {
+        store_with_grace(url, cooldown, STALE_KEY_GRACE)
+    }
+
+    fn store_with_grace(url: &str, cooldown: Duration, stale_grace: Duration) -> KeyStore {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(500))
             .build()
             .unwrap();
-        KeyStore::new(client, url.to_owned(), cooldown)
+        KeyStore::new(client, url.to_owned(), cooldown, stale_grace)
     }
 
     fn reason(result: Result<Arc<DecodingKey>, AuthError>) -> String {
@@ -519,6 +617,46 @@ mod tests {
         assert_eq!(server.fetches(), 3);
     }
 
+    /// Stale key uses counted so far, by every test of this process.
+    fn stale_key_uses() -> f64 {
+        let text = crate::metrics::registry().unwrap().render();
+        text.lines()
+            .find_map(|line| line.strip_prefix(STALE_KEY_USES)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn stale_keys_are_used_for_the_grace_only_and_each_use_is_counted() {
+        let grace = Duration::from_secs(2);
+        let server = JwkServer::start(&[KEY_1_JWK]).await;
+        server.set_cache_control(Some("max-age=1"));
+        let store = store_with_grace(&server.url, Duration::from_millis(100), grace);
+        let before = stale_key_uses();
+        store.key("test-key-1").await.unwrap();
+        let fetched = Instant::now();
+
+        server.set_status(500);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        for _ in 0..3 {
+            store.key("test-key-1").await.unwrap();
+        }
+        // Other tests serve stale keys too: the count grows by at least this test's uses.
+        assert!(stale_key_uses() >= before + 3.0, "{}", stale_key_uses());
+        assert!(store.has_keys());
+
+        // Past the max-age by more than the grace: dropped, and a signed token is refused.
+        let past_grace = fetched + Duration::from_secs(1) + grace + Duration::from_millis(100);
+        tokio::time::sleep_until(past_grace.into()).await;
+        assert_eq!(reason(store.key("test-key-1").await), "keys_unavailable");
+        assert!(!store.has_keys());
+        assert_eq!(reason(store.key("test-key-1").await), "keys_unavailable");
+
+        server.set_status(200);
+        tokio::time::sleep(EMPTY_RETRY).await;
+        store.key("test-key-1").await.unwrap();
+        assert!(store.has_keys());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn during_a_refresh_other_lookups_use_the_stale_key_without_waiting() {
         let server = JwkServer::start(&[KEY_1_JWK]).await;
@@ -528,7 +666,12 @@ mod tests {
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap();
-        let store = Arc::new(KeyStore::new(client, server.url.clone(), COOLDOWN));
+        let store = Arc::new(KeyStore::new(
+            client,
+            server.url.clone(),
+            COOLDOWN,
+            STALE_KEY_GRACE,
+        ));
         store.key("test-key-1").await.unwrap();
         tokio::time::sleep(Duration::from_millis(1100)).await;
 

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::error::AuthError;
-use super::keys::KeyStore;
+use super::keys::{KeyStore, STALE_KEY_GRACE};
 use super::{ADMIN_CLAIM, Principal};
 use crate::usage::UserType;
 
@@ -79,7 +79,12 @@ impl TokenVerifier {
         validation.set_issuer(&[issuer.as_str()]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         validation.leeway = CLOCK_SKEW_SECS.unsigned_abs();
-        let keys = KeyStore::new(client, settings.jwks_url.clone(), settings.refetch_cooldown);
+        let keys = KeyStore::new(
+            client,
+            settings.jwks_url.clone(),
+            settings.refetch_cooldown,
+            STALE_KEY_GRACE,
+        );
         Ok(Self {
             settings,
             issuer,

@@ -10,9 +10,11 @@ mod ops;
 mod page_token;
 mod params;
 mod reservations;
+mod today_gauges;
 mod usage;
 
 pub use error::ApiError;
+pub use today_gauges::{TODAY_GAUGES_INTERVAL, TodayGauges};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub draining: Arc<Draining>,
     /// When set, `GET /metrics` asks for it as a bearer token.
     pub metrics_token: Option<String>,
+    /// Today's figures for `GET /metrics`, counted at most once per interval.
+    pub today_gauges: Arc<TodayGauges>,
 }
 
 impl AppState {

@@ -74,9 +74,14 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
             return Err(ApiError::Unauthenticated);
         }
     }
-    // The day's figures come from the store at each scrape: every instance shows the same.
-    if let Err(error) = state.usage.count_today().await {
-        tracing::warn!(%error, "today's figures are not in this scrape");
+    // The day's figures come from the store, so every instance shows the same; counted at
+    // most once per interval, so scraping more often costs the store nothing more.
+    let counted = state
+        .today_gauges
+        .refresh(|| state.usage.count_today())
+        .await;
+    if let Err(error) = counted {
+        tracing::warn!(%error, "could not count today's figures: the last ones counted stay");
     }
     let text = crate::metrics::registry()
         .map(|registry| registry.render())

@@ -172,7 +172,8 @@ impl JwksServer {
     }
 }
 
-/// The configuration the tests start from: loopback, port 0, a fresh SQLite file, our JWKs.
+/// The configuration the tests start from: loopback, port 0, a fresh SQLite file, our JWKs,
+/// and `/metrics` open to the tests that scrape it.
 pub fn test_config(jwks_url: &str, sqlite_path: &std::path::Path, extra: &[&str]) -> Config {
     let mut args = vec![
         "token-limits".to_owned(),
@@ -182,6 +183,7 @@ pub fn test_config(jwks_url: &str, sqlite_path: &std::path::Path, extra: &[&str]
         format!("--sqlite-path={}", sqlite_path.display()),
         format!("--firebase-project-id={PROJECT}"),
         format!("--firebase-jwks-url={jwks_url}"),
+        "--metrics-public=true".to_owned(),
     ];
     args.extend(extra.iter().map(|arg| arg.to_string()));
     match Cli::try_parse_args(args).unwrap().command {
