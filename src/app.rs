@@ -123,7 +123,7 @@ impl Application {
                 store,
                 user_directory(&config)?,
                 UsageSettings {
-                    limits: config.limits,
+                    limits: config.limits.into(),
                     zone: config.reset_timezone,
                     reservations: config.reservation_rules(),
                 },

@@ -87,7 +87,7 @@ pub struct Config {
     pub firebase_auth_emulator_host: Option<String>,
 
     #[command(flatten)]
-    pub limits: Limits,
+    pub limits: LimitArgs,
 
     /// The IANA time zone in which a day starts and ends.
     #[arg(long, env = "RESET_TIMEZONE", default_value = "UTC")]
@@ -384,6 +384,29 @@ fn parse_origin(raw: &str) -> Result<HeaderValue, String> {
             HeaderValue::from_str(raw).map_err(|e| e.to_string())
         }
         _ => Err("an origin is scheme://host[:port], e.g. https://admin.example.com".to_owned()),
+    }
+}
+
+/// The daily limit of each user type, each one a flag and an environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct LimitArgs {
+    /// Daily token limit of `trial` users.
+    #[arg(id = "daily_limit_trial", long = "daily-limit-trial", env = "DAILY_LIMIT_TRIAL", value_name = "DAILY_LIMIT_TRIAL",
+        default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(0..))]
+    pub trial: i64,
+
+    /// Daily token limit of `subscribed` users.
+    #[arg(id = "daily_limit_subscribed", long = "daily-limit-subscribed", env = "DAILY_LIMIT_SUBSCRIBED", value_name = "DAILY_LIMIT_SUBSCRIBED",
+        default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(0..))]
+    pub subscribed: i64,
+}
+
+impl From<LimitArgs> for Limits {
+    fn from(args: LimitArgs) -> Self {
+        Self {
+            trial: args.trial,
+            subscribed: args.subscribed,
+        }
     }
 }
 

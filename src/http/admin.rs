@@ -15,10 +15,9 @@ use super::extract::AppQuery;
 use super::page_token;
 use super::params::{Admin, Limit, Month, Months, MonthsQuery, ReportDate, Year};
 use super::usage::UsageView;
+use super::views::MonthView;
 use super::{ApiError, AppState};
-use crate::usage::{
-    MonthlyUsage, PageCursor, PageRequest, PlanSource, UsageTotals, UserId, UserType,
-};
+use crate::usage::{PageCursor, PageRequest, PlanSource, UsageTotals, UserId, UserType};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -115,7 +114,7 @@ async fn daily(
     tag = "admin",
     params(MonthlyReportQuery),
     responses(
-        (status = 200, description = "A page of the month's aggregates", body = ReportPage<MonthlyUsage>),
+        (status = 200, description = "A page of the month's aggregates", body = ReportPage<MonthView>),
         (status = 400, description = "An invalid parameter, named in the message", body = ErrorEnvelope),
     ),
     security(("bearer" = []))
@@ -124,7 +123,7 @@ async fn monthly(
     State(state): State<AppState>,
     _: Admin,
     AppQuery(query): AppQuery<MonthlyReportQuery>,
-) -> Result<Json<ReportPage<MonthlyUsage>>, ApiError> {
+) -> Result<Json<ReportPage<MonthView>>, ApiError> {
     let (Year(year), Month(month), user_type) = (query.year, query.month, query.user_type);
     let report = format!(
         "monthly/{year}/{month}/{}",
@@ -137,7 +136,7 @@ async fn monthly(
         .await?;
     Ok(Json(ReportPage {
         next_page_token: page.next.map(|next| page_token::encode(&report, &next)),
-        items: page.items,
+        items: page.items.into_iter().map(MonthView::from).collect(),
     }))
 }
 
@@ -148,7 +147,7 @@ struct UserUsage {
     today: UsageView,
     /// Where today's plan (`userType`, `tokenLimit`) was learned.
     plan_source: PlanSourceView,
-    history: Vec<MonthlyUsage>,
+    history: Vec<MonthView>,
 }
 
 /// `directory`: Firebase Auth, as the user's next request is judged. When it cannot be
@@ -202,7 +201,7 @@ async fn user_usage(
     Ok(Json(UserUsage {
         today: report.today.into(),
         plan_source: report.plan_source.into(),
-        history: report.history,
+        history: report.history.into_iter().map(MonthView::from).collect(),
     }))
 }
 

@@ -12,6 +12,7 @@ mod params;
 mod reservations;
 mod today_gauges;
 mod usage;
+mod views;
 
 pub use error::ApiError;
 pub use today_gauges::{TODAY_GAUGES_INTERVAL, TodayGauges};

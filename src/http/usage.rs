@@ -13,10 +13,10 @@ use super::deadline::RequestDeadline;
 use super::error::{ErrorBody, ErrorEnvelope};
 use super::extract::{AppJson, AppQuery};
 use super::params::{Caller, IdempotencyKeyHeader, Months, MonthsQuery};
+use super::views::{DayView, MonthView};
 use super::{ApiError, AppState};
 use crate::usage::{
-    DailyUsage, MonthlyUsage, RecordOutcome, Standing, StoredAnswer, Subject, TypeSource, UserId,
-    UserType,
+    DailyUsage, RecordOutcome, Standing, StoredAnswer, Subject, TypeSource, UserId, UserType,
 };
 
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -48,7 +48,7 @@ pub(super) struct RecordBody {
 #[serde(rename_all = "camelCase")]
 pub struct UsageView {
     #[serde(flatten)]
-    day: DailyUsage,
+    day: DayView,
     /// Tokens held by open reservations (replies being streamed). Absent from reports, which
     /// count committed tokens only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,7 +63,7 @@ impl From<DailyUsage> for UsageView {
         Self {
             remaining: day.remaining(),
             reserved_tokens: None,
-            day,
+            day: day.into(),
         }
     }
 }
@@ -73,7 +73,7 @@ impl From<Standing> for UsageView {
         Self {
             remaining: standing.remaining(),
             reserved_tokens: Some(standing.reserved_tokens),
-            day: standing.day,
+            day: standing.day.into(),
         }
     }
 }
@@ -257,7 +257,7 @@ async fn today(
 /// The caller's months, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
 struct HistoryAnswer {
-    items: Vec<MonthlyUsage>,
+    items: Vec<MonthView>,
 }
 
 /// The caller's monthly aggregates, newest first.
@@ -279,5 +279,7 @@ async fn history(
 ) -> Result<Json<HistoryAnswer>, ApiError> {
     let months = Months::or_default(query.months);
     let items = state.usage.history(&caller.user_id, months).await?;
-    Ok(Json(HistoryAnswer { items }))
+    Ok(Json(HistoryAnswer {
+        items: items.into_iter().map(MonthView::from).collect(),
+    }))
 }

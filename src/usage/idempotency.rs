@@ -2,11 +2,8 @@
 //! counts or holds once.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Deserialize, Serialize};
 
-use super::{
-    DailyUsage, Reservation, ReservationEntry, ReservationId, Standing, Tokens, UserId, UserType,
-};
+use super::{Reservation, Standing, Tokens, UserId, UserType};
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters, scoped to one user.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -35,7 +32,7 @@ impl IdempotencyKey {
 
 /// What makes two requests "the same body": the user counted, the tokens asked for, and the
 /// user type when the caller stated it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint(String);
 
 impl Fingerprint {
@@ -75,9 +72,9 @@ pub struct IdempotencyRecord {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The first answer to a request with a key: what its retries get.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "AnswerJson", into = "AnswerJson")]
+/// The first answer to a request with a key: what its retries get. Each store keeps it in a
+/// format of its own.
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoredAnswer {
     /// `POST /usage` admitted the tokens.
     Recorded(Standing),
@@ -89,64 +86,6 @@ impl StoredAnswer {
     pub fn standing(&self) -> &Standing {
         match self {
             Self::Recorded(standing) | Self::Reserved(_, standing) => standing,
-        }
-    }
-}
-
-/// The stored JSON of an answer: the day's fields, `reservedTokens` (0 when absent, as in
-/// answers stored before reservations existed) and, for a reservation, the reservation.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AnswerJson {
-    #[serde(flatten)]
-    day: DailyUsage,
-    #[serde(default)]
-    reserved_tokens: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    reservation: Option<ReservationJson>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ReservationJson {
-    id: String,
-    #[serde(flatten)]
-    entry: ReservationEntry,
-}
-
-impl TryFrom<AnswerJson> for StoredAnswer {
-    type Error = String;
-
-    fn try_from(json: AnswerJson) -> Result<Self, String> {
-        let standing = Standing {
-            day: json.day,
-            reserved_tokens: json.reserved_tokens,
-        };
-        Ok(match json.reservation {
-            None => Self::Recorded(standing),
-            Some(ReservationJson { id, entry }) => {
-                let id = ReservationId::parse(&id).map_err(|e| format!("{id:?}: {e}"))?;
-                Self::Reserved(Reservation { id, entry }, standing)
-            }
-        })
-    }
-}
-
-impl From<StoredAnswer> for AnswerJson {
-    fn from(answer: StoredAnswer) -> Self {
-        let (standing, reservation) = match answer {
-            StoredAnswer::Recorded(standing) => (standing, None),
-            StoredAnswer::Reserved(Reservation { id, entry }, standing) => (
-                standing,
-                Some(ReservationJson {
-                    id: id.to_string(),
-                    entry,
-                }),
-            ),
-        };
-        Self {
-            day: standing.day,
-            reserved_tokens: standing.reserved_tokens,
-            reservation,
         }
     }
 }
@@ -185,6 +124,7 @@ mod tests {
     use chrono::NaiveDate;
 
     use super::*;
+    use crate::usage::DailyUsage;
 
     fn tokens(n: i64) -> Tokens {
         Tokens::bounded(n, n).unwrap()
@@ -252,45 +192,6 @@ mod tests {
         assert_eq!(
             IdempotencyCheck::of(Some(&record), &other, later),
             IdempotencyCheck::New
-        );
-    }
-
-    #[test]
-    fn stored_answers_round_trip_and_older_ones_still_read() {
-        let older = serde_json::json!({
-            "userId": "alice", "date": "2024-01-15", "tokensUsed": 10, "tokenLimit": 100,
-            "userType": "trial", "lastUpdated": "2024-01-15T12:00:00Z",
-            "resetAt": "2024-01-16T00:00:00Z",
-        });
-        let StoredAnswer::Recorded(standing) = serde_json::from_value(older).unwrap() else {
-            panic!("a reservation was read")
-        };
-        assert_eq!(
-            (standing.day.tokens_used, standing.reserved_tokens),
-            (10, 0)
-        );
-
-        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
-        let id = ReservationId::new(standing.day.date, at("2024-01-15T12:10:00Z"));
-        let reserved = StoredAnswer::Reserved(
-            Reservation {
-                id,
-                entry: ReservationEntry {
-                    tokens: 300,
-                    created_at: at("2024-01-15T12:00:00Z"),
-                    expires_at: at("2024-01-15T12:10:00Z"),
-                    settlement: None,
-                },
-            },
-            Standing {
-                reserved_tokens: 300,
-                ..standing
-            },
-        );
-        let json = serde_json::to_string(&reserved).unwrap();
-        assert_eq!(
-            serde_json::from_str::<StoredAnswer>(&json).unwrap(),
-            reserved
         );
     }
 }

@@ -46,11 +46,8 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A Firebase uid that can name a Firestore document (`{uid}_{date}`, `{uid}_{yyyy}_{mm}`).
-#[derive(
-    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-#[schema(value_type = String, min_length = 1, max_length = 128, example = "abc123")]
 pub struct UserId(String);
 
 /// Why a string is not a usable [`UserId`].
@@ -127,8 +124,9 @@ impl Tokens {
     }
 }
 
-/// `daily_token_usage/{userId}_{date}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// `daily_token_usage/{userId}_{date}`. Its serde shape is the schema's document, as the
+/// lifecycle commands export and import it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DailyUsage {
     pub user_id: UserId,
@@ -192,18 +190,17 @@ impl Standing {
 }
 
 /// `token_usage_history/{userId}_{yyyy}_{mm}`: one user's month, aggregated from the days.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// Its serde shape is the schema's document, as the lifecycle commands export and import it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MonthlyUsage {
     pub user_id: UserId,
     pub year: i32,
-    #[schema(minimum = 1, maximum = 12)]
+    /// 1 to 12.
     pub month: u32,
     /// Day of month as `"DD"` -> tokens; every day from the first used to the latest.
-    #[schema(example = json!({"01": 850, "02": 1200, "03": 0}))]
     pub daily_usage: BTreeMap<String, i64>,
     pub total_monthly_tokens: i64,
-    #[schema(format = Double)]
     pub average_daily_usage: f64,
     /// The day (`"DD"`) with the most tokens; the earliest on a tie.
     pub peak_usage_date: String,

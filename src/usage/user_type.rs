@@ -8,19 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UserType {
     Trial,
@@ -65,17 +53,10 @@ impl fmt::Display for UserType {
     }
 }
 
-/// The daily limit of each user type, each one a flag and an environment variable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+/// The daily limit of each user type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Daily token limit of `trial` users.
-    #[arg(id = "daily_limit_trial", long = "daily-limit-trial", env = "DAILY_LIMIT_TRIAL", value_name = "DAILY_LIMIT_TRIAL",
-        default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(0..))]
     pub trial: i64,
-
-    /// Daily token limit of `subscribed` users.
-    #[arg(id = "daily_limit_subscribed", long = "daily-limit-subscribed", env = "DAILY_LIMIT_SUBSCRIBED", value_name = "DAILY_LIMIT_SUBSCRIBED",
-        default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(0..))]
     pub subscribed: i64,
 }
 

@@ -1,5 +1,6 @@
 //! The embedded store: one SQLite file (WAL), tables mirroring the two Firestore collections.
 
+mod answer;
 mod checkpointer;
 mod documents;
 mod reader;
@@ -561,7 +562,7 @@ fn read_idempotency(
             let response: String = row.get(1)?;
             Ok(IdempotencyRecord {
                 fingerprint: Fingerprint::from_stored(row.get(0)?),
-                response: serde_json::from_str(&response).map_err(|e| {
+                response: answer::decode(&response).map_err(|e| {
                     rusqlite::Error::FromSqlConversionFailure(
                         1,
                         rusqlite::types::Type::Text,
@@ -586,7 +587,8 @@ fn write_idempotency(
             user_id.as_str(),
             key.as_str(),
             record.fingerprint.as_str(),
-            to_json(&record.response)?,
+            answer::encode(&record.response)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?,
             SqlTime(record.expires_at),
         ])
         .map(drop)
