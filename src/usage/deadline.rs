@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 const SETTLING_SHARE: u32 = 4;
 
 /// Kept at the very end of a request's time for its answer to be written and sent: whatever
-/// waits for an outcome stops waiting this long before the answer is due.
+/// waits for an outcome stops waiting this long before the answer is due (at most half the
+/// settling time, so that a write refused at the last moment it could begin is still known).
 const ANSWER_MARGIN: Duration = Duration::from_millis(100);
 
 /// When a request must be answered, and until when a write may begin for it.
@@ -32,7 +33,7 @@ impl Deadline {
         let settling = timeout / SETTLING_SHARE;
         Self {
             writes_until: arrived + timeout - settling,
-            work_until: arrived + timeout - ANSWER_MARGIN.min(settling),
+            work_until: arrived + timeout - ANSWER_MARGIN.min(settling / 2),
             answer_by: arrived + timeout,
         }
     }
@@ -83,14 +84,14 @@ mod tests {
     }
 
     #[test]
-    fn a_short_request_keeps_its_margin_within_the_settling_time() {
+    fn a_short_request_keeps_half_its_settling_time_past_the_last_write() {
         let arrived = Instant::now();
         let deadline = Deadline::after(arrived, Duration::from_millis(200));
         assert_eq!(
             deadline.writes_until(),
             arrived + Duration::from_millis(150)
         );
-        assert_eq!(deadline.work_until(), arrived + Duration::from_millis(150));
+        assert_eq!(deadline.work_until(), arrived + Duration::from_millis(175));
     }
 
     #[test]
