@@ -206,7 +206,7 @@ chown 65532:65532 "$work/data"
 # a free loopback port so that parallel runs do not clash.
 port=$(free_port)
 url=http://127.0.0.1:$port
-# As deploy/cloudrun.yaml sets it from Secret Manager: production refuses to start without it.
+# A scraper's bearer token: production refuses to start with /metrics open to anyone.
 metrics_token=$(openssl rand -hex 16)
 ctr=token-limits-ct-$port
 containers+=("$ctr")

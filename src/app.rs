@@ -8,7 +8,10 @@ use tokio::net::TcpListener;
 
 use crate::auth::{DirectorySettings, IdentityToolkitDirectory, TokenVerifier, VerifierSettings};
 use crate::config::{Config, StoreKind};
-use crate::http::{AppState, EdgeSettings, TODAY_GAUGES_INTERVAL, TodayGauges, router};
+use crate::http::{
+    AppState, EdgeSettings, MetricsAccess, TODAY_GAUGES_INTERVAL, TodayGauges, metrics_router,
+    router,
+};
 use crate::server::{self, ConnectionSettings, Draining};
 use crate::store::{FirestoreSettings, FirestoreStore, Instrumented, SqliteStore};
 use crate::usage::{
@@ -63,6 +66,8 @@ fn user_directory(config: &Config) -> Result<Arc<dyn UserDirectory>, DirectoryEr
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    /// `GET /metrics` on an address of its own, when `METRICS_ADDR` is set.
+    metrics: Option<(TcpListener, axum::Router)>,
     connections: ConnectionSettings,
     draining: Arc<Draining>,
 }
@@ -132,19 +137,44 @@ impl Application {
             verifier,
             max_tokens_per_request: config.max_tokens_per_request,
             draining: Arc::default(),
-            metrics_token: config.metrics_token.clone(),
+            metrics: MetricsAccess::Anyone,
             today_gauges: Arc::new(TodayGauges::new(TODAY_GAUGES_INTERVAL)),
         };
         let edge = EdgeSettings {
             request_timeout: config.request_timeout(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
         };
-        let address = SocketAddr::new(config.listen_host(), config.port);
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| StartupError::Listen { address, source })?;
+        let guarded = match &config.metrics_token {
+            Some(token) => MetricsAccess::Token(token.clone()),
+            None => MetricsAccess::Anyone,
+        };
+        let (state, metrics) = match config.metrics_addr {
+            Some(address) => {
+                let metrics_state = AppState {
+                    metrics: guarded,
+                    ..state.clone()
+                };
+                let state = AppState {
+                    metrics: MetricsAccess::Elsewhere,
+                    ..state
+                };
+                (
+                    state,
+                    Some((bind(address).await?, metrics_router(metrics_state))),
+                )
+            }
+            None => (
+                AppState {
+                    metrics: guarded,
+                    ..state
+                },
+                None,
+            ),
+        };
+        let listener = bind(SocketAddr::new(config.listen_host(), config.port)).await?;
         Ok(Self {
             listener,
+            metrics,
             draining: state.draining.clone(),
             router: router(state, &edge),
             connections: config.connections(),
@@ -161,13 +191,34 @@ impl Application {
         self.listener.local_addr()
     }
 
+    /// Where `GET /metrics` is served on its own, if it is.
+    pub fn metrics_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.metrics
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr())
+    }
+
     /// Serves until SIGTERM or SIGINT, then lets the requests in flight finish.
     pub async fn run(self) {
         self.run_until(server::shutdown_signal()).await;
     }
 
-    /// Serves until `shutdown` resolves, then lets the requests in flight finish.
+    /// Serves until `shutdown` resolves, then lets the requests in flight finish. The metrics
+    /// address, if any, is served until the service itself has finished, so that the drain can
+    /// still be watched.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+        let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = self.metrics.map(|(listener, router)| {
+            tokio::spawn(server::serve(
+                listener,
+                router,
+                self.connections,
+                Arc::default(),
+                async {
+                    let _ = metrics_stopped.await;
+                },
+            ))
+        });
         server::serve(
             self.listener,
             self.router,
@@ -176,5 +227,18 @@ impl Application {
             shutdown,
         )
         .await;
+        drop(stop_metrics);
+        if let Some(metrics) = metrics
+            && let Err(error) = metrics.await
+        {
+            tracing::warn!(%error, "the metrics address did not stop cleanly");
+        }
     }
+}
+
+/// A listener on `address`, or why not.
+async fn bind(address: SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| StartupError::Listen { address, source })
 }

@@ -1,7 +1,7 @@
 //! The command line and the configuration it carries, parsed and validated once at start-up.
 
 use std::ffi::OsString;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -159,6 +159,12 @@ pub struct Config {
     /// `true` serves `GET /metrics` to anyone outside emulator mode, without METRICS_TOKEN.
     #[arg(long, env = "METRICS_PUBLIC", action = clap::ArgAction::Set, default_value_t = false)]
     pub metrics_public: bool,
+
+    /// Serves `GET /metrics` on this address of its own instead of the service's port, for a
+    /// scraper beside the service (Cloud Run's Prometheus sidecar: `127.0.0.1:9464`). Without
+    /// METRICS_TOKEN it must be a loopback address.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// The least time between two key fetches caused by an unknown key id.
     #[arg(skip = Duration::from_secs(60))]
@@ -318,9 +324,25 @@ impl Config {
         self.validate_metrics_access()
     }
 
-    /// `/metrics` hands out business figures: in production it is guarded by a token unless
-    /// the operator says it is meant to be open.
+    /// `/metrics` hands out business figures: in production it is guarded by a token, or
+    /// served on a loopback address of its own, unless the operator says it is meant to be open.
     fn validate_metrics_access(&self) -> Result<(), String> {
+        if let Some(address) = self.metrics_addr {
+            return match (self.metrics_public, self.metrics_token.is_some()) {
+                (true, _) => Err(
+                    "METRICS_PUBLIC=true opens GET /metrics on the service's port and METRICS_ADDR \
+                     moves it to an address of its own: set only one of them"
+                        .to_owned(),
+                ),
+                (false, false) if !address.ip().is_loopback() && !self.emulator_mode() => {
+                    Err(format!(
+                        "METRICS_ADDR={address} would serve GET /metrics to anyone who reaches \
+                         it: use a loopback address (127.0.0.1:PORT) or set METRICS_TOKEN"
+                    ))
+                }
+                _ => Ok(()),
+            };
+        }
         match (self.metrics_token.is_some(), self.metrics_public) {
             (true, true) => Err(
                 "METRICS_TOKEN guards GET /metrics and METRICS_PUBLIC=true opens it to anyone: \
@@ -328,8 +350,9 @@ impl Config {
                     .to_owned(),
             ),
             (false, false) if !self.emulator_mode() => Err(
-                "GET /metrics would be open to anyone: set METRICS_TOKEN to the bearer token \
-                 scrapers send, or METRICS_PUBLIC=true if it is meant to be open"
+                "GET /metrics would be open to anyone: set METRICS_ADDR=127.0.0.1:PORT for a \
+                 scraper beside the service, METRICS_TOKEN to the bearer token scrapers send, \
+                 or METRICS_PUBLIC=true if it is meant to be open"
                     .to_owned(),
             ),
             _ => Ok(()),
@@ -519,6 +542,27 @@ mod tests {
             both.contains("METRICS_TOKEN") && both.contains("METRICS_PUBLIC"),
             "{both}"
         );
+    }
+
+    #[test]
+    fn metrics_on_an_address_of_their_own_are_kept_to_loopback_without_a_token() {
+        let production = "--firebase-project-id=my-real-app";
+        let loopback = "--metrics-addr=127.0.0.1:9464";
+        assert!(serve(&[production, loopback]).validate().is_ok());
+        let anyone = serve(&[production, "--metrics-addr=0.0.0.0:9464"])
+            .validate()
+            .unwrap_err();
+        assert!(anyone.contains("METRICS_ADDR=0.0.0.0:9464"), "{anyone}");
+        let guarded = serve(&[
+            production,
+            "--metrics-addr=0.0.0.0:9464",
+            "--metrics-token=t",
+        ]);
+        assert!(guarded.validate().is_ok());
+        let both = serve(&[production, loopback, "--metrics-public=true"])
+            .validate()
+            .unwrap_err();
+        assert!(both.contains("METRICS_ADDR"), "{both}");
     }
 
     #[test]

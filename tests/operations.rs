@@ -746,3 +746,42 @@ fn public_metrics_are_served_to_anyone() {
     );
     server.stop();
 }
+
+/// `METRICS_ADDR` on loopback is what a scraper beside the service (Cloud Run's Prometheus
+/// sidecar, which sends no token) reads: a production service starts with it and no token,
+/// serves `/metrics` there and only there, and its own port answers `/metrics` with 404.
+#[test]
+fn metrics_on_a_loopback_address_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = emulator::free_port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let server = start(
+        &dir,
+        &[
+            ("METRICS_TOKEN", ""),
+            ("METRICS_ADDR", metrics_addr.as_str()),
+        ],
+    );
+    let scraped = client()
+        .get(format!("http://{metrics_addr}/metrics"))
+        .send()
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(
+        scraped
+            .text()
+            .unwrap()
+            .contains("token_limits_decisions_total")
+    );
+    let elsewhere = client()
+        .get(format!("http://{metrics_addr}/usage/today"))
+        .send()
+        .unwrap();
+    assert_eq!(elsewhere.status(), 404);
+    let on_the_service_port = client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .unwrap();
+    assert_eq!(on_the_service_port.status(), 404);
+    server.stop();
+}

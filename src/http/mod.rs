@@ -43,10 +43,21 @@ pub struct AppState {
     pub max_tokens_per_request: i64,
     /// Set when the service is shutting down.
     pub draining: Arc<Draining>,
-    /// When set, `GET /metrics` asks for it as a bearer token.
-    pub metrics_token: Option<String>,
+    /// Who may read `GET /metrics` on this port.
+    pub metrics: MetricsAccess,
     /// Today's figures for `GET /metrics`, counted at most once per interval.
     pub today_gauges: Arc<TodayGauges>,
+}
+
+/// Who may read `GET /metrics` on a port.
+#[derive(Clone)]
+pub enum MetricsAccess {
+    /// Anyone who reaches the port.
+    Anyone,
+    /// Only a request with this bearer token.
+    Token(String),
+    /// Nobody: the metrics are served on an address of their own (404 here).
+    Elsewhere,
 }
 
 impl AppState {
@@ -99,6 +110,15 @@ pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
         ]))
+}
+
+/// `GET /metrics` alone, for an address of its own: what a scraper beside the service reads.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(ops::metrics))
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(state)
+        .layer(axum::middleware::map_response(error::json_errors))
 }
 
 fn cors(origins: &[axum::http::HeaderValue]) -> CorsLayer {

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorEnvelope;
 use super::extract::bearer_token;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, MetricsAccess};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -61,17 +61,26 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError>
 }
 
 /// Prometheus metrics in the text format; with `METRICS_TOKEN` set, for that bearer token only.
+/// With `METRICS_ADDR` set, they are served there and this port answers 404.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses(
         (status = 200, description = "Every metric, in the Prometheus text format", content_type = "text/plain"),
         (status = 401, description = "METRICS_TOKEN is set and was not given", body = ErrorEnvelope,
          headers(("WWW-Authenticate" = String))),
+        (status = 404, description = "METRICS_ADDR is set: the metrics are served there", body = ErrorEnvelope),
     ))]
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.metrics_token {
-        let given = bearer_token(&headers).unwrap_or_default();
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-            return Err(ApiError::Unauthenticated);
+pub(super) async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    match &state.metrics {
+        MetricsAccess::Anyone => {}
+        MetricsAccess::Elsewhere => return Err(ApiError::NotFound),
+        MetricsAccess::Token(expected) => {
+            let given = bearer_token(&headers).unwrap_or_default();
+            if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                return Err(ApiError::Unauthenticated);
+            }
         }
     }
     // The day's figures come from the store, so every instance shows the same; counted at
