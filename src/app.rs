@@ -13,7 +13,7 @@ use crate::server::{self, ConnectionSettings, Draining};
 use crate::store::{FirestoreSettings, FirestoreStore, Instrumented, SqliteStore};
 use crate::usage::{
     Clock, DirectoryError, OfflineDirectory, StoreError, SystemClock, UsageService, UsageSettings,
-    UsageStore, UserDirectory,
+    UsageStore, UserDirectory, UserType,
 };
 
 /// How long one fetch of the signing keys may take.
@@ -80,6 +80,7 @@ impl Application {
         config.validate().map_err(StartupError::Config)?;
         // Installed first, so that nothing counted before the first scrape is lost.
         crate::metrics::registry();
+        crate::metrics::start_user_type_series_at_zero(UserType::ALL.map(UserType::as_str));
         let store: Arc<dyn UsageStore> = match config.store.kind {
             StoreKind::Sqlite => Arc::new(Instrumented::new(
                 SqliteStore::open(&config.store.sqlite_path)?,
