@@ -7,16 +7,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::auth::{DirectorySettings, IdentityToolkitDirectory, TokenVerifier, VerifierSettings};
-use crate::config::{Config, StoreKind};
+use crate::config::Config;
 use crate::http::{
     AppState, EdgeSettings, MetricsAccess, TODAY_GAUGES_INTERVAL, TodayGauges, metrics_router,
     router,
 };
 use crate::server::{self, ConnectionSettings, Draining};
-use crate::store::{FirestoreSettings, FirestoreStore, Instrumented, SqliteStore};
+use crate::store::open_usage_store;
 use crate::usage::{
     Clock, DirectoryError, OfflineDirectory, StoreError, SystemClock, UsageService, UsageSettings,
-    UsageStore, UserDirectory,
+    UserDirectory, UserType,
 };
 
 /// How long one fetch of the signing keys may take.
@@ -85,22 +85,8 @@ impl Application {
         config.validate().map_err(StartupError::Config)?;
         // Installed first, so that nothing counted before the first scrape is lost.
         crate::metrics::registry();
-        let store: Arc<dyn UsageStore> = match config.store.kind {
-            StoreKind::Sqlite => Arc::new(Instrumented::new(
-                SqliteStore::open(&config.store.sqlite_path)?,
-                "sqlite",
-            )),
-            StoreKind::Firestore => Arc::new(Instrumented::new(
-                FirestoreStore::connect(FirestoreSettings {
-                    project_id: config.firestore_project().to_owned(),
-                    database_id: config.store.firestore_database.clone(),
-                    emulator_host: config.store.firestore_emulator_host.clone(),
-                    cache_bytes: config.firestore_cache_bytes(),
-                })
-                .await?,
-                "firestore",
-            )),
-        };
+        crate::metrics::start_user_type_series_at_zero(UserType::ALL.map(UserType::as_str));
+        let store = open_usage_store(&config.store, config.firestore_cache_bytes()).await?;
         let verifier = Arc::new(TokenVerifier::new(VerifierSettings {
             project_id: config.store.firebase_project_id.clone(),
             jwks_url: config.firebase_jwks_url.clone(),

@@ -2,15 +2,15 @@
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
 use chrono_tz::Tz;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::lifecycle::LifecycleCommand;
+use crate::lifecycle::{ArchiveArgs, CleanupArgs, ExportArgs, ImportArgs, RebuildArgs, VerifyArgs};
 use crate::server::ConnectionSettings;
+use crate::store::{StoreKind, StoreSettings, parse_project_id};
 use crate::usage::{Limits, ReservationRules, UserType};
 
 /// Google's JWK set for Firebase ID tokens.
@@ -62,6 +62,69 @@ pub enum Command {
     DevToken(DevTokenArgs),
     #[command(flatten)]
     Lifecycle(LifecycleCommand),
+}
+
+/// The lifecycle commands: each takes the store's settings and its own arguments.
+#[derive(Debug, Subcommand)]
+pub enum LifecycleCommand {
+    /// Check every document: schema, ids, month aggregates, days against their months.
+    Verify {
+        #[command(flatten)]
+        store: StoreSettings,
+        #[command(flatten)]
+        args: VerifyArgs,
+    },
+    /// Recompute month documents from the day documents, showing the differences.
+    RebuildHistory {
+        #[command(flatten)]
+        store: StoreSettings,
+        #[command(flatten)]
+        args: RebuildArgs,
+    },
+    /// Delete day documents past their retention once their months hold them, and expired
+    /// idempotency records.
+    Cleanup {
+        #[command(flatten)]
+        store: StoreSettings,
+        #[command(flatten)]
+        args: CleanupArgs,
+    },
+    /// Move month documents past their retention to gzip NDJSON files with a manifest, in a
+    /// directory or a Cloud Storage bucket, then delete them.
+    Archive {
+        #[command(flatten)]
+        store: StoreSettings,
+        #[command(flatten)]
+        args: ArchiveArgs,
+    },
+    /// Write both collections to an NDJSON file.
+    Export {
+        #[command(flatten)]
+        store: StoreSettings,
+        #[command(flatten)]
+        args: ExportArgs,
+    },
+    /// Read an NDJSON file into the store: every line checked first, none overwriting newer
+    /// data.
+    Import {
+        #[command(flatten)]
+        store: StoreSettings,
+        #[command(flatten)]
+        args: ImportArgs,
+    },
+}
+
+impl LifecycleCommand {
+    pub fn store(&self) -> &StoreSettings {
+        match self {
+            Self::Verify { store, .. }
+            | Self::RebuildHistory { store, .. }
+            | Self::Cleanup { store, .. }
+            | Self::Archive { store, .. }
+            | Self::Export { store, .. }
+            | Self::Import { store, .. } => store,
+        }
+    }
 }
 
 /// Everything `serve` needs; each flag also reads the environment variable it names.
@@ -175,51 +238,6 @@ pub struct Config {
     /// `FIREBASE_AUTH_EMULATOR_HOST` set, lookups go there anyway).
     #[arg(skip)]
     pub auth_emulator_for_lookups: Option<String>,
-}
-
-/// Where the documents live: what `serve` and the lifecycle commands share.
-#[derive(Debug, Clone, Args)]
-pub struct StoreSettings {
-    /// Where usage is stored.
-    #[arg(long = "store", env = "STORE", value_name = "STORE", value_enum, default_value_t = StoreKind::Sqlite)]
-    pub kind: StoreKind,
-
-    /// The SQLite file of the embedded store.
-    #[arg(long, env = "SQLITE_PATH", default_value = "token-limits.db")]
-    pub sqlite_path: PathBuf,
-
-    /// The Google Cloud project of the Firestore database [default: FIREBASE_PROJECT_ID].
-    #[arg(long, env = "GOOGLE_CLOUD_PROJECT", value_parser = parse_project_id)]
-    pub google_cloud_project: Option<String>,
-
-    /// The Firestore database.
-    #[arg(long, env = "FIRESTORE_DATABASE", default_value = "(default)")]
-    pub firestore_database: String,
-
-    /// `host:port` of a Firestore emulator to use instead of the real service.
-    #[arg(long, env = "FIRESTORE_EMULATOR_HOST")]
-    pub firestore_emulator_host: Option<String>,
-
-    /// The Firebase project: its ID tokens are accepted, and its Firestore is used unless
-    /// GOOGLE_CLOUD_PROJECT names another.
-    #[arg(long, env = "FIREBASE_PROJECT_ID", default_value = "demo-token-limits", value_parser = parse_project_id)]
-    pub firebase_project_id: String,
-}
-
-impl StoreSettings {
-    pub fn firestore_project(&self) -> &str {
-        self.google_cloud_project
-            .as_deref()
-            .unwrap_or(&self.firebase_project_id)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum StoreKind {
-    /// The embedded SQLite file.
-    Sqlite,
-    /// Google Cloud Firestore, shared by every instance.
-    Firestore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -370,18 +388,6 @@ fn emulator_mode(project_id: &str, auth_emulator_host: &Option<String>) -> bool 
     project_id.starts_with("demo-") || auth_emulator_host.is_some()
 }
 
-/// Firebase project ids: 6 to 30 lowercase letters, digits and hyphens.
-fn parse_project_id(raw: &str) -> Result<String, String> {
-    let valid_chars = raw
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if (6..=30).contains(&raw.len()) && valid_chars {
-        Ok(raw.to_owned())
-    } else {
-        Err("a project id is 6 to 30 lowercase letters, digits and hyphens".to_owned())
-    }
-}
-
 fn parse_user_type(raw: &str) -> Result<UserType, String> {
     UserType::parse(raw).ok_or_else(|| format!("a user type is one of {}", UserType::names()))
 }
@@ -455,20 +461,6 @@ mod tests {
             "ftp://a.b",
         ] {
             assert!(parse_origin(bad).is_err(), "{bad} accepted");
-        }
-    }
-
-    #[test]
-    fn project_ids_follow_firebase_rules() {
-        assert!(parse_project_id("demo-token-limits").is_ok());
-        for bad in [
-            "",
-            "short",
-            "Upper-Case-Id",
-            "has_underscore",
-            &"a".repeat(31),
-        ] {
-            assert!(parse_project_id(bad).is_err(), "{bad} accepted");
         }
     }
 

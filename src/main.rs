@@ -3,8 +3,9 @@ use std::process::ExitCode;
 use clap::error::ErrorKind;
 use token_limits::app::Application;
 use token_limits::auth::emulator_token;
-use token_limits::config::{Cli, Command, Config, DevTokenArgs, LogFormat};
-use token_limits::lifecycle::LifecycleCommand;
+use token_limits::config::{Cli, Command, Config, DevTokenArgs, LifecycleCommand, LogFormat};
+use token_limits::lifecycle::{self, Outcome};
+use token_limits::store::open_document_store;
 use token_limits::telemetry;
 
 /// Requests allocate many small, short-lived values on one thread and free some on another:
@@ -82,13 +83,30 @@ fn run_lifecycle(command: LifecycleCommand) -> ExitCode {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
-        .and_then(|runtime| runtime.block_on(command.run()));
+        .and_then(|runtime| runtime.block_on(run_on_its_store(command)));
     match outcome {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(error) => {
             eprintln!("token-limits: {error:#}");
             ExitCode::from(LIFECYCLE_FAILED)
         }
+    }
+}
+
+/// Runs the command on the store it names, to its end: `Ok` says whether it found anything,
+/// `Err` that it could not finish.
+async fn run_on_its_store(command: LifecycleCommand) -> anyhow::Result<Outcome> {
+    let store = open_document_store(command.store()).await?;
+    let store = store.as_ref();
+    match command {
+        LifecycleCommand::Verify { args, .. } => lifecycle::verify(&args, store).await,
+        LifecycleCommand::RebuildHistory { args, .. } => {
+            lifecycle::rebuild_history(&args, store).await
+        }
+        LifecycleCommand::Cleanup { args, .. } => lifecycle::cleanup(&args, store).await,
+        LifecycleCommand::Archive { args, .. } => lifecycle::archive(&args, store).await,
+        LifecycleCommand::Export { args, .. } => lifecycle::export(&args, store).await,
+        LifecycleCommand::Import { args, .. } => lifecycle::import(&args, store).await,
     }
 }
 

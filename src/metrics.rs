@@ -7,8 +7,6 @@ use std::time::Duration;
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::usage::UserType;
-
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
@@ -85,15 +83,6 @@ fn keep_up(handle: PrometheusHandle) {
 /// Every series an alert reads exists from the start, at zero: a rate over a series that does
 /// not exist yet is no rate at all.
 fn start_at_zero() {
-    for user_type in UserType::ALL.map(UserType::as_str) {
-        for outcome in ["admitted", "denied", "replayed", "key_reused"] {
-            metrics::counter!(DECISIONS, "outcome" => outcome, "user_type" => user_type)
-                .absolute(0);
-        }
-        for decision in ["admitted", "denied"] {
-            metrics::counter!(TOKENS, "decision" => decision, "user_type" => user_type).absolute(0);
-        }
-    }
     for kind in [
         "unavailable",
         "outcome_unknown",
@@ -127,6 +116,20 @@ fn start_at_zero() {
         metrics::counter!(name).absolute(0);
     }
     metrics::gauge!(HTTP_REQUESTS_IN_FLIGHT).set(0.0);
+}
+
+/// The series labelled by user type, at zero like those of [`start_at_zero`]. The user types
+/// are the domain's, which names its metrics here: so they are handed in, not imported.
+pub fn start_user_type_series_at_zero(user_types: impl IntoIterator<Item = &'static str>) {
+    for user_type in user_types {
+        for outcome in ["admitted", "denied", "replayed", "key_reused"] {
+            metrics::counter!(DECISIONS, "outcome" => outcome, "user_type" => user_type)
+                .absolute(0);
+        }
+        for decision in ["admitted", "denied"] {
+            metrics::counter!(TOKENS, "decision" => decision, "user_type" => user_type).absolute(0);
+        }
+    }
 }
 
 fn describe() {

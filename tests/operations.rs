@@ -473,6 +473,33 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|(_, value)| value.parse().ok())
 }
 
+/// Alerts read the decision and token series of every user type: a fresh instance serves
+/// them at zero, before any request.
+#[test]
+fn every_user_types_series_start_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, &[]);
+    let text = client()
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    server.stop();
+    for user_type in ["trial", "subscribed"] {
+        for outcome in ["admitted", "denied", "replayed", "key_reused"] {
+            let labels = [("outcome", outcome), ("user_type", user_type)];
+            let value = series(&text, "token_limits_decisions_total", &labels);
+            assert_eq!(value, Some(0.0), "{labels:?}:\n{text}");
+        }
+        for decision in ["admitted", "denied"] {
+            let labels = [("decision", decision), ("user_type", user_type)];
+            let value = series(&text, "token_limits_tokens_total", &labels);
+            assert_eq!(value, Some(0.0), "{labels:?}:\n{text}");
+        }
+    }
+}
+
 /// Every metric the README lists is served, and traffic moves the counters it should.
 #[test]
 fn metrics_count_what_the_service_did() {

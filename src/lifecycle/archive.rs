@@ -33,13 +33,10 @@ use super::store::{
     MAX_WRITES_PER_COMMIT, Scan, Version,
 };
 use super::{PAGE_SIZE, Pages, subject};
-use crate::config::StoreSettings;
 use crate::usage::{DayWindow, month_start};
 
 #[derive(Debug, Args)]
 pub struct ArchiveArgs {
-    #[command(flatten)]
-    pub store: StoreSettings,
     /// Where the archives go: a local directory, or `gs://bucket/prefix` (Application Default
     /// Credentials).
     #[arg(long, env = "ARCHIVE_DESTINATION")]

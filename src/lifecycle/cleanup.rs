@@ -14,13 +14,10 @@ use super::store::{
     MAX_WRITES_PER_COMMIT, Scan, Stored,
 };
 use super::{Pages, subject};
-use crate::config::StoreSettings;
 use crate::usage::{DayWindow, month_start};
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
-    #[command(flatten)]
-    pub store: StoreSettings,
     /// Days a day document is kept; the current month's are always kept.
     #[arg(long, env = "DAILY_RETENTION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u64).range(1..=36_500))]
     pub daily_retention_days: u64,

@@ -16,13 +16,10 @@ use super::store::{
     Scan,
 };
 use super::{PAGE_SIZE, Pages, retry_pauses, subject};
-use crate::config::StoreSettings;
 use crate::usage::{DailyUsage, MonthOf, MonthlyUsage, UserId};
 
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
-    #[command(flatten)]
-    pub store: StoreSettings,
     #[command(flatten)]
     pub scope: Scope,
     /// Show what would change, and write nothing.

@@ -19,7 +19,6 @@ use super::store::{
     MAX_WRITES_PER_COMMIT, Scan, Stored,
 };
 use super::{PAGE_SIZE, Pages, retry_pauses, subject};
-use crate::config::StoreSettings;
 use crate::usage::UserId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -32,8 +31,6 @@ pub enum CollectionArg {
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    #[command(flatten)]
-    pub store: StoreSettings,
     /// The NDJSON file to write (written beside it as `.partial`, renamed when complete).
     #[arg(long)]
     pub output: PathBuf,
@@ -53,8 +50,6 @@ pub struct ExportArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    #[command(flatten)]
-    pub store: StoreSettings,
     /// The NDJSON file to read, as `export` writes it (or `archive`, gzip-compressed).
     #[arg(long)]
     pub input: PathBuf,

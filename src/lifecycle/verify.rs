@@ -9,13 +9,10 @@ use super::output::{Outcome, Report};
 use super::scope::Scope;
 use super::store::{Collection, Document, DocumentStore, Scan, Stored};
 use super::{PAGE_SIZE, Pages, subject};
-use crate::config::StoreSettings;
 use crate::usage::DailyUsage;
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    #[command(flatten)]
-    pub store: StoreSettings,
     #[command(flatten)]
     pub scope: Scope,
     /// The most findings the JSON summary lists (all are counted, and a terminal shows all).

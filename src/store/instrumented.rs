@@ -1,6 +1,7 @@
 //! Any store, measured: each operation counted by result and timed, whatever the adapter.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -12,14 +13,14 @@ use crate::usage::{
     StoreError, StoredDay, UsageStore, UserId, UserType,
 };
 
-pub struct Instrumented<S> {
-    store: S,
+pub struct Instrumented {
+    store: Arc<dyn UsageStore>,
     /// The `store` label: `sqlite` or `firestore`.
     name: &'static str,
 }
 
-impl<S> Instrumented<S> {
-    pub fn new(store: S, name: &'static str) -> Self {
+impl Instrumented {
+    pub fn new(store: Arc<dyn UsageStore>, name: &'static str) -> Self {
         Self { store, name }
     }
 
@@ -46,7 +47,7 @@ impl<S> Instrumented<S> {
 }
 
 #[async_trait]
-impl<S: UsageStore> UsageStore for Instrumented<S> {
+impl UsageStore for Instrumented {
     async fn record(
         &self,
         request: RecordRequest,

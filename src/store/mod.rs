@@ -1,10 +1,14 @@
-//! The storage adapters of the domain's [`UsageStore`](crate::usage::UsageStore) port: the
-//! embedded SQLite file and Firestore. Each reads a record's snapshot, runs the domain's plan
-//! on it and applies the writes in its own way; neither holds a rule of its own.
+//! The storage adapters of the domain's [`UsageStore`](crate::usage::UsageStore) port and of
+//! the maintenance [`DocumentStore`](crate::lifecycle::DocumentStore) port: the embedded SQLite
+//! file and Firestore. Each reads a record's snapshot, runs the domain's plan on it and applies
+//! the writes in its own way; neither holds a rule of its own. Which one runs is decided here
+//! too, from [`StoreSettings`], by [`open_usage_store`] and [`open_document_store`].
 
 mod firestore;
 mod instrumented;
+mod open;
 pub mod queries;
+mod settings;
 mod sqlite;
 
 pub use self::firestore::{
@@ -13,5 +17,6 @@ pub use self::firestore::{
     conditional_update as firestore_conditional_update,
     unchanged_since_read as firestore_unchanged_since_read,
 };
-pub use instrumented::Instrumented;
+pub use open::{open_document_store, open_usage_store};
+pub use settings::{StoreKind, StoreSettings, parse_project_id};
 pub use sqlite::SqliteStore;

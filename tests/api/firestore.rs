@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use token_limits::config::StoreKind;
+use token_limits::store::StoreKind;
 use token_limits::usage::{Clock, SystemClock};
 use tokio::task::JoinSet;
 
