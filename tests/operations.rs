@@ -481,6 +481,7 @@ fn every_user_types_series_start_at_zero() {
     let server = start(&dir, &[]);
     let text = client()
         .get(format!("{}/metrics", server.base))
+        .bearer_auth(METRICS_TOKEN)
         .send()
         .unwrap()
         .text()
