@@ -109,6 +109,10 @@ impl Application {
             });
         }
 
+        let guarded = match &config.metrics_token {
+            Some(token) => MetricsAccess::Token(token.clone()),
+            None => MetricsAccess::Anyone,
+        };
         let state = AppState {
             usage: Arc::new(UsageService::new(
                 store,
@@ -123,39 +127,26 @@ impl Application {
             verifier,
             max_tokens_per_request: config.max_tokens_per_request,
             draining: Arc::default(),
-            metrics: MetricsAccess::Anyone,
+            // With an address of their own, the metrics are not served on the service's port.
+            metrics: match config.metrics_addr {
+                Some(_) => MetricsAccess::Elsewhere,
+                None => guarded.clone(),
+            },
             today_gauges: Arc::new(TodayGauges::new(TODAY_GAUGES_INTERVAL)),
         };
         let edge = EdgeSettings {
             request_timeout: config.request_timeout(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
         };
-        let guarded = match &config.metrics_token {
-            Some(token) => MetricsAccess::Token(token.clone()),
-            None => MetricsAccess::Anyone,
-        };
-        let (state, metrics) = match config.metrics_addr {
-            Some(address) => {
-                let metrics_state = AppState {
+        let metrics = match config.metrics_addr {
+            Some(address) => Some((
+                bind(address).await?,
+                metrics_router(AppState {
                     metrics: guarded,
                     ..state.clone()
-                };
-                let state = AppState {
-                    metrics: MetricsAccess::Elsewhere,
-                    ..state
-                };
-                (
-                    state,
-                    Some((bind(address).await?, metrics_router(metrics_state))),
-                )
-            }
-            None => (
-                AppState {
-                    metrics: guarded,
-                    ..state
-                },
-                None,
-            ),
+                }),
+            )),
+            None => None,
         };
         let listener = bind(SocketAddr::new(config.listen_host(), config.port)).await?;
         Ok(Self {
