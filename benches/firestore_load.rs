@@ -27,10 +27,7 @@ use tokio::task::JoinSet;
 use emulator::Emulator;
 
 /// The service's default limits.
-const LIMITS: Limits = Limits {
-    trial: 10_000,
-    subscribed: 100_000,
-};
+const LIMITS: Limits = Limits::daily(10_000, 100_000);
 
 /// The production request timeout, `REQUEST_TIMEOUT_SECS`'s default.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,7 +71,7 @@ const PRESSURE_ROUNDS: usize = 5;
 const PRESSURE_RECORDS: usize = 60;
 const PRESSURE_TOKENS: i64 = 300;
 /// The most records of `PRESSURE_TOKENS` the trial limit lets through.
-const PRESSURE_MOST_ADMITTED: usize = (LIMITS.trial / PRESSURE_TOKENS) as usize;
+const PRESSURE_MOST_ADMITTED: usize = (LIMITS.trial.daily_limit / PRESSURE_TOKENS) as usize;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> ExitCode {
@@ -504,7 +501,7 @@ impl CostCase {
         match self {
             Self::Admitted => moment.request(user, SMALL_RECORD),
             // More than the whole day allows: denied whatever was used before.
-            Self::Denied => moment.request(user, LIMITS.trial + 1),
+            Self::Denied => moment.request(user, LIMITS.trial.daily_limit + 1),
             Self::KeyedAdmitted | Self::Replayed => {
                 moment.keyed_request(user, SMALL_RECORD, &format!("cost-{index}"))
             }
@@ -980,9 +977,10 @@ async fn stored_matches(
 ) -> bool {
     let reader = &stores[stores.len() - 1];
     let day = reader
-        .day(user, moment.window.date)
+        .day_and_month(user, moment.window.date)
         .await
-        .expect("cannot read the day back");
+        .expect("cannot read the day back")
+        .day;
     let months = reader
         .months(user, 1)
         .await
@@ -1089,7 +1087,7 @@ async fn limit_pressure(emulator: &Emulator, moment: Moment) -> bool {
          {PRESSURE_MOST_ADMITTED} admitted, exactly {PRESSURE_MOST_ADMITTED} when every answer \
          is definitive, and the day and month documents hold exactly the admitted tokens. \
          Drain = first call to last answer.\n",
-        LIMITS.trial
+        LIMITS.trial.daily_limit
     );
     let project = emulator::unique_project("bench-pressure");
     let stores = instances(emulator, &project).await;

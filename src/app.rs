@@ -118,7 +118,9 @@ impl Application {
                 store,
                 user_directory(&config)?,
                 UsageSettings {
-                    limits: config.limits.into(),
+                    limits: (&config.limits).into(),
+                    soft_limit: config.limits.soft_limit_fraction,
+                    on_store_unavailable: config.limits.on_store_unavailable,
                     zone: config.reset_timezone,
                     reservations: config.reservation_rules(),
                 },

@@ -11,7 +11,9 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use crate::lifecycle::{ArchiveArgs, CleanupArgs, ExportArgs, ImportArgs, RebuildArgs, VerifyArgs};
 use crate::server::ConnectionSettings;
 use crate::store::{StoreKind, StoreSettings, parse_project_id};
-use crate::usage::{Limits, ReservationRules, UserType};
+use crate::usage::{
+    Enforcement, Limits, OnStoreUnavailable, Policy, ReservationRules, SoftLimit, UserType,
+};
 
 /// Google's JWK set for Firebase ID tokens.
 pub const GOOGLE_JWKS_URL: &str =
@@ -428,13 +430,56 @@ pub struct LimitArgs {
     #[arg(id = "daily_limit_subscribed", long = "daily-limit-subscribed", env = "DAILY_LIMIT_SUBSCRIBED", value_name = "DAILY_LIMIT_SUBSCRIBED",
         default_value_t = 100_000, value_parser = clap::value_parser!(i64).range(0..))]
     pub subscribed: i64,
+
+    /// Monthly token cap of `trial` users, counted over the calendar month in
+    /// `RESET_TIMEZONE`; unset, no monthly cap.
+    #[arg(long = "monthly-limit-trial", env = "MONTHLY_LIMIT_TRIAL", value_name = "MONTHLY_LIMIT_TRIAL",
+        value_parser = clap::value_parser!(i64).range(0..))]
+    pub monthly_trial: Option<i64>,
+
+    /// Monthly token cap of `subscribed` users; unset, no monthly cap.
+    #[arg(long = "monthly-limit-subscribed", env = "MONTHLY_LIMIT_SUBSCRIBED", value_name = "MONTHLY_LIMIT_SUBSCRIBED",
+        value_parser = clap::value_parser!(i64).range(0..))]
+    pub monthly_subscribed: Option<i64>,
+
+    /// How limits are applied: `enforce` refuses what is over, `shadow` records everything
+    /// and flags what `enforce` would refuse, `off` refuses and counts nothing.
+    #[arg(long, env = "ENFORCEMENT", default_value = "enforce")]
+    pub enforcement: Enforcement,
+
+    /// The mode for `trial` users, in place of `ENFORCEMENT`.
+    #[arg(long, env = "ENFORCEMENT_TRIAL")]
+    pub enforcement_trial: Option<Enforcement>,
+
+    /// The mode for `subscribed` users, in place of `ENFORCEMENT`.
+    #[arg(long, env = "ENFORCEMENT_SUBSCRIBED")]
+    pub enforcement_subscribed: Option<Enforcement>,
+
+    /// From what share of the binding limit (used and held tokens) answers carry
+    /// `"warning": "approaching_limit"`: above 0, at most 1, up to four decimals.
+    #[arg(long, env = "SOFT_LIMIT_FRACTION", default_value = "0.8")]
+    pub soft_limit_fraction: SoftLimit,
+
+    /// What `POST /usage` answers while the store is unreachable or past the request's
+    /// deadline: `deny` (503) or `allow` (200 without counting, flagged `degraded`).
+    #[arg(long, env = "ON_STORE_UNAVAILABLE", default_value = "deny")]
+    pub on_store_unavailable: OnStoreUnavailable,
 }
 
-impl From<LimitArgs> for Limits {
-    fn from(args: LimitArgs) -> Self {
+impl From<&LimitArgs> for Limits {
+    fn from(args: &LimitArgs) -> Self {
+        let policy = |daily_limit, monthly_limit, mode: Option<Enforcement>| Policy {
+            daily_limit,
+            monthly_limit,
+            enforcement: mode.unwrap_or(args.enforcement),
+        };
         Self {
-            trial: args.trial,
-            subscribed: args.subscribed,
+            trial: policy(args.trial, args.monthly_trial, args.enforcement_trial),
+            subscribed: policy(
+                args.subscribed,
+                args.monthly_subscribed,
+                args.enforcement_subscribed,
+            ),
         }
     }
 }
@@ -470,6 +515,51 @@ mod tests {
         match Cli::try_parse_args(argv).unwrap().command {
             Some(Command::Serve(config)) => *config,
             _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_type_takes_its_own_mode_cap_and_limit_or_the_common_mode() {
+        let config = serve(&[
+            "--enforcement=shadow",
+            "--enforcement-subscribed=enforce",
+            "--monthly-limit-trial=300000",
+            "--daily-limit-subscribed=5",
+        ]);
+        let limits = Limits::from(&config.limits);
+        assert_eq!(
+            limits.trial,
+            Policy {
+                daily_limit: 10_000,
+                monthly_limit: Some(300_000),
+                enforcement: Enforcement::Shadow,
+            }
+        );
+        assert_eq!(limits.subscribed, Policy::daily(5));
+        let defaults = serve(&[]);
+        assert_eq!(
+            Limits::from(&defaults.limits),
+            Limits::daily(10_000, 100_000)
+        );
+        assert_eq!(defaults.limits.soft_limit_fraction, SoftLimit::default());
+        assert_eq!(
+            defaults.limits.on_store_unavailable,
+            OnStoreUnavailable::Deny
+        );
+    }
+
+    #[test]
+    fn steering_settings_outside_their_sets_are_refused() {
+        for bad in [
+            "--enforcement=audit",
+            "--enforcement-trial=Shadow",
+            "--soft-limit-fraction=1.5",
+            "--soft-limit-fraction=0",
+            "--on-store-unavailable=maybe",
+            "--monthly-limit-trial=-1",
+        ] {
+            let argv = ["token-limits", "serve", bad];
+            assert!(Cli::try_parse_args(argv).is_err(), "{bad} accepted");
         }
     }
 

@@ -17,6 +17,8 @@ pub const TOKENS_BY_HOUR: &str = "token_limits_admitted_tokens_by_hour_total";
 pub const RESERVATIONS: &str = "token_limits_reservations_total";
 pub const RESERVATION_TOKENS: &str = "token_limits_reservation_tokens_total";
 pub const RECORD_ERRORS: &str = "token_limits_record_errors_total";
+pub const WOULD_DENY: &str = "token_limits_would_deny_total";
+pub const DEGRADED_ADMISSIONS: &str = "token_limits_degraded_admissions_total";
 pub const ACTIVE_USERS_TODAY: &str = "token_limits_active_users_today";
 pub const TOKENS_TODAY: &str = "token_limits_tokens_today";
 pub const STORE_OPERATIONS: &str = "token_limits_store_operations_total";
@@ -122,13 +124,20 @@ fn start_at_zero() {
 /// are the domain's, which names its metrics here: so they are handed in, not imported.
 pub fn start_user_type_series_at_zero(user_types: impl IntoIterator<Item = &'static str>) {
     for user_type in user_types {
-        for outcome in ["admitted", "denied", "replayed", "key_reused"] {
+        for outcome in ["admitted", "uncounted", "denied", "replayed", "key_reused"] {
             metrics::counter!(DECISIONS, "outcome" => outcome, "user_type" => user_type)
                 .absolute(0);
         }
         for decision in ["admitted", "denied"] {
             metrics::counter!(TOKENS, "decision" => decision, "user_type" => user_type).absolute(0);
         }
+        for window in ["daily", "monthly"] {
+            for mode in ["shadow", "off"] {
+                metrics::counter!(WOULD_DENY, "user_type" => user_type, "window" => window, "mode" => mode)
+                    .absolute(0);
+            }
+        }
+        metrics::counter!(DEGRADED_ADMISSIONS, "user_type" => user_type).absolute(0);
     }
 }
 
@@ -149,7 +158,15 @@ fn describe() {
     );
     describe_counter!(
         DECISIONS,
-        "Recorded requests by outcome (admitted, denied, replayed, key_reused) and user type"
+        "Recorded requests by outcome (admitted, uncounted when enforcement is off, denied, replayed, key_reused) and user type"
+    );
+    describe_counter!(
+        WOULD_DENY,
+        "Requests let through that enforce would have refused, by user type, window (daily, monthly) and mode (shadow, off)"
+    );
+    describe_counter!(
+        DEGRADED_ADMISSIONS,
+        "POST /usage requests admitted without counting because the store was down (ON_STORE_UNAVAILABLE=allow), by user type"
     );
     describe_counter!(
         TOKENS,

@@ -18,10 +18,7 @@ use token_limits::usage::{
     UsageTotals, UserId, UserType,
 };
 
-const LIMITS: Limits = Limits {
-    trial: 1_000,
-    subscribed: 5_000,
-};
+const LIMITS: Limits = Limits::daily(1_000, 5_000);
 
 /// A store under test, and a way to place a document as another writer (a backfill) would.
 trait Harness {
@@ -89,9 +86,10 @@ async fn stored_day(
     date: chrono::NaiveDate,
 ) -> Option<DailyUsage> {
     store
-        .day(user_id, date)
+        .day_and_month(user_id, date)
         .await
         .unwrap()
+        .day
         .map(|stored| stored.usage)
 }
 
@@ -419,7 +417,12 @@ async fn a_hold_is_stored_and_frees_its_tokens_when_it_expires(h: &impl Harness)
         reserve("alice", 900, "2024-01-15T10:00:00Z", "2024-01-15T10:10:00Z"),
     )
     .await;
-    let stored = store.day(&user("alice"), date).await.unwrap().unwrap();
+    let stored = store
+        .day_and_month(&user("alice"), date)
+        .await
+        .unwrap()
+        .day
+        .unwrap();
     assert_eq!(stored.usage.tokens_used, 0);
     let entry = stored.reservations.get(&id).expect("the hold is stored");
     assert_eq!((entry.tokens, entry.settlement), (900, None));
@@ -434,9 +437,10 @@ async fn a_hold_is_stored_and_frees_its_tokens_when_it_expires(h: &impl Harness)
     admitted(record(&*store, at_expiry).await);
     assert!(
         !store
-            .day(&user("alice"), date)
+            .day_and_month(&user("alice"), date)
             .await
             .unwrap()
+            .day
             .unwrap()
             .reservations
             .is_empty()
@@ -446,7 +450,12 @@ async fn a_hold_is_stored_and_frees_its_tokens_when_it_expires(h: &impl Harness)
     let dropping = request("alice", 1, UserType::Trial, "2024-01-15T10:10:30Z");
     let recorded = store.record(dropping, deadline).await.unwrap();
     assert_eq!(recorded.expired_holds.len(), 1);
-    let stored = store.day(&user("alice"), date).await.unwrap().unwrap();
+    let stored = store
+        .day_and_month(&user("alice"), date)
+        .await
+        .unwrap()
+        .day
+        .unwrap();
     assert!(stored.reservations.is_empty());
     assert_eq!(stored.usage.tokens_used, 102);
 }
@@ -472,7 +481,12 @@ async fn a_commit_after_midnight_lands_on_the_reserved_day(h: &impl Harness) {
         (450, 0)
     );
     let the_15th = at("2024-01-15T12:00:00Z").date_naive();
-    let stored = store.day(&user("alice"), the_15th).await.unwrap().unwrap();
+    let stored = store
+        .day_and_month(&user("alice"), the_15th)
+        .await
+        .unwrap()
+        .day
+        .unwrap();
     assert_eq!(stored.usage.tokens_used, 450);
     assert_eq!(stored.usage.last_updated, at("2024-01-16T00:00:05Z"));
     assert!(
@@ -519,7 +533,12 @@ async fn a_release_changes_only_the_reservations(h: &impl Harness) {
             ..
         }
     ));
-    let stored = store.day(&user("alice"), day.date).await.unwrap().unwrap();
+    let stored = store
+        .day_and_month(&user("alice"), day.date)
+        .await
+        .unwrap()
+        .day
+        .unwrap();
     assert_eq!(stored.usage, day, "a release records nothing");
     assert!(stored.reservations.get(&id).unwrap().settlement.is_some());
     admitted(
@@ -942,9 +961,10 @@ mod firestore_documents {
         let counts = store.operation_counts();
         assert_eq!((counts.cached_commits, counts.stale_cached_commits), (3, 1));
         let stored = store
-            .day(&user("alice"), "2024-01-15".parse().unwrap())
+            .day_and_month(&user("alice"), "2024-01-15".parse().unwrap())
             .await
-            .unwrap();
+            .unwrap()
+            .day;
         assert_eq!(stored.unwrap().usage.tokens_used, 710);
     }
 

@@ -14,7 +14,7 @@ use super::error::ErrorEnvelope;
 use super::extract::AppQuery;
 use super::page_token;
 use super::params::{Admin, Limit, Month, Months, MonthsQuery, ReportDate, Year};
-use super::usage::UsageView;
+use super::usage::{StandingView, UsageView};
 use super::views::MonthView;
 use super::{ApiError, AppState};
 use crate::usage::{PageCursor, PageRequest, PlanSource, UsageTotals, UserId, UserType};
@@ -144,7 +144,7 @@ async fn monthly(
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UserUsage {
-    today: UsageView,
+    today: StandingView,
     /// Where today's plan (`userType`, `tokenLimit`) was learned.
     plan_source: PlanSourceView,
     history: Vec<MonthView>,
@@ -199,7 +199,7 @@ async fn user_usage(
     let months = Months::or_default(query.months);
     let report = state.usage.user_report(&user_id, months, deadline).await?;
     Ok(Json(UserUsage {
-        today: report.today.into(),
+        today: StandingView::new(&report.today, state.usage.soft_limit()),
         plan_source: report.plan_source.into(),
         history: report.history.into_iter().map(MonthView::from).collect(),
     }))

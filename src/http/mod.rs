@@ -9,6 +9,7 @@ mod observe;
 mod ops;
 mod page_token;
 mod params;
+mod rate_limit_fields;
 mod reservations;
 mod today_gauges;
 mod usage;

@@ -1,9 +1,8 @@
 //! `/usage/reservations`: hold an estimate before a streamed reply, settle the actual after.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::IntoParams;
@@ -14,11 +13,13 @@ use super::deadline::RequestDeadline;
 use super::error::{ErrorBody, ErrorEnvelope};
 use super::extract::{AppJson, AppQuery};
 use super::params::{Caller, IdempotencyKeyHeader};
-use super::usage::{RecordAnswer, UsageView, acted_for, denied, refused_429, replayed, subject};
+use super::usage::{
+    RecordAnswer, StandingView, acted_for, denied, refused_429, replayed, subject, usage_answer,
+};
 use super::{ApiError, AppState};
 use crate::usage::{
     MAX_ENTRIES_PER_DAY, RecordOutcome, Reservation, ReservationId, ReservationRefusal, Settlement,
-    Standing, StoredAnswer, UserId, UserType,
+    SoftLimit, Standing, StoredAnswer, UserId, UserType,
 };
 
 /// When a crowded day may take a reservation again: settled entries are forgotten within
@@ -105,12 +106,12 @@ struct ReservationAnswer {
     overage: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     settled_at: Option<DateTime<Utc>>,
-    /// The day as it stands after this request.
-    usage: UsageView,
+    /// The user's standing after this request.
+    usage: StandingView,
 }
 
 impl ReservationAnswer {
-    fn new(reservation: Reservation, standing: Standing) -> Self {
+    fn new(reservation: Reservation, standing: &Standing, soft_limit: SoftLimit) -> Self {
         let overage = reservation.overage();
         let entry = reservation.entry;
         let (status, committed_tokens, settled_at) = match entry.settlement {
@@ -137,7 +138,7 @@ impl ReservationAnswer {
             committed_tokens,
             overage,
             settled_at,
-            usage: standing.into(),
+            usage: StandingView::new(standing, soft_limit),
         }
     }
 }
@@ -191,11 +192,11 @@ async fn reserve(
         .reserve(subject, tokens, ttl, idempotency_key, deadline)
         .await?;
     Ok(match outcome {
-        RecordOutcome::Reserved(reservation, standing) => created(reservation, standing),
+        RecordOutcome::Reserved(reservation, standing) => created(&state, reservation, &standing),
         RecordOutcome::Replayed(StoredAnswer::Reserved(reservation, standing)) => {
-            replayed(created(reservation, standing))
+            replayed(created(&state, reservation, &standing))
         }
-        RecordOutcome::Denied(standing) => denied(standing, state.usage.now()),
+        RecordOutcome::Denied(standing) => denied(&state, &standing),
         RecordOutcome::Crowded(standing) => {
             let error = ErrorBody {
                 code: "too_many_reservations".to_owned(),
@@ -204,19 +205,16 @@ async fn reserve(
                      commit or release open ones, or retry once settled ones are forgotten"
                 ),
             };
-            refused_429(standing, error, CROWDED_RETRY_AFTER_SECS)
+            refused_429(&state, &standing, error, CROWDED_RETRY_AFTER_SECS)
         }
         // A key's fingerprint names its kind of request, so any other outcome is a key reused.
         _ => return Err(ApiError::IdempotencyKeyReused),
     })
 }
 
-fn created(reservation: Reservation, standing: Standing) -> Response {
-    (
-        StatusCode::CREATED,
-        Json(ReservationAnswer::new(reservation, standing)),
-    )
-        .into_response()
+fn created(state: &AppState, reservation: Reservation, standing: &Standing) -> Response {
+    let answer = ReservationAnswer::new(reservation, standing, state.usage.soft_limit());
+    usage_answer(StatusCode::CREATED, answer, standing, state.usage.now())
 }
 
 /// Record what a reserved reply spent, and end its hold.
@@ -253,7 +251,7 @@ async fn commit(
     let owner = owner(&caller, body.user_id)?;
     let id = ReservationId::parse(&id).map_err(|_| ApiError::ReservationNotFound)?;
     let outcome = state.usage.commit(owner, id, tokens, deadline).await?;
-    settled(outcome)
+    settled(&state, outcome)
 }
 
 /// Give a reservation back unspent.
@@ -287,7 +285,7 @@ async fn release(
     let owner = owner(&caller, query.user_id)?;
     let id = ReservationId::parse(&id).map_err(|_| ApiError::ReservationNotFound)?;
     let outcome = state.usage.release(owner, id, deadline).await?;
-    settled(outcome)
+    settled(&state, outcome)
 }
 
 /// The user whose reservation it is: the caller, or for an admin, the user named.
@@ -299,14 +297,15 @@ fn owner(caller: &Caller, user_id: Option<String>) -> Result<UserId, ApiError> {
     )
 }
 
-fn settled(outcome: RecordOutcome) -> Result<Response, ApiError> {
+fn settled(state: &AppState, outcome: RecordOutcome) -> Result<Response, ApiError> {
     match outcome {
         RecordOutcome::Settled {
             reservation,
             standing,
             replayed: again,
         } => {
-            let response = Json(ReservationAnswer::new(reservation, standing)).into_response();
+            let answer = ReservationAnswer::new(reservation, &standing, state.usage.soft_limit());
+            let response = usage_answer(StatusCode::OK, answer, &standing, state.usage.now());
             Ok(if again { replayed(response) } else { response })
         }
         RecordOutcome::Refused(refusal) => Err(refused(refusal)),

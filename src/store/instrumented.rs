@@ -9,8 +9,8 @@ use chrono::NaiveDate;
 
 use crate::metrics::{STORE_OPERATION_DURATION, STORE_OPERATIONS};
 use crate::usage::{
-    DailySummary, DailyUsage, Deadline, MonthlyUsage, Page, PageRequest, RecordRequest, Recorded,
-    StoreError, StoredDay, UsageStore, UserId, UserType,
+    DailySummary, DailyUsage, DayAndMonth, Deadline, MonthlyUsage, Page, PageRequest,
+    RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
 };
 
 pub struct Instrumented {
@@ -57,12 +57,13 @@ impl UsageStore for Instrumented {
             .await
     }
 
-    async fn day(
+    async fn day_and_month(
         &self,
         user_id: &UserId,
         date: NaiveDate,
-    ) -> Result<Option<StoredDay>, StoreError> {
-        self.measure("day", self.store.day(user_id, date)).await
+    ) -> Result<DayAndMonth, StoreError> {
+        self.measure("day_and_month", self.store.day_and_month(user_id, date))
+            .await
     }
 
     async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError> {

@@ -1,11 +1,13 @@
-//! The one rule of the service: may this user spend these tokens today, and what do the day
+//! The one rule of the service: may this user spend these tokens now, and what do the day
 //! and month documents become if so. Pure and total: both stores call it inside their
 //! transaction, and every input has an answer, an overflow included.
 
 use chrono::{DateTime, Utc};
 
 use super::month::MonthOf;
-use super::{DailyUsage, DayWindow, Limits, MonthlyUsage, Tokens, UserId, UserType};
+use super::{
+    DailyUsage, DayWindow, Enforcement, LimitWindow, MonthlyUsage, Policy, Tokens, UserId, UserType,
+};
 
 /// What a store must decide on, read inside its transaction.
 #[derive(Debug, Clone, Copy)]
@@ -16,27 +18,40 @@ pub struct DecisionInput<'a> {
     /// nothing stored is taken for it.
     pub user_type: UserType,
     pub window: &'a DayWindow,
-    pub limits: &'a Limits,
-    /// Tokens held by the user's open reservations: they count against the limit too.
+    /// The limits and mode that apply to the user now.
+    pub policy: Policy,
+    /// Tokens held by the user's open reservations: they count against the limits too.
     pub held_tokens: i64,
     pub now: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// Within the limit: write both documents.
+    /// Counted: write both documents. `exceeds` names the window that `enforce` would have
+    /// refused on, when the mode is `shadow`.
     Admitted {
         day: DailyUsage,
         month: MonthlyUsage,
+        exceeds: Option<LimitWindow>,
     },
-    /// Over the limit: write nothing; `day` shows the unchanged figures.
-    Denied { day: DailyUsage },
+    /// Let through without counting (`off`): write nothing; `day` shows the unchanged figures.
+    Uncounted {
+        day: DailyUsage,
+        exceeds: Option<LimitWindow>,
+    },
+    /// Over a limit: write nothing; `day` shows the unchanged figures.
+    Denied {
+        day: DailyUsage,
+        exceeded: LimitWindow,
+    },
 }
 
 impl Decision {
     pub fn day(&self) -> &DailyUsage {
         match self {
-            Self::Admitted { day, .. } | Self::Denied { day } => day,
+            Self::Admitted { day, .. } | Self::Uncounted { day, .. } | Self::Denied { day, .. } => {
+                day
+            }
         }
     }
 }
@@ -49,52 +64,63 @@ pub struct DecisionError {
     pub document: String,
 }
 
-/// Whether `tokens` more fit under `limit` beside what is used and held.
-pub fn admits(limit: i64, used: i64, held: i64, tokens: Tokens) -> bool {
-    used.checked_add(held)
-        .and_then(|total| total.checked_add(tokens.get()))
-        .is_some_and(|total| total <= limit)
-}
-
 /// Decides one request against the current day and month documents (absent when not yet
-/// created). Tokens are admitted while `tokensUsed + held + tokens <= limit`, with the limit of
-/// the user type in force now, so an upgrade mid-day takes effect at once.
+/// created). Tokens are admitted while `used + held + tokens` stays within the daily limit
+/// and, when there is one, the monthly cap, with the policy in force now, so an upgrade
+/// mid-day takes effect at once. `shadow` admits what `enforce` would refuse and says so;
+/// `off` lets everything through and counts nothing.
 pub fn decide(
     current_day: Option<&DailyUsage>,
     current_month: Option<&MonthlyUsage>,
     input: DecisionInput<'_>,
 ) -> Result<Decision, DecisionError> {
-    let user_type = input.user_type;
-    let token_limit = input.limits.for_type(user_type);
     let tokens_used = current_day.map_or(0, |day| day.tokens_used);
-
-    let new_total = tokens_used
-        .checked_add(input.tokens.get())
-        .filter(|_| admits(token_limit, tokens_used, input.held_tokens, input.tokens));
-    let Some(new_total) = new_total else {
-        let day = DailyUsage {
-            user_id: input.user_id.clone(),
-            date: input.window.date,
-            tokens_used,
-            token_limit,
-            user_type,
-            last_updated: current_day.map_or(input.now, |day| day.last_updated),
-            reset_at: input.window.reset_at,
-        };
-        return Ok(Decision::Denied { day });
-    };
-
-    let day = DailyUsage {
+    let month_used = current_month.map_or(0, |month| month.total_monthly_tokens);
+    let exceeds = input.policy.exceeded_by(
+        tokens_used,
+        month_used,
+        input.held_tokens,
+        input.tokens.get(),
+    );
+    let unchanged = || DailyUsage {
         user_id: input.user_id.clone(),
         date: input.window.date,
-        tokens_used: new_total,
-        token_limit,
-        user_type,
-        last_updated: input.now,
+        tokens_used,
+        token_limit: input.policy.daily_limit,
+        user_type: input.user_type,
+        last_updated: current_day.map_or(input.now, |day| day.last_updated),
         reset_at: input.window.reset_at,
     };
+    match (input.policy.enforcement, exceeds) {
+        (Enforcement::Enforce, Some(exceeded)) => {
+            return Ok(Decision::Denied {
+                day: unchanged(),
+                exceeded,
+            });
+        }
+        (Enforcement::Off, exceeds) => {
+            return Ok(Decision::Uncounted {
+                day: unchanged(),
+                exceeds,
+            });
+        }
+        _ => {}
+    }
+    let day = DailyUsage {
+        tokens_used: tokens_used
+            .checked_add(input.tokens.get())
+            .ok_or_else(|| DecisionError {
+                document: DailyUsage::document_id(input.user_id, input.window.date),
+            })?,
+        last_updated: input.now,
+        ..unchanged()
+    };
     let month = month_after(current_month, &input)?;
-    Ok(Decision::Admitted { day, month })
+    Ok(Decision::Admitted {
+        day,
+        month,
+        exceeds,
+    })
 }
 
 /// The month document after adding the input's tokens to its day's entry, continuing whatever
@@ -137,11 +163,9 @@ mod tests {
     use chrono_tz::Tz;
 
     use super::*;
+    use crate::usage::Limits;
 
-    const LIMITS: Limits = Limits {
-        trial: 10_000,
-        subscribed: 100_000,
-    };
+    const LIMITS: Limits = Limits::daily(10_000, 100_000);
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -173,7 +197,7 @@ mod tests {
                 tokens: Tokens::bounded(tokens, i64::MAX).unwrap(),
                 user_type,
                 window: &self.window,
-                limits: &LIMITS,
+                policy: LIMITS.for_type(user_type),
                 held_tokens: 0,
                 now: self.now,
             }
@@ -182,8 +206,12 @@ mod tests {
 
     fn admitted(decision: Result<Decision, DecisionError>) -> (DailyUsage, MonthlyUsage) {
         match decision.unwrap() {
-            Decision::Admitted { day, month } => (day, month),
-            Decision::Denied { day } => panic!("denied: {day:?}"),
+            Decision::Admitted {
+                day,
+                month,
+                exceeds: None,
+            } => (day, month),
+            other => panic!("not counted: {other:?}"),
         }
     }
 
@@ -242,14 +270,20 @@ mod tests {
         assert_eq!(day.remaining(), 0);
 
         let denied = decide(Some(&day), Some(&month), case.input(1, UserType::Trial));
-        assert_eq!(denied.unwrap(), Decision::Denied { day: day.clone() });
+        assert_eq!(
+            denied.unwrap(),
+            Decision::Denied {
+                day: day.clone(),
+                exceeded: LimitWindow::Daily
+            }
+        );
     }
 
     #[test]
     fn a_single_request_above_the_limit_is_denied_with_zero_figures() {
         let case = Case::at("2024-01-15T10:00:00Z");
         let decision = decide(None, None, case.input(10_001, UserType::Trial));
-        let Ok(Decision::Denied { day }) = decision else {
+        let Ok(Decision::Denied { day, .. }) = decision else {
             panic!("admitted")
         };
         assert_eq!(
@@ -280,7 +314,7 @@ mod tests {
     fn a_downgrade_mid_day_denies_and_reports_nothing_remaining() {
         let case = Case::at("2024-01-15T10:00:00Z");
         let (day, month) = admitted(decide(None, None, case.input(50_000, UserType::Subscribed)));
-        let Ok(Decision::Denied { day }) =
+        let Ok(Decision::Denied { day, .. }) =
             decide(Some(&day), Some(&month), case.input(1, UserType::Trial))
         else {
             panic!("admitted")
@@ -297,7 +331,7 @@ mod tests {
         let (day, month) = admitted(decide(None, None, case.input(20_000, UserType::Subscribed)));
         // A downgrade mid-month: the stored plan is not carried forward.
         let decision = decide(Some(&day), Some(&month), case.input(1, UserType::Trial));
-        let Ok(Decision::Denied { day }) = decision else {
+        let Ok(Decision::Denied { day, .. }) = decision else {
             panic!("admitted on the stored plan")
         };
         assert_eq!((day.user_type, day.token_limit), (UserType::Trial, 10_000));
@@ -315,12 +349,8 @@ mod tests {
     #[test]
     fn overflowing_totals_are_denied_not_wrapped() {
         let case = Case::at("2024-01-15T10:00:00Z");
-        let limits = Limits {
-            trial: i64::MAX,
-            subscribed: i64::MAX,
-        };
         let mut input = case.input(i64::MAX, UserType::Trial);
-        input.limits = &limits;
+        input.policy = Policy::daily(i64::MAX);
         let (day, month) = admitted(decide(None, None, input));
         input.tokens = Tokens::bounded(1, 1).unwrap();
         assert!(matches!(
@@ -351,10 +381,9 @@ mod tests {
 
     #[test]
     fn a_month_whose_figures_overflow_is_an_error_naming_it() {
-        let limits = Limits::uniform(i64::MAX);
         let case = Case::at("2024-01-15T10:00:00Z");
         let mut input = case.input(10, UserType::Trial);
-        input.limits = &limits;
+        input.policy = Policy::daily(i64::MAX);
         for days in [
             vec![("01", i64::MAX - 5), ("02", 10)],
             vec![("15", i64::MAX - 5)],
@@ -493,7 +522,7 @@ mod tests {
             tokens: Tokens::bounded(5, 5).unwrap(),
             user_type: UserType::Trial,
             window: &window,
-            limits: &LIMITS,
+            policy: LIMITS.for_type(UserType::Trial),
             held_tokens: 0,
             now,
         };
@@ -502,5 +531,64 @@ mod tests {
         assert_eq!(day.date, NaiveDate::from_ymd_opt(2024, 2, 29).unwrap());
         assert_eq!((month.month, month.daily_usage.get("29")), (2, Some(&5)));
         assert_eq!(day.reset_at, at("2024-03-01T05:00:00Z"));
+    }
+
+    #[test]
+    fn a_monthly_cap_refuses_while_the_day_has_room() {
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let mut input = case.input(200, UserType::Trial);
+        input.policy.monthly_limit = Some(1_000);
+        let month = MonthlyUsage {
+            total_monthly_tokens: 900,
+            ..stored_month(&[("14", 900)])
+        };
+        let Ok(Decision::Denied { day, exceeded }) = decide(None, Some(&month), input) else {
+            panic!("admitted over the month")
+        };
+        assert_eq!((day.tokens_used, exceeded), (0, LimitWindow::Monthly));
+        input.tokens = Tokens::bounded(100, 100).unwrap();
+        let (day, month) = admitted(decide(None, Some(&month), input));
+        assert_eq!((day.tokens_used, month.total_monthly_tokens), (100, 1_000));
+    }
+
+    #[test]
+    fn shadow_counts_and_flags_what_enforce_would_refuse() {
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let mut input = case.input(10_001, UserType::Trial);
+        input.policy.enforcement = Enforcement::Shadow;
+        let Ok(Decision::Admitted {
+            day,
+            month,
+            exceeds,
+        }) = decide(None, None, input)
+        else {
+            panic!("refused in shadow")
+        };
+        assert_eq!(exceeds, Some(LimitWindow::Daily));
+        assert_eq!(
+            (day.tokens_used, month.total_monthly_tokens),
+            (10_001, 10_001)
+        );
+        input.tokens = Tokens::bounded(1, 1).unwrap();
+        assert!(matches!(
+            decide(None, None, input),
+            Ok(Decision::Admitted { exceeds: None, .. })
+        ));
+    }
+
+    #[test]
+    fn off_lets_through_and_counts_nothing() {
+        let case = Case::at("2024-01-15T10:00:00Z");
+        let (day, month) = admitted(decide(None, None, case.input(9_000, UserType::Trial)));
+        let mut input = case.input(5_000, UserType::Trial);
+        input.policy.enforcement = Enforcement::Off;
+        let decision = decide(Some(&day), Some(&month), input).unwrap();
+        assert_eq!(
+            decision,
+            Decision::Uncounted {
+                day: day.clone(),
+                exceeds: Some(LimitWindow::Daily)
+            }
+        );
     }
 }

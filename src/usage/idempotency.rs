@@ -95,7 +95,7 @@ pub enum IdempotencyCheck {
     /// Never seen (or expired): decide and record as usual.
     New,
     /// Seen with the same body: answer as before, record nothing.
-    Replay(StoredAnswer),
+    Replay(Box<StoredAnswer>),
     /// Seen with another body: refuse.
     Reused,
 }
@@ -109,7 +109,7 @@ impl IdempotencyCheck {
         match stored {
             Some(record) if record.expires_at > now => {
                 if record.fingerprint == *fingerprint {
-                    Self::Replay(record.response.clone())
+                    Self::Replay(Box::new(record.response.clone()))
                 } else {
                     Self::Reused
                 }
@@ -156,8 +156,11 @@ mod tests {
             reset_at: now,
         };
         let response = StoredAnswer::Recorded(Standing {
+            month: crate::usage::MonthStanding::before_months_for(&response),
             day: response,
             reserved_tokens: 0,
+            enforcement: crate::usage::Enforcement::Enforce,
+            exceeds: None,
         });
         let record = IdempotencyRecord {
             fingerprint: Fingerprint::of(&alice, tokens(10), None),
@@ -178,7 +181,7 @@ mod tests {
         );
         assert_eq!(
             IdempotencyCheck::of(Some(&record), &same, now),
-            IdempotencyCheck::Replay(response)
+            IdempotencyCheck::Replay(Box::new(response))
         );
         assert_eq!(
             IdempotencyCheck::of(Some(&record), &other, now),

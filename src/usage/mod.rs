@@ -7,6 +7,7 @@ mod decision;
 mod directory;
 mod idempotency;
 mod month;
+mod policy;
 mod record;
 mod reservation;
 mod service;
@@ -23,6 +24,10 @@ pub use idempotency::{
     StoredAnswer,
 };
 pub use month::{MonthFigures, MonthOf, month_dates, month_start};
+pub use policy::{
+    Enforcement, InvalidFraction, LimitWindow, Limits, OnStoreUnavailable, Policy, SoftLimit,
+    UnknownEnforcement, UnknownOutagePolicy, fits,
+};
 pub use record::{
     Action, Plan, RecordOutcome, RecordRequest, Recorded, ReservationRefusal, Snapshot, Writes,
 };
@@ -31,12 +36,14 @@ pub use reservation::{
     Reservations, Settlement, StoredEntry, UnknownReservationId,
 };
 pub use service::{
-    PlanSource, Subject, TypeSource, UsageError, UsageService, UsageSettings, UserReport,
+    Admission, MaybeRecorded, PlanSource, Subject, TypeSource, UsageError, UsageService,
+    UsageSettings, UserReport,
 };
 pub use store::{
-    DailySummary, Page, PageCursor, PageRequest, ReportItem, StoreError, UsageStore, UsageTotals,
+    DailySummary, DayAndMonth, Page, PageCursor, PageRequest, ReportItem, StoreError, UsageStore,
+    UsageTotals,
 };
-pub use user_type::{Limits, UserType};
+pub use user_type::UserType;
 pub use window::DayWindow;
 
 use std::collections::BTreeMap;
@@ -170,22 +177,100 @@ pub struct StoredDay {
     pub reservations: Reservations,
 }
 
-/// A user's day as an answer shows it: the stored figures and the tokens held right now.
+/// A user's day as an answer shows it: the stored figures, the tokens held right now, the
+/// month so far, and how the limits are applied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Standing {
     pub day: DailyUsage,
     /// The estimates of reservations neither settled nor expired.
     pub reserved_tokens: i64,
+    pub month: MonthStanding,
+    pub enforcement: Enforcement,
+    /// The window the request went over: the one that refused it, or in `shadow` and `off`
+    /// the one `enforce` would have refused it on.
+    pub exceeds: Option<LimitWindow>,
+}
+
+/// The month of a [`Standing`]: its tokens so far (the day's included), its cap, its reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonthStanding {
+    pub tokens_used: i64,
+    /// `None`: no monthly cap.
+    pub limit: Option<i64>,
+    /// The first instant of the next month in `RESET_TIMEZONE`.
+    pub reset_at: DateTime<Utc>,
+}
+
+impl MonthStanding {
+    /// What an answer remembered before answers showed the month is read with: the day's
+    /// tokens (the least the month held), no cap, and the day's reset.
+    pub fn before_months_for(day: &DailyUsage) -> Self {
+        Self {
+            tokens_used: day.tokens_used,
+            limit: None,
+            reset_at: day.reset_at,
+        }
+    }
 }
 
 impl Standing {
-    /// What the next request may still spend: `max(0, tokenLimit - tokensUsed - reserved)`.
+    /// What the next request may still spend: the smaller of the day's
+    /// `max(0, tokenLimit - tokensUsed - reserved)` and, under a cap, the month's.
     pub fn remaining(&self) -> i64 {
-        self.day
-            .token_limit
-            .saturating_sub(self.day.tokens_used)
-            .saturating_sub(self.reserved_tokens)
-            .max(0)
+        let daily = self.window_remaining(LimitWindow::Daily);
+        match self.month.limit {
+            Some(_) => daily.min(self.window_remaining(LimitWindow::Monthly)),
+            None => daily,
+        }
+    }
+
+    /// The window whose remainder is the smaller: the one the next refusal would name. On a
+    /// tie, the month, which resets later.
+    pub fn binding(&self) -> LimitWindow {
+        match self.month.limit {
+            Some(_)
+                if self.window_remaining(LimitWindow::Monthly)
+                    <= self.window_remaining(LimitWindow::Daily) =>
+            {
+                LimitWindow::Monthly
+            }
+            _ => LimitWindow::Daily,
+        }
+    }
+
+    /// The limit of `window` (`i64::MAX` for an uncapped month).
+    pub fn limit(&self, window: LimitWindow) -> i64 {
+        match window {
+            LimitWindow::Daily => self.day.token_limit,
+            LimitWindow::Monthly => self.month.limit.unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Tokens used and held in `window`.
+    pub fn spent(&self, window: LimitWindow) -> i64 {
+        let used = match window {
+            LimitWindow::Daily => self.day.tokens_used,
+            LimitWindow::Monthly => self.month.tokens_used,
+        };
+        used.saturating_add(self.reserved_tokens)
+    }
+
+    pub fn window_remaining(&self, window: LimitWindow) -> i64 {
+        self.limit(window).saturating_sub(self.spent(window)).max(0)
+    }
+
+    /// When `window` starts over.
+    pub fn reset_at(&self, window: LimitWindow) -> DateTime<Utc> {
+        match window {
+            LimitWindow::Daily => self.day.reset_at,
+            LimitWindow::Monthly => self.month.reset_at,
+        }
+    }
+
+    /// Whether used and held tokens reach the soft share of the binding limit.
+    pub fn approaching_limit(&self, soft: SoftLimit) -> bool {
+        let window = self.binding();
+        soft.reached(self.spent(window), self.limit(window))
     }
 }
 

@@ -5,21 +5,21 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::decision::{admits, month_after};
+use super::decision::month_after;
 use super::reservation::MAX_ENTRIES_PER_DAY;
 use super::{
-    DailyUsage, DayWindow, Decision, DecisionError, DecisionInput, Fingerprint, IdempotencyCheck,
-    IdempotencyKey, IdempotencyRecord, Limits, MonthlyUsage, Reservation, ReservationEntry,
-    ReservationId, Reservations, Settlement, Standing, StoredAnswer, StoredDay, Tokens, UserId,
-    UserType, decide,
+    DailyUsage, DayWindow, Decision, DecisionError, DecisionInput, Enforcement, Fingerprint,
+    IdempotencyCheck, IdempotencyKey, IdempotencyRecord, LimitWindow, Limits, MonthStanding,
+    MonthlyUsage, Policy, Reservation, ReservationEntry, ReservationId, Reservations, Settlement,
+    Standing, StoredAnswer, StoredDay, Tokens, UserId, UserType, decide,
 };
 
 /// What a request does to the user's day.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    /// `POST /usage`: spend tokens now, if they fit.
+    /// `POST /usage`: spend tokens now, if they fit (or whatever the mode lets through).
     Spend { tokens: Tokens, user_type: UserType },
-    /// Hold an estimate for a reply, if it fits.
+    /// Hold an estimate for a reply, if it fits; `shadow` and `off` never refuse a hold.
     Reserve {
         id: ReservationId,
         tokens: Tokens,
@@ -38,6 +38,8 @@ pub struct RecordRequest {
     pub action: Action,
     /// The day the request counts on: today, or a reservation's day.
     pub window: DayWindow,
+    /// The policy of each user type: the spent or reserved type's for a decision, the day's
+    /// stored type's for the answer of a settlement.
     pub limits: Limits,
     /// How long after expiry a reservation may still be committed.
     pub commit_grace: Duration,
@@ -60,9 +62,11 @@ pub enum ReservationRefusal {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
-    /// Counted; the day as it now stands.
+    /// Let through; the day as it now stands. Counted unless the mode is `off`
+    /// (`standing.enforcement`); in `shadow`, `standing.exceeds` names the window `enforce`
+    /// would have refused on.
     Admitted(Standing),
-    /// Over the limit, nothing written; the day as it stands.
+    /// Over a limit (`standing.exceeds` says which), nothing written; the day as it stands.
     Denied(Standing),
     /// The idempotency key was seen with this body: the first answer, nothing written.
     Replayed(StoredAnswer),
@@ -94,7 +98,7 @@ pub struct Recorded {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     pub day: Option<StoredDay>,
-    /// Read only when the action can change the month (see [`RecordRequest::reads_month`]).
+    /// The month of the request's day: its cap is checked, and every answer shows its total.
     pub month: Option<MonthlyUsage>,
     /// Read only for a request with an idempotency key.
     pub idempotency: Option<IdempotencyRecord>,
@@ -168,11 +172,6 @@ impl RecordRequest {
         MonthlyUsage::document_id(&self.user_id, self.window.year(), self.window.month())
     }
 
-    /// Whether the plan needs the month: only spending and committing change it.
-    pub fn reads_month(&self) -> bool {
-        matches!(self.action, Action::Spend { .. } | Action::Commit { .. })
-    }
-
     pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
         self.idempotency.as_ref().map(|(key, _)| key)
     }
@@ -183,7 +182,7 @@ impl RecordRequest {
         if let Some((_, fingerprint)) = &self.idempotency {
             match IdempotencyCheck::of(snapshot.idempotency.as_ref(), fingerprint, self.now) {
                 IdempotencyCheck::Replay(answer) => {
-                    return Ok(Plan::answer(RecordOutcome::Replayed(answer)));
+                    return Ok(Plan::answer(RecordOutcome::Replayed(*answer)));
                 }
                 IdempotencyCheck::Reused => return Ok(Plan::answer(RecordOutcome::KeyReused)),
                 IdempotencyCheck::New => {}
@@ -200,19 +199,18 @@ impl RecordRequest {
             expired,
         };
         let day = snapshot.day.as_ref().map(|day| &day.usage);
+        let month = snapshot.month.as_ref();
         match &self.action {
             Action::Spend { tokens, user_type } => {
-                self.spend(day, snapshot.month.as_ref(), holds, *tokens, *user_type)
+                self.spend(day, month, holds, *tokens, *user_type)
             }
             Action::Reserve {
                 id,
                 tokens,
                 user_type,
-            } => self.reserve(day, holds, id, *tokens, *user_type),
-            Action::Commit { id, tokens } => {
-                self.commit(day, snapshot.month.as_ref(), holds, id, *tokens)
-            }
-            Action::Release { id } => Ok(self.release(day, holds, id)),
+            } => self.reserve(day, month, holds, id, *tokens, *user_type),
+            Action::Commit { id, tokens } => self.commit(day, month, holds, id, *tokens),
+            Action::Release { id } => Ok(self.release(day, month, holds, id)),
         }
     }
 
@@ -224,27 +222,36 @@ impl RecordRequest {
         tokens: Tokens,
         user_type: UserType,
     ) -> Result<Plan, DecisionError> {
+        let policy = self.limits.for_type(user_type);
         let input = DecisionInput {
             user_id: &self.user_id,
             tokens,
             user_type,
             window: &self.window,
-            limits: &self.limits,
+            policy,
             held_tokens: holds.held,
             now: self.now,
         };
-        let standing = |day| Standing {
-            day,
-            reserved_tokens: holds.held,
-        };
-        let (day, month) = match decide(day, month, input)? {
+        let month_used = month_total(month);
+        let standing =
+            |day, month_used, exceeds| self.standing(day, holds.held, month_used, policy, exceeds);
+        let (day, month, exceeds) = match decide(day, month, input)? {
             // A denial writes nothing, not even its idempotency key: a retry is decided afresh.
-            Decision::Denied { day } => {
-                return Ok(Plan::answer(RecordOutcome::Denied(standing(day))));
+            Decision::Denied { day, exceeded } => {
+                let standing = standing(day, month_used, Some(exceeded));
+                return Ok(Plan::answer(RecordOutcome::Denied(standing)));
             }
-            Decision::Admitted { day, month } => (day, month),
+            Decision::Uncounted { day, exceeds } => {
+                let standing = standing(day, month_used, exceeds);
+                return Ok(Plan::answer(RecordOutcome::Admitted(standing)));
+            }
+            Decision::Admitted {
+                day,
+                month,
+                exceeds,
+            } => (day, month, exceeds),
         };
-        let standing = standing(day.clone());
+        let standing = standing(day.clone(), month.total_monthly_tokens, exceeds);
         Ok(Plan {
             writes: Some(Writes {
                 day,
@@ -260,33 +267,36 @@ impl RecordRequest {
     fn reserve(
         &self,
         day: Option<&DailyUsage>,
+        month: Option<&MonthlyUsage>,
         holds: Holds,
         id: &ReservationId,
         tokens: Tokens,
         user_type: UserType,
     ) -> Result<Plan, DecisionError> {
-        let token_limit = self.limits.for_type(user_type);
+        let policy = self.limits.for_type(user_type);
         let tokens_used = day.map_or(0, |day| day.tokens_used);
+        let month_used = month_total(month);
         let day = DailyUsage {
             user_id: self.user_id.clone(),
             date: self.window.date,
             tokens_used,
-            token_limit,
+            token_limit: policy.daily_limit,
             user_type,
             last_updated: day.map_or(self.now, |day| day.last_updated),
             reset_at: self.window.reset_at,
         };
-        if !admits(token_limit, tokens_used, holds.held, tokens) {
-            return Ok(Plan::answer(RecordOutcome::Denied(Standing {
-                day,
-                reserved_tokens: holds.held,
-            })));
+        let exceeds = policy.exceeded_by(tokens_used, month_used, holds.held, tokens.get());
+        let standing =
+            |day, reserved_tokens| self.standing(day, reserved_tokens, month_used, policy, exceeds);
+        if exceeds.is_some() && policy.enforcement == Enforcement::Enforce {
+            return Ok(Plan::answer(RecordOutcome::Denied(standing(
+                day, holds.held,
+            ))));
         }
         if holds.kept.len() >= MAX_ENTRIES_PER_DAY {
-            return Ok(Plan::answer(RecordOutcome::Crowded(Standing {
-                day,
-                reserved_tokens: holds.held,
-            })));
+            return Ok(Plan::answer(RecordOutcome::Crowded(standing(
+                day, holds.held,
+            ))));
         }
         // Admitted beside a negative `tokensUsed`, holds may still not add up.
         let reserved_tokens = holds
@@ -304,10 +314,7 @@ impl RecordRequest {
         };
         let mut kept = holds.kept.clone();
         kept.insert(id, reservation.entry);
-        let standing = Standing {
-            day: day.clone(),
-            reserved_tokens,
-        };
+        let standing = standing(day.clone(), reserved_tokens);
         Ok(Plan {
             writes: Some(Writes {
                 day,
@@ -331,6 +338,7 @@ impl RecordRequest {
         id: &ReservationId,
         tokens: Tokens,
     ) -> Result<Plan, DecisionError> {
+        let month_used = month_total(month);
         let (day, entry) = match self.find(day, &holds, id) {
             Found::Open(day, entry) => (day, entry),
             Found::Settled(day, entry) => {
@@ -338,7 +346,7 @@ impl RecordRequest {
                     Some(Settlement::Committed {
                         committed_tokens, ..
                     }) if committed_tokens == tokens.get() => {
-                        settled(id, entry, day.clone(), holds.held, true)
+                        self.settled(id, entry, day.clone(), holds.held, month_used, true)
                     }
                     Some(Settlement::Committed {
                         committed_tokens, ..
@@ -369,7 +377,7 @@ impl RecordRequest {
                 tokens,
                 user_type: day.user_type,
                 window: &self.window,
-                limits: &self.limits,
+                policy: self.limits.for_type(day.user_type),
                 held_tokens: holds.held,
                 now: self.now,
             },
@@ -383,7 +391,14 @@ impl RecordRequest {
         };
         let mut kept = holds.kept.clone();
         kept.insert(id, entry);
-        let outcome = settled(id, entry, day.clone(), kept.held_at(self.now), false);
+        let outcome = self.settled(
+            id,
+            entry,
+            day.clone(),
+            kept.held_at(self.now),
+            month.total_monthly_tokens,
+            false,
+        );
         Ok(Plan {
             outcome,
             writes: Some(Writes {
@@ -396,7 +411,14 @@ impl RecordRequest {
         })
     }
 
-    fn release(&self, day: Option<&DailyUsage>, holds: Holds, id: &ReservationId) -> Plan {
+    fn release(
+        &self,
+        day: Option<&DailyUsage>,
+        month: Option<&MonthlyUsage>,
+        holds: Holds,
+        id: &ReservationId,
+    ) -> Plan {
+        let month_used = month_total(month);
         let (day, entry) = match self.find(day, &holds, id) {
             Found::Open(_, entry) if self.now >= entry.expires_at => {
                 return Plan::answer(RecordOutcome::Refused(ReservationRefusal::Expired));
@@ -409,7 +431,7 @@ impl RecordRequest {
                     }) => {
                         RecordOutcome::Refused(ReservationRefusal::Committed { committed_tokens })
                     }
-                    _ => settled(id, entry, day.clone(), holds.held, true),
+                    _ => self.settled(id, entry, day.clone(), holds.held, month_used, true),
                 });
             }
             Found::Refused(refusal) => return Plan::answer(RecordOutcome::Refused(refusal)),
@@ -423,7 +445,14 @@ impl RecordRequest {
         let mut kept = holds.kept.clone();
         kept.insert(id, entry);
         let day = day.clone();
-        let outcome = settled(id, entry, day.clone(), kept.held_at(self.now), false);
+        let outcome = self.settled(
+            id,
+            entry,
+            day.clone(),
+            kept.held_at(self.now),
+            month_used,
+            false,
+        );
         Plan {
             outcome,
             writes: Some(Writes {
@@ -461,6 +490,50 @@ impl RecordRequest {
         }
     }
 
+    /// The day as an answer shows it, under `policy`, with the month's tokens so far.
+    fn standing(
+        &self,
+        day: DailyUsage,
+        reserved_tokens: i64,
+        month_used: i64,
+        policy: Policy,
+        exceeds: Option<LimitWindow>,
+    ) -> Standing {
+        Standing {
+            day,
+            reserved_tokens,
+            month: MonthStanding {
+                tokens_used: month_used,
+                limit: policy.monthly_limit,
+                reset_at: self.window.month_reset_at,
+            },
+            enforcement: policy.enforcement,
+            exceeds,
+        }
+    }
+
+    /// The answer for a settled reservation: the day with the tokens still held, under the
+    /// policy of the type it was reserved under.
+    fn settled(
+        &self,
+        id: &ReservationId,
+        entry: ReservationEntry,
+        day: DailyUsage,
+        reserved_tokens: i64,
+        month_used: i64,
+        replayed: bool,
+    ) -> RecordOutcome {
+        let policy = self.limits.for_type(day.user_type);
+        RecordOutcome::Settled {
+            reservation: Reservation {
+                id: id.clone(),
+                entry,
+            },
+            standing: self.standing(day, reserved_tokens, month_used, policy, None),
+            replayed,
+        }
+    }
+
     /// The record kept under the request's idempotency key, if it has one.
     fn remember(&self, answer: StoredAnswer) -> Option<IdempotencyRecord> {
         self.idempotency
@@ -473,32 +546,16 @@ impl RecordRequest {
     }
 }
 
+/// The month's tokens so far: none before its document exists.
+fn month_total(month: Option<&MonthlyUsage>) -> i64 {
+    month.map_or(0, |month| month.total_monthly_tokens)
+}
+
 enum Found<'a> {
     /// Holding (or expired, within the commit grace).
     Open(&'a DailyUsage, ReservationEntry),
     Settled(&'a DailyUsage, ReservationEntry),
     Refused(ReservationRefusal),
-}
-
-/// The answer for a settled reservation: the day with the tokens still held.
-fn settled(
-    id: &ReservationId,
-    entry: ReservationEntry,
-    day: DailyUsage,
-    reserved_tokens: i64,
-    replayed: bool,
-) -> RecordOutcome {
-    RecordOutcome::Settled {
-        reservation: Reservation {
-            id: id.clone(),
-            entry,
-        },
-        standing: Standing {
-            day,
-            reserved_tokens,
-        },
-        replayed,
-    }
 }
 
 #[cfg(test)]
@@ -614,6 +671,13 @@ mod tests {
         let standing = Standing {
             day: writes.day.clone(),
             reserved_tokens: 0,
+            month: MonthStanding {
+                tokens_used: 60,
+                limit: None,
+                reset_at: at("2024-02-01T00:00:00Z"),
+            },
+            enforcement: Enforcement::Enforce,
+            exceeds: None,
         };
         assert_eq!(plan.outcome, RecordOutcome::Admitted(standing.clone()));
         assert_eq!(writes.day.tokens_used, 60);
@@ -942,5 +1006,72 @@ mod tests {
         ));
         assert!(matches!(crowded.outcome, RecordOutcome::Crowded(_)));
         assert_eq!(crowded.writes, None);
+    }
+
+    #[test]
+    fn a_hold_must_fit_the_month_too_unless_in_shadow() {
+        let mut capped = request(
+            reserve(300, "2024-01-15T10:10:00Z"),
+            "2024-01-15T10:00:00Z",
+            None,
+        );
+        capped.limits.trial.monthly_limit = Some(1_000);
+        let month = MonthlyUsage {
+            total_monthly_tokens: 800,
+            ..month_of(800)
+        };
+        let snapshot = Snapshot {
+            month: Some(month),
+            ..Snapshot::default()
+        };
+        let plan = capped.plan(&snapshot).unwrap();
+        let RecordOutcome::Denied(standing) = &plan.outcome else {
+            panic!("held over the month: {:?}", plan.outcome)
+        };
+        assert_eq!(standing.exceeds, Some(LimitWindow::Monthly));
+        assert_eq!(
+            (standing.month.tokens_used, standing.remaining()),
+            (800, 200)
+        );
+
+        capped.limits.trial.enforcement = Enforcement::Shadow;
+        let plan = capped.plan(&snapshot).unwrap();
+        let RecordOutcome::Reserved(_, standing) = &plan.outcome else {
+            panic!("refused in shadow: {:?}", plan.outcome)
+        };
+        assert_eq!(standing.exceeds, Some(LimitWindow::Monthly));
+        assert!(plan.writes.is_some());
+    }
+
+    #[test]
+    fn off_answers_from_the_snapshot_and_writes_nothing() {
+        let mut ledger = Ledger::default();
+        ledger.run(&request(spend(100), "2024-01-15T10:00:00Z", None));
+        let mut off = request(spend(5_000), "2024-01-15T10:01:00Z", Some("k"));
+        off.limits.trial.enforcement = Enforcement::Off;
+        let plan = ledger.run(&off);
+        let RecordOutcome::Admitted(standing) = &plan.outcome else {
+            panic!("{:?}", plan.outcome)
+        };
+        assert_eq!(
+            (standing.day.tokens_used, standing.exceeds),
+            (100, Some(LimitWindow::Daily))
+        );
+        assert_eq!(plan.writes, None, "off writes nothing, not even its key");
+        assert_eq!(ledger.tokens_used(), 100);
+    }
+
+    fn month_of(tokens: i64) -> MonthlyUsage {
+        let at = at("2024-01-14T10:00:00Z");
+        crate::usage::MonthOf {
+            user_id: alice(),
+            year: 2024,
+            month: 1,
+            user_type: UserType::Trial,
+            created_at: at,
+            updated_at: at,
+        }
+        .with_daily_usage([("14".to_owned(), tokens)].into_iter().collect())
+        .unwrap()
     }
 }

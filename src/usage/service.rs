@@ -6,14 +6,15 @@ use chrono_tz::Tz;
 use std::sync::Arc;
 
 use super::{
-    Action, Clock, DailySummary, DailyUsage, DayWindow, Deadline, DirectoryError, Fingerprint,
-    IdempotencyKey, Limits, MonthlyUsage, Page, PageRequest, RecordOutcome, RecordRequest,
-    Recorded, ReservationId, ReservationRules, Settlement, Standing, StoreError, StoredDay, Tokens,
-    UsageStore, UserDirectory, UserId, UserType,
+    Action, Clock, DailySummary, DailyUsage, DayAndMonth, DayWindow, Deadline, DirectoryError,
+    Fingerprint, IdempotencyKey, Limits, MonthStanding, MonthlyUsage, OnStoreUnavailable, Page,
+    PageRequest, Policy, RecordOutcome, RecordRequest, Recorded, ReservationId, ReservationRules,
+    Settlement, SoftLimit, Standing, StoreError, Tokens, UsageStore, UserDirectory, UserId,
+    UserType,
 };
 use crate::metrics::{
-    ACTIVE_USERS_TODAY, DECISIONS, RECORD_ERRORS, RESERVATION_TOKENS, RESERVATIONS, TOKENS,
-    TOKENS_BY_HOUR, TOKENS_TODAY,
+    ACTIVE_USERS_TODAY, DECISIONS, DEGRADED_ADMISSIONS, RECORD_ERRORS, RESERVATION_TOKENS,
+    RESERVATIONS, TOKENS, TOKENS_BY_HOUR, TOKENS_TODAY, WOULD_DENY,
 };
 
 /// How the plan of the counted user is known.
@@ -63,6 +64,28 @@ pub struct UserReport {
     pub history: Vec<MonthlyUsage>,
 }
 
+/// What `POST /usage` got: the store's decision, or, with `ON_STORE_UNAVAILABLE=allow`, an
+/// admission the store could not check.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    Decided(RecordOutcome),
+    /// Let through uncounted while the store was down. `Unknown` when a write was under way:
+    /// it may have been recorded.
+    Degraded {
+        user_type: UserType,
+        policy: Policy,
+        window: DayWindow,
+        recorded: MaybeRecorded,
+    },
+}
+
+/// Whether a degraded admission's tokens were recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaybeRecorded {
+    No,
+    Unknown,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
     #[error(transparent)]
@@ -74,7 +97,11 @@ pub enum UsageError {
 /// The rules the service applies, as configured.
 #[derive(Debug, Clone, Copy)]
 pub struct UsageSettings {
+    /// The policy of each user type.
     pub limits: Limits,
+    /// From what share of the binding limit answers warn.
+    pub soft_limit: SoftLimit,
+    pub on_store_unavailable: OnStoreUnavailable,
     pub zone: Tz,
     pub reservations: ReservationRules,
 }
@@ -108,6 +135,10 @@ impl UsageService {
 
     pub fn reservation_rules(&self) -> ReservationRules {
         self.settings.reservations
+    }
+
+    pub fn soft_limit(&self) -> SoftLimit {
+        self.settings.soft_limit
     }
 
     /// The request for `action` on the day of `window`, handed to the store with the request's
@@ -153,14 +184,15 @@ impl UsageService {
         })
     }
 
-    /// Checks and records `tokens` for the subject today, exactly once per idempotency key.
+    /// Checks and records `tokens` for the subject today, exactly once per idempotency key;
+    /// while the store is down, refuses (503) or admits uncounted, as configured.
     pub async fn record(
         &self,
         subject: Subject,
         tokens: Tokens,
         idempotency_key: Option<IdempotencyKey>,
         deadline: Deadline,
-    ) -> Result<RecordOutcome, UsageError> {
+    ) -> Result<Admission, UsageError> {
         let user_type = self.user_type(&subject, deadline).await?;
         let now = self.now();
         let idempotency = idempotency_key.map(|key| {
@@ -169,13 +201,34 @@ impl UsageService {
         });
         let window = DayWindow::containing(now, self.settings.zone);
         let action = Action::Spend { tokens, user_type };
+        let subject_id = subject.user_id.clone();
         let recorded = self
             .apply(subject.user_id, action, window, now, idempotency, deadline)
             .await;
         let hour = now.with_timezone(&self.settings.zone).hour();
         count_record(&recorded, user_type, tokens, hour);
         count_reservations(&recorded);
-        Ok(recorded?.outcome)
+        let recorded = match (recorded, self.settings.on_store_unavailable) {
+            (Err(StoreError::Unavailable(_)), OnStoreUnavailable::Allow) => MaybeRecorded::No,
+            (Err(StoreError::OutcomeUnknown(_)), OnStoreUnavailable::Allow) => {
+                MaybeRecorded::Unknown
+            }
+            (recorded, _) => return Ok(Admission::Decided(recorded?.outcome)),
+        };
+        metrics::counter!(DEGRADED_ADMISSIONS, "user_type" => user_type.as_str()).increment(1);
+        tracing::warn!(
+            user_id = %subject_id,
+            %user_type,
+            tokens = tokens.get(),
+            recorded = ?recorded,
+            "admitted without counting: the store is down and ON_STORE_UNAVAILABLE=allow"
+        );
+        Ok(Admission::Degraded {
+            user_type,
+            policy: self.settings.limits.for_type(user_type),
+            window,
+            recorded,
+        })
     }
 
     /// Holds `tokens` for the subject today for `ttl` (the configured default when `None`),
@@ -276,7 +329,10 @@ impl UsageService {
         let now = self.now();
         let window = DayWindow::containing(now, self.settings.zone);
         let (user_type, stored) = tokio::try_join!(self.user_type(subject, deadline), async {
-            Ok(self.store.day(&subject.user_id, window.date).await?)
+            Ok(self
+                .store
+                .day_and_month(&subject.user_id, window.date)
+                .await?)
         })?;
         Ok(self.standing(&subject.user_id, user_type, stored, now, window))
     }
@@ -298,11 +354,12 @@ impl UsageService {
         };
         let (looked_up, stored, history) = tokio::join!(
             self.user_type(&subject, deadline),
-            self.store.day(user_id, window.date),
+            self.store.day_and_month(user_id, window.date),
             self.store.months(user_id, months),
         );
         let (stored, history) = (stored?, history?);
         let latest_stored = stored
+            .day
             .as_ref()
             .map(|day| day.usage.user_type)
             .or_else(|| history.first().map(|month| month.user_type));
@@ -318,19 +375,20 @@ impl UsageService {
         })
     }
 
-    /// The day as it stands for a user on `user_type`, from its stored document if any.
+    /// The day as it stands for a user on `user_type`, from its stored documents if any.
     fn standing(
         &self,
         user_id: &UserId,
         user_type: UserType,
-        stored: Option<StoredDay>,
+        stored: DayAndMonth,
         now: DateTime<Utc>,
         window: DayWindow,
     ) -> Standing {
-        let usage = stored.as_ref().map(|day| &day.usage);
+        let policy = self.settings.limits.for_type(user_type);
+        let usage = stored.day.as_ref().map(|day| &day.usage);
         Standing {
             day: DailyUsage {
-                token_limit: self.settings.limits.for_type(user_type),
+                token_limit: policy.daily_limit,
                 user_type,
                 tokens_used: usage.map_or(0, |day| day.tokens_used),
                 last_updated: usage.map_or(now, |day| day.last_updated),
@@ -338,7 +396,14 @@ impl UsageService {
                 date: window.date,
                 user_id: user_id.clone(),
             },
-            reserved_tokens: stored.map_or(0, |day| day.reservations.held_at(now)),
+            reserved_tokens: stored.day.map_or(0, |day| day.reservations.held_at(now)),
+            month: MonthStanding {
+                tokens_used: stored.month.map_or(0, |month| month.total_monthly_tokens),
+                limit: policy.monthly_limit,
+                reset_at: window.month_reset_at,
+            },
+            enforcement: policy.enforcement,
+            exceeds: None,
         }
     }
 
@@ -393,7 +458,17 @@ fn count_record(
 ) {
     let user_type = user_type.as_str();
     let (decision, tokens_decision) = match recorded.as_ref().map(|r| &r.outcome) {
-        Ok(RecordOutcome::Admitted(_)) => ("admitted", Some("admitted")),
+        Ok(RecordOutcome::Admitted(standing)) => {
+            if let Some(window) = standing.exceeds {
+                metrics::counter!(WOULD_DENY, "user_type" => user_type, "window" => window.as_str(),
+                    "mode" => standing.enforcement.as_str())
+                .increment(1);
+            }
+            match standing.enforcement.counts() {
+                true => ("admitted", Some("admitted")),
+                false => ("uncounted", None),
+            }
+        }
         Ok(RecordOutcome::Denied(_)) => ("denied", Some("denied")),
         Ok(RecordOutcome::Replayed(_)) => ("replayed", None),
         Ok(RecordOutcome::KeyReused) => ("key_reused", None),

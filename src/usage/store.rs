@@ -119,6 +119,13 @@ impl DailySummary {
     }
 }
 
+/// A user's day and the month it counts in, as read together; absent when they do not exist.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DayAndMonth {
+    pub day: Option<StoredDay>,
+    pub month: Option<MonthlyUsage>,
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Worth retrying later: the store is unreachable, busy or contended, and nothing was
@@ -161,9 +168,13 @@ pub trait UsageStore: Send + Sync {
         deadline: Deadline,
     ) -> Result<Recorded, StoreError>;
 
-    /// The user's day document with its reservations, if it exists. Never creates one.
-    async fn day(&self, user_id: &UserId, date: NaiveDate)
-    -> Result<Option<StoredDay>, StoreError>;
+    /// The user's day document with its reservations and the month document it counts in,
+    /// those that exist, as of one instant. Never creates one.
+    async fn day_and_month(
+        &self,
+        user_id: &UserId,
+        date: NaiveDate,
+    ) -> Result<DayAndMonth, StoreError>;
 
     /// The user's month documents, newest first, at most `limit`.
     async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError>;

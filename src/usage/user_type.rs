@@ -1,4 +1,4 @@
-//! The plans a user can be on and the daily limit of each: the one place that names them.
+//! The plans a user can be on: the one place that names them.
 //!
 //! A new plan is a variant here (its name, its limit flag); the compiler then points at every
 //! match that must learn it. `firestore.rules` lists the names too, and a test keeps the two
@@ -53,30 +53,6 @@ impl fmt::Display for UserType {
     }
 }
 
-/// The daily limit of each user type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub trial: i64,
-    pub subscribed: i64,
-}
-
-impl Limits {
-    /// The same limit for every type.
-    pub fn uniform(limit: i64) -> Self {
-        Self {
-            trial: limit,
-            subscribed: limit,
-        }
-    }
-
-    pub fn for_type(&self, user_type: UserType) -> i64 {
-        match user_type {
-            UserType::Trial => self.trial,
-            UserType::Subscribed => self.subscribed,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,15 +76,5 @@ mod tests {
             assert_eq!(serde_json::from_value::<UserType>(json).unwrap(), user_type);
         }
         assert_eq!(UserType::names(), "trial, subscribed");
-    }
-
-    #[test]
-    fn each_type_has_its_own_limit() {
-        let limits = Limits {
-            trial: 1,
-            subscribed: 2,
-        };
-        assert_eq!(limits.for_type(UserType::Trial), 1);
-        assert_eq!(limits.for_type(UserType::Subscribed), 2);
     }
 }

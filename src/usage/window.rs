@@ -9,6 +9,8 @@ pub struct DayWindow {
     pub date: NaiveDate,
     /// The first instant of the next day in the zone, as UTC.
     pub reset_at: DateTime<Utc>,
+    /// The first instant of the next month in the zone, as UTC: when a monthly cap resets.
+    pub month_reset_at: DateTime<Utc>,
 }
 
 impl DayWindow {
@@ -19,9 +21,14 @@ impl DayWindow {
     /// The window of a given day in `zone`.
     pub fn of_date(date: NaiveDate, zone: Tz) -> Self {
         let next = date.succ_opt().unwrap_or(date);
+        let next_month = date
+            .with_day(1)
+            .and_then(|first| first.checked_add_months(chrono::Months::new(1)))
+            .unwrap_or(next);
         Self {
             date,
             reset_at: start_of_day(next, zone),
+            month_reset_at: start_of_day(next_month, zone),
         }
     }
 
@@ -71,6 +78,7 @@ mod tests {
         let w = window("2024-01-15T14:30:00Z", Tz::UTC);
         assert_eq!(w.date, NaiveDate::from_ymd_opt(2024, 1, 15).unwrap());
         assert_eq!(w.reset_at, utc("2024-01-16T00:00:00Z"));
+        assert_eq!(w.month_reset_at, utc("2024-02-01T00:00:00Z"));
         assert_eq!(
             (w.year(), w.month(), w.day_key()),
             (2024, 1, "15".to_owned())
@@ -143,5 +151,17 @@ mod tests {
         let leap = window("2024-02-29T12:00:00Z", Tz::UTC);
         assert_eq!(leap.day_key(), "29");
         assert_eq!(leap.reset_at, utc("2024-03-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_month_resets_on_the_first_of_the_next_in_the_zone() {
+        let ny = chrono_tz::America::New_York;
+        let december = window("2024-12-31T12:00:00Z", ny);
+        assert_eq!(december.month_reset_at, utc("2025-01-01T05:00:00Z"));
+        // Still January 31st in New York.
+        let january = window("2025-02-01T03:00:00Z", ny);
+        assert_eq!(january.month_reset_at, utc("2025-02-01T05:00:00Z"));
+        let leap = window("2024-02-29T12:00:00Z", Tz::UTC);
+        assert_eq!(leap.month_reset_at, utc("2024-03-01T00:00:00Z"));
     }
 }

@@ -212,7 +212,18 @@ async fn assert_corrupt(app: &TestApp, month_id: &str) {
     let body = assert_error(response, 500, "corrupt_document").await;
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains(month_id), "{message}");
-    assert_eq!(app.today(&mallory).await["tokensUsed"], 0);
+    // Nothing was written: the day's report does not list the user.
+    let date = chrono::Utc::now().date_naive();
+    let report: Value = app
+        .get(
+            &admin_token("admin"),
+            &format!("/admin/usage/daily?date={date}&limit=500"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["items"], json!([]), "{report}");
 }
 
 /// Ready means able to serve: the store answers and a signing key set is at hand.

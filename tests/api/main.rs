@@ -18,4 +18,5 @@ mod firestore;
 mod helpers;
 mod openapi;
 mod reservations;
+mod steering;
 mod usage;

@@ -9,8 +9,9 @@ use firestore::gcloud_sdk::google::firestore::v1::{Document, MapValue, Value};
 use firestore::gcloud_sdk::prost_types::Timestamp;
 
 use crate::usage::{
-    DailyUsage, Fingerprint, IdempotencyRecord, MonthlyUsage, Reservation, ReservationEntry,
-    ReservationId, Reservations, Standing, StoredAnswer, StoredDay, StoredEntry, UserId, UserType,
+    DailyUsage, Enforcement, Fingerprint, IdempotencyRecord, LimitWindow, MonthStanding,
+    MonthlyUsage, Reservation, ReservationEntry, ReservationId, Reservations, Standing,
+    StoredAnswer, StoredDay, StoredEntry, UserId, UserType,
 };
 
 pub type Fields = HashMap<String, Value>;
@@ -295,6 +296,21 @@ pub fn idempotency_fields(
         "reservedTokens".to_owned(),
         integer(standing.reserved_tokens),
     );
+    let mut month = Fields::from([
+        ("tokensUsed".to_owned(), integer(standing.month.tokens_used)),
+        ("resetAt".to_owned(), timestamp(standing.month.reset_at)),
+    ]);
+    if let Some(limit) = standing.month.limit {
+        month.insert("limit".to_owned(), integer(limit));
+    }
+    response.insert("month".to_owned(), map(month));
+    response.insert(
+        "enforcement".to_owned(),
+        string(standing.enforcement.as_str()),
+    );
+    if let Some(window) = standing.exceeds {
+        response.insert("exceeds".to_owned(), string(window.as_str()));
+    }
     fields.insert("response".to_owned(), map(response));
     if let StoredAnswer::Reserved(reservation, _) = &record.response {
         let mut answer = reservation_entry_fields(reservation.entry);
@@ -307,12 +323,43 @@ pub fn idempotency_fields(
 pub fn idempotency_from(document: &Document) -> Result<IdempotencyRecord, DecodeError> {
     let doc = Reader::new(&document.name, &document.fields);
     let response = Reader::new(&document.name, doc.map("response")?);
+    let day = decode_day(&response)?;
+    let present = |field: &str| response.fields.contains_key(field);
     let standing = Standing {
-        day: decode_day(&response)?,
+        // Answers stored before monthly caps show the day as their month.
+        month: match present("month") {
+            false => MonthStanding::before_months_for(&day),
+            true => {
+                let month = Reader::new(&document.name, response.map("month")?);
+                MonthStanding {
+                    tokens_used: month.integer("tokensUsed")?,
+                    limit: match month.fields.contains_key("limit") {
+                        true => Some(month.integer("limit")?),
+                        false => None,
+                    },
+                    reset_at: month.timestamp("resetAt")?,
+                }
+            }
+        },
+        enforcement: match present("enforcement") {
+            false => Enforcement::Enforce,
+            true => response
+                .string("enforcement")?
+                .parse()
+                .map_err(|_| response.error("enforcement", "is not an enforcement mode"))?,
+        },
+        exceeds: match present("exceeds") {
+            false => None,
+            true => Some(
+                LimitWindow::parse(response.string("exceeds")?)
+                    .ok_or_else(|| response.error("exceeds", "is not a limit window"))?,
+            ),
+        },
+        day,
         // Answers stored before reservations existed held nothing.
-        reserved_tokens: match response.fields.get("reservedTokens") {
-            None => 0,
-            Some(_) => response.integer("reservedTokens")?,
+        reserved_tokens: match present("reservedTokens") {
+            false => 0,
+            true => response.integer("reservedTokens")?,
         },
     };
     let answer = match doc.fields.get(RESERVATION_ANSWER) {
@@ -610,6 +657,13 @@ mod tests {
                 None,
             ),
             response: StoredAnswer::Recorded(Standing {
+                month: MonthStanding {
+                    tokens_used: 9_000,
+                    limit: Some(50_000),
+                    reset_at: at("2024-02-01T00:00:00Z"),
+                },
+                enforcement: Enforcement::Shadow,
+                exceeds: Some(LimitWindow::Daily),
                 day: sample_day(),
                 reserved_tokens: 40,
             }),
@@ -625,6 +679,9 @@ mod tests {
                     entry: held(),
                 },
                 Standing {
+                    month: MonthStanding::before_months_for(&sample_day()),
+                    enforcement: Enforcement::Enforce,
+                    exceeds: None,
                     day: sample_day(),
                     reserved_tokens: 300,
                 },

@@ -30,8 +30,8 @@ use firestore::{FirestoreDb, FirestoreDbOptions};
 
 use self::cache::DocumentCache;
 use crate::usage::{
-    DailySummary, DailyUsage, Deadline, MonthlyUsage, Page, PageRequest, RecordRequest, Recorded,
-    StoreError, StoredDay, UsageStore, UserId, UserType,
+    DailySummary, DailyUsage, DayAndMonth, Deadline, MonthlyUsage, Page, PageRequest,
+    RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
 };
 
 /// Where the store connects.
@@ -102,12 +102,12 @@ impl UsageStore for FirestoreStore {
         self.record_within(request, deadline).await
     }
 
-    async fn day(
+    async fn day_and_month(
         &self,
         user_id: &UserId,
         date: NaiveDate,
-    ) -> Result<Option<StoredDay>, StoreError> {
-        self.read_day(user_id, date).await
+    ) -> Result<DayAndMonth, StoreError> {
+        self.read_day_and_month(user_id, date).await
     }
 
     async fn months(&self, user_id: &UserId, limit: u32) -> Result<Vec<MonthlyUsage>, StoreError> {

@@ -95,25 +95,19 @@ impl FirestoreStore {
         let CachedDocument::Day(stored_day) = &day.document else {
             return None;
         };
-        let (month, month_time) = match &names.month {
-            Some(name) => {
-                let month = self.cache.get(name).await?;
-                let CachedDocument::Month(stored_month) = &month.document else {
-                    return None;
-                };
-                (Some(stored_month.clone()), Some(month.update_time))
-            }
-            None => (None, None),
+        let month = self.cache.get(&names.month).await?;
+        let CachedDocument::Month(stored_month) = &month.document else {
+            return None;
         };
         Some(CachedRecord {
             snapshot: Snapshot {
                 day: Some(stored_day.clone()),
-                month,
+                month: Some(stored_month.clone()),
                 idempotency: None,
             },
             conditions: Conditions {
                 day: ConditionType::UpdateTime(day.update_time),
-                month: month_time.map(ConditionType::UpdateTime),
+                month: ConditionType::UpdateTime(month.update_time),
                 idempotency: ConditionType::Exists(false),
             },
         })
@@ -131,10 +125,10 @@ impl FirestoreStore {
                 .put_day(&names.day, update_time, day.clone())
                 .await;
         }
-        if let (Some(name), Some(month)) = (&names.month, &snapshot.month)
-            && let Some(update_time) = update_time(name)
-        {
-            self.cache.put_month(name, update_time, month.clone()).await;
+        if let (Some(month), Some(update_time)) = (&snapshot.month, update_time(&names.month)) {
+            self.cache
+                .put_month(&names.month, update_time, month.clone())
+                .await;
         }
     }
 
@@ -176,10 +170,11 @@ impl FirestoreStore {
                         .put_day(&names.day, update_time, written_day)
                         .await;
                 }
-                if let (Some(name), Some(month), Some(Some(update_time))) =
-                    (&names.month, &writes.month, update_times.next())
+                if let (Some(month), Some(Some(update_time))) = (&writes.month, update_times.next())
                 {
-                    self.cache.put_month(name, update_time, month.clone()).await;
+                    self.cache
+                        .put_month(&names.month, update_time, month.clone())
+                        .await;
                 }
                 Ok(plan.applied())
             }
@@ -297,9 +292,7 @@ impl FirestoreStore {
     ) -> Result<Recorded, StoreError> {
         let names = RecordNames {
             day: self.document_name(DAILY_COLLECTION, &request.day_id()),
-            month: request
-                .reads_month()
-                .then(|| self.document_name(HISTORY_COLLECTION, &request.month_id())),
+            month: self.document_name(HISTORY_COLLECTION, &request.month_id()),
             idempotency: request.idempotency_key().map(|key| {
                 self.document_name(IDEMPOTENCY, &idempotency_document_id(&request.user_id, key))
             }),
@@ -335,15 +328,13 @@ impl FirestoreStore {
 /// The documents one record touches.
 struct RecordNames {
     day: String,
-    /// Only when the request can change the month.
-    month: Option<String>,
+    month: String,
     idempotency: Option<String>,
 }
 
 impl RecordNames {
     fn all(&self) -> Vec<&str> {
-        let mut names = vec![self.day.as_str()];
-        names.extend(self.month.as_deref());
+        let mut names = vec![self.day.as_str(), self.month.as_str()];
         names.extend(self.idempotency.as_deref());
         names
     }
@@ -354,12 +345,7 @@ impl RecordNames {
                 .get(&self.day)
                 .map(codec::stored_day_from)
                 .transpose()?,
-            month: self
-                .month
-                .as_ref()
-                .and_then(|name| read.get(name))
-                .map(codec::month_from)
-                .transpose()?,
+            month: read.get(&self.month).map(codec::month_from).transpose()?,
             idempotency: self
                 .idempotency
                 .as_ref()
@@ -371,9 +357,7 @@ impl RecordNames {
 
     /// The documents a record may have cached.
     fn cached(&self) -> Vec<&str> {
-        let mut names = vec![self.day.as_str()];
-        names.extend(self.month.as_deref());
-        names
+        vec![self.day.as_str(), self.month.as_str()]
     }
 
     /// The plan's writes, day first, then the month, then the idempotency record, each on
@@ -402,14 +386,12 @@ impl RecordNames {
             &day_mask,
             conditions.day,
         )];
-        if let (Some(name), Some(month), Some(condition)) =
-            (&self.month, &writes.month, &conditions.month)
-        {
+        if let Some(month) = &writes.month {
             conditional.push(conditional_update(
-                name,
+                &self.month,
                 codec::month_fields(month),
                 codec::MONTH_FIELDS,
-                *condition,
+                conditions.month,
             ));
         }
         if let (Some(name), Some(key), Some(record)) = (
@@ -433,8 +415,7 @@ impl RecordNames {
 /// What each write of a record requires of its document: to be as it was read, or as cached.
 struct Conditions {
     day: ConditionType,
-    /// `None` when the month is not part of the record.
-    month: Option<ConditionType>,
+    month: ConditionType,
     idempotency: ConditionType,
 }
 
@@ -442,10 +423,7 @@ impl Conditions {
     fn as_read(names: &RecordNames, read: &HashMap<String, Document>) -> Self {
         Self {
             day: unchanged_since_read(read.get(&names.day)),
-            month: names
-                .month
-                .as_ref()
-                .map(|name| unchanged_since_read(read.get(name))),
+            month: unchanged_since_read(read.get(&names.month)),
             idempotency: unchanged_since_read(
                 names.idempotency.as_ref().and_then(|name| read.get(name)),
             ),

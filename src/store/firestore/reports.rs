@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use firestore::gcloud_sdk::google::firestore::v1::structured_aggregation_query::{
     Aggregation, aggregation,
 };
@@ -22,9 +22,9 @@ use firestore::gcloud_sdk::tonic::Status;
 use super::FirestoreStore;
 use super::client::{MAX_RPC_TIMEOUT, read_failure};
 use super::codec;
-use crate::store::queries::{self, DAILY_COLLECTION, Direction, QueryShape};
+use crate::store::queries::{self, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape};
 use crate::usage::{
-    DailySummary, DailyUsage, MonthlyUsage, Page, PageCursor, PageRequest, StoreError, StoredDay,
+    DailySummary, DailyUsage, DayAndMonth, MonthlyUsage, Page, PageCursor, PageRequest, StoreError,
     UsageTotals, UserId, UserType,
 };
 
@@ -136,17 +136,25 @@ impl FirestoreStore {
         self.run_query(query, None).await
     }
 
-    pub(super) async fn read_day(
+    /// Both documents in one read, at one time.
+    pub(super) async fn read_day_and_month(
         &self,
         user_id: &UserId,
         date: NaiveDate,
-    ) -> Result<Option<StoredDay>, StoreError> {
-        let name = self.document_name(DAILY_COLLECTION, &DailyUsage::document_id(user_id, date));
-        self.get(name)
-            .await?
-            .map(|document| codec::stored_day_from(&document))
-            .transpose()
-            .map_err(StoreError::from)
+    ) -> Result<DayAndMonth, StoreError> {
+        let day = self.document_name(DAILY_COLLECTION, &DailyUsage::document_id(user_id, date));
+        let month = self.document_name(
+            HISTORY_COLLECTION,
+            &MonthlyUsage::document_id(user_id, date.year(), date.month()),
+        );
+        let found = self
+            .batch_get(&[&day, &month], MAX_RPC_TIMEOUT)
+            .await
+            .map_err(|status| read_failure(status).into_store_error())?;
+        Ok(DayAndMonth {
+            day: found.get(&day).map(codec::stored_day_from).transpose()?,
+            month: found.get(&month).map(codec::month_from).transpose()?,
+        })
     }
 
     pub(super) async fn read_months(

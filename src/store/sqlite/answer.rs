@@ -6,11 +6,13 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::usage::{
-    DailyUsage, Reservation, ReservationId, Standing, StoredAnswer, StoredEntry, UserId, UserType,
+    DailyUsage, Enforcement, LimitWindow, MonthStanding, Reservation, ReservationId, Standing,
+    StoredAnswer, StoredEntry, UserId, UserType,
 };
 
 /// The day's fields, `reservedTokens` (0 when absent, as in answers stored before reservations
-/// existed) and, for a reservation, the reservation.
+/// existed), the month and the mode (absent in answers stored before monthly caps: see
+/// [`MonthStanding::before_months_for`]) and, for a reservation, the reservation.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AnswerJson {
@@ -24,7 +26,22 @@ struct AnswerJson {
     #[serde(default)]
     reserved_tokens: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    month: Option<MonthJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    enforcement: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exceeds: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     reservation: Option<ReservationJson>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MonthJson {
+    tokens_used: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit: Option<i64>,
+    reset_at: DateTime<Utc>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,6 +73,13 @@ pub(super) fn encode(answer: &StoredAnswer) -> Result<String, serde_json::Error>
         last_updated: day.last_updated,
         reset_at: day.reset_at,
         reserved_tokens: standing.reserved_tokens,
+        month: Some(MonthJson {
+            tokens_used: standing.month.tokens_used,
+            limit: standing.month.limit,
+            reset_at: standing.month.reset_at,
+        }),
+        enforcement: Some(standing.enforcement.as_str().to_owned()),
+        exceeds: standing.exceeds.map(|window| window.as_str().to_owned()),
         reservation,
     })
 }
@@ -63,18 +87,40 @@ pub(super) fn encode(answer: &StoredAnswer) -> Result<String, serde_json::Error>
 /// The answer stored as `json`, or why it cannot be read.
 pub(super) fn decode(json: &str) -> Result<StoredAnswer, String> {
     let stored: AnswerJson = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let day = DailyUsage {
+        user_id: UserId::parse(&stored.user_id)
+            .map_err(|e| format!("userId {:?}: {e}", stored.user_id))?,
+        date: stored.date,
+        tokens_used: stored.tokens_used,
+        token_limit: stored.token_limit,
+        user_type: UserType::parse(&stored.user_type)
+            .ok_or_else(|| format!("userType {:?} is not a user type", stored.user_type))?,
+        last_updated: stored.last_updated,
+        reset_at: stored.reset_at,
+    };
     let standing = Standing {
-        day: DailyUsage {
-            user_id: UserId::parse(&stored.user_id)
-                .map_err(|e| format!("userId {:?}: {e}", stored.user_id))?,
-            date: stored.date,
-            tokens_used: stored.tokens_used,
-            token_limit: stored.token_limit,
-            user_type: UserType::parse(&stored.user_type)
-                .ok_or_else(|| format!("userType {:?} is not a user type", stored.user_type))?,
-            last_updated: stored.last_updated,
-            reset_at: stored.reset_at,
+        month: match stored.month {
+            Some(month) => MonthStanding {
+                tokens_used: month.tokens_used,
+                limit: month.limit,
+                reset_at: month.reset_at,
+            },
+            None => MonthStanding::before_months_for(&day),
         },
+        enforcement: match stored.enforcement {
+            Some(mode) => mode
+                .parse()
+                .map_err(|e: crate::usage::UnknownEnforcement| e.to_string())?,
+            None => Enforcement::Enforce,
+        },
+        exceeds: match stored.exceeds {
+            Some(window) => Some(
+                LimitWindow::parse(&window)
+                    .ok_or_else(|| format!("exceeds {window:?} is not a window"))?,
+            ),
+            None => None,
+        },
+        day,
         reserved_tokens: stored.reserved_tokens,
     };
     Ok(match stored.reservation {
@@ -97,10 +143,12 @@ mod tests {
     use super::*;
     use crate::usage::ReservationEntry;
 
-    /// Answers as this store has written them since reservations exist: every one must be read,
+    /// Answers as this store writes them since monthly caps exist: every one must be read,
     /// and written again, to the byte, whatever the API's answers look like.
-    const RECORDED: &str = r#"{"userId":"alice","date":"2024-01-15","tokensUsed":1250,"tokenLimit":10000,"userType":"subscribed","lastUpdated":"2024-01-15T14:30:00.250Z","resetAt":"2024-01-16T00:00:00Z","reservedTokens":300}"#;
-    const RESERVED: &str = r#"{"userId":"alice","date":"2024-01-15","tokensUsed":1250,"tokenLimit":10000,"userType":"subscribed","lastUpdated":"2024-01-15T14:30:00.250Z","resetAt":"2024-01-16T00:00:00Z","reservedTokens":300,"reservation":{"id":"20240115-1705329600-0123456789abcdef","tokens":300,"createdAt":"2024-01-15T14:30:00.250Z","expiresAt":"2024-01-15T14:40:00Z","status":"held"}}"#;
+    const RECORDED: &str = r#"{"userId":"alice","date":"2024-01-15","tokensUsed":1250,"tokenLimit":10000,"userType":"subscribed","lastUpdated":"2024-01-15T14:30:00.250Z","resetAt":"2024-01-16T00:00:00Z","reservedTokens":300,"month":{"tokensUsed":9000,"limit":50000,"resetAt":"2024-02-01T00:00:00Z"},"enforcement":"shadow","exceeds":"monthly"}"#;
+    const RESERVED: &str = r#"{"userId":"alice","date":"2024-01-15","tokensUsed":1250,"tokenLimit":10000,"userType":"subscribed","lastUpdated":"2024-01-15T14:30:00.250Z","resetAt":"2024-01-16T00:00:00Z","reservedTokens":300,"month":{"tokensUsed":9000,"limit":50000,"resetAt":"2024-02-01T00:00:00Z"},"enforcement":"shadow","exceeds":"monthly","reservation":{"id":"20240115-1705329600-0123456789abcdef","tokens":300,"createdAt":"2024-01-15T14:30:00.250Z","expiresAt":"2024-01-15T14:40:00Z","status":"held"}}"#;
+    /// Answers as this store wrote them from reservations until monthly caps.
+    const BEFORE_MONTHS: &str = r#"{"userId":"alice","date":"2024-01-15","tokensUsed":1250,"tokenLimit":10000,"userType":"subscribed","lastUpdated":"2024-01-15T14:30:00.250Z","resetAt":"2024-01-16T00:00:00Z","reservedTokens":300}"#;
     /// An answer stored before reservations existed.
     const BEFORE_RESERVATIONS: &str = r#"{"userId":"alice","date":"2024-01-15","tokensUsed":1250,"tokenLimit":10000,"userType":"subscribed","lastUpdated":"2024-01-15T14:30:00.250Z","resetAt":"2024-01-16T00:00:00Z"}"#;
 
@@ -108,24 +156,43 @@ mod tests {
         DateTime::parse_from_rfc3339(rfc3339).unwrap().to_utc()
     }
 
+    /// The day of the golden answers, as remembered before answers showed the month.
     fn standing(reserved_tokens: i64) -> Standing {
+        let day = DailyUsage {
+            user_id: UserId::parse("alice").unwrap(),
+            date: "2024-01-15".parse().unwrap(),
+            tokens_used: 1250,
+            token_limit: 10000,
+            user_type: UserType::Subscribed,
+            last_updated: at("2024-01-15T14:30:00.250Z"),
+            reset_at: at("2024-01-16T00:00:00Z"),
+        };
         Standing {
-            day: DailyUsage {
-                user_id: UserId::parse("alice").unwrap(),
-                date: "2024-01-15".parse().unwrap(),
-                tokens_used: 1250,
-                token_limit: 10000,
-                user_type: UserType::Subscribed,
-                last_updated: at("2024-01-15T14:30:00.250Z"),
-                reset_at: at("2024-01-16T00:00:00Z"),
-            },
+            month: MonthStanding::before_months_for(&day),
+            day,
             reserved_tokens,
+            enforcement: Enforcement::Enforce,
+            exceeds: None,
+        }
+    }
+
+    /// The day of the golden answers, with the month and a mode.
+    fn standing_with_month() -> Standing {
+        Standing {
+            month: MonthStanding {
+                tokens_used: 9000,
+                limit: Some(50_000),
+                reset_at: at("2024-02-01T00:00:00Z"),
+            },
+            enforcement: Enforcement::Shadow,
+            exceeds: Some(LimitWindow::Monthly),
+            ..standing(300)
         }
     }
 
     #[test]
     fn stored_answers_read_back_and_are_written_again_to_the_byte() {
-        let recorded = StoredAnswer::Recorded(standing(300));
+        let recorded = StoredAnswer::Recorded(standing_with_month());
         let reserved = StoredAnswer::Reserved(
             Reservation {
                 id: ReservationId::parse("20240115-1705329600-0123456789abcdef").unwrap(),
@@ -136,12 +203,19 @@ mod tests {
                     settlement: None,
                 },
             },
-            standing(300),
+            standing_with_month(),
         );
         for (json, answer) in [(RECORDED, recorded), (RESERVED, reserved)] {
             assert_eq!(decode(json).unwrap(), answer);
             assert_eq!(encode(&answer).unwrap(), json);
         }
+    }
+
+    #[test]
+    fn an_answer_from_before_months_shows_the_day_as_its_month() {
+        let answer = decode(BEFORE_MONTHS).unwrap();
+        assert_eq!(answer, StoredAnswer::Recorded(standing(300)));
+        assert_eq!(answer.standing().month.tokens_used, 1250);
     }
 
     #[test]

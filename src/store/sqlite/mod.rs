@@ -11,16 +11,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, PrepFlags, Row, Statement, params};
 
 use self::checkpointer::Checkpointer;
 use self::time::{SqlDate, SqlTime};
 
 use crate::usage::{
-    DailySummary, DailyUsage, Deadline, Fingerprint, IdempotencyKey, IdempotencyRecord,
-    MonthlyUsage, Page, PageRequest, RecordRequest, Recorded, Reservations, Snapshot, StoreError,
-    StoredDay, UsageStore, UsageTotals, UserId, UserType,
+    DailySummary, DailyUsage, DayAndMonth, Deadline, Fingerprint, IdempotencyKey,
+    IdempotencyRecord, MonthlyUsage, Page, PageRequest, RecordRequest, Recorded, Reservations,
+    Snapshot, StoreError, StoredDay, UsageStore, UsageTotals, UserId, UserType,
 };
 
 const SCHEMA: &str = "
@@ -147,14 +147,22 @@ impl UsageStore for SqliteStore {
         self.writer.record(request, deadline).await
     }
 
-    async fn day(
+    async fn day_and_month(
         &self,
         user_id: &UserId,
         date: NaiveDate,
-    ) -> Result<Option<StoredDay>, StoreError> {
-        let id = DailyUsage::document_id(user_id, date);
+    ) -> Result<DayAndMonth, StoreError> {
+        let day_id = DailyUsage::document_id(user_id, date);
+        let month_id = MonthlyUsage::document_id(user_id, date.year(), date.month());
         self.with_connection(move |connection| {
-            read_day(&mut *connection.prepare_cached(READ_DAY)?, &id)
+            // One read transaction: both rows as of one instant.
+            let transaction = connection.transaction()?;
+            let read = DayAndMonth {
+                day: read_day(&mut *transaction.prepare_cached(READ_DAY)?, &day_id)?,
+                month: read_month(&mut *transaction.prepare_cached(READ_MONTH)?, &month_id)?,
+            };
+            transaction.finish()?;
+            Ok(read)
         })
         .await
     }
@@ -437,12 +445,8 @@ impl<'conn> RecordStatements<'conn> {
         day_id: &str,
         month_id: &str,
     ) -> Result<Snapshot, StoreError> {
-        let month = if request.reads_month() {
-            read_month(&mut self.read_month, month_id)
-                .map_err(|e| row_error("token_usage_history", month_id, e))?
-        } else {
-            None
-        };
+        let month = read_month(&mut self.read_month, month_id)
+            .map_err(|e| row_error("token_usage_history", month_id, e))?;
         Ok(Snapshot {
             day: read_day(&mut self.read_day, day_id)
                 .map_err(|e| row_error("daily_token_usage", day_id, e))?,

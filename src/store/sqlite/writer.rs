@@ -273,12 +273,19 @@ mod tests {
         let date = "2024-01-15".parse().unwrap();
         for other in others {
             let (user, answer) = other.await.unwrap();
-            let user_id = UserId::parse(&user).unwrap();
-            let stored = store.day(&user_id, date).await.unwrap();
             if user == "broken" {
                 assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}");
-                assert!(stored.is_none(), "the failed record wrote its day");
+                let days: i64 = blocker
+                    .query_row(
+                        "SELECT COUNT(*) FROM daily_token_usage WHERE user_id = 'broken'",
+                        [],
+                        |row| row.get(0),
+                    )
+                    .unwrap();
+                assert_eq!(days, 0, "the failed record wrote its day");
             } else {
+                let user_id = UserId::parse(&user).unwrap();
+                let stored = store.day_and_month(&user_id, date).await.unwrap().day;
                 let outcome = answer.unwrap().outcome;
                 assert!(matches!(outcome, RecordOutcome::Admitted(_)), "{outcome:?}");
                 assert_eq!(stored.unwrap().usage.tokens_used, 10, "{user}");
@@ -303,7 +310,14 @@ mod tests {
         ));
         let date = "2024-01-15".parse().unwrap();
         let user = UserId::parse("late").unwrap();
-        assert!(store.day(&user, date).await.unwrap().is_none());
+        assert!(
+            store
+                .day_and_month(&user, date)
+                .await
+                .unwrap()
+                .day
+                .is_none()
+        );
     }
 
     /// The writer's pauses for a WAL restart counted so far, by every store of this process.
