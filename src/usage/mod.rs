@@ -12,6 +12,7 @@ mod reservation;
 mod service;
 mod store;
 mod user_type;
+mod what_if;
 mod window;
 
 pub use clock::{Clock, SystemClock};
@@ -37,6 +38,7 @@ pub use store::{
     DailySummary, Page, PageCursor, PageRequest, ReportItem, StoreError, UsageStore, UsageTotals,
 };
 pub use user_type::{Limits, UserType};
+pub use what_if::{DayRange, InvalidDayRange, OverLimit, WhatIf};
 pub use window::DayWindow;
 
 use std::collections::BTreeMap;

@@ -381,6 +381,33 @@ impl UsageService {
     pub async fn ready(&self) -> Result<(), UsageError> {
         Ok(self.store.ping().await?)
     }
+
+    /// `daily_limit` tried against each day of `range` for the users of `user_type`, beside
+    /// the limit configured for them now. The days are asked of the store a few at a time.
+    pub async fn what_if(
+        &self,
+        user_type: UserType,
+        daily_limit: i64,
+        range: super::DayRange,
+    ) -> Result<super::WhatIf, UsageError> {
+        use futures_util::{StreamExt, TryStreamExt};
+
+        let days = futures_util::stream::iter(range.days())
+            .map(|date| async move {
+                let figures = self.store.over_limit(date, user_type, daily_limit).await?;
+                Ok::<_, StoreError>((date, figures))
+            })
+            .buffered(super::what_if::DAYS_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(super::WhatIf {
+            user_type,
+            daily_limit,
+            current_daily_limit: self.settings.limits.for_type(user_type),
+            range,
+            days,
+        })
+    }
 }
 
 /// Decisions and tokens by outcome and user type, admitted tokens by hour of the day, and
