@@ -19,3 +19,4 @@ mod helpers;
 mod openapi;
 mod reservations;
 mod usage;
+mod what_if;
