@@ -382,6 +382,7 @@ impl From<WhatIf> for WhatIfReport {
 )]
 async fn what_if(
     State(state): State<AppState>,
+    RequestDeadline(deadline): RequestDeadline,
     _: Admin,
     AppQuery(query): AppQuery<WhatIfQuery>,
 ) -> Result<Json<WhatIfReport>, ApiError> {
@@ -390,7 +391,7 @@ async fn what_if(
     let DailyLimit(daily_limit) = query.daily_limit;
     let what_if = state
         .usage
-        .what_if(query.user_type, daily_limit, range)
+        .what_if(query.user_type, daily_limit, range, deadline)
         .await?;
     Ok(Json(what_if.into()))
 }
