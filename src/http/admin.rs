@@ -287,7 +287,7 @@ struct WhatIfQuery {
     /// The first day, YYYY-MM-DD.
     #[param(inline)]
     from: ReportDate,
-    /// The last day, YYYY-MM-DD: on or after `from`, and at most 92 days with it.
+    /// The last day, YYYY-MM-DD, included: on or after `from`, at most 92 days counting both.
     #[param(inline)]
     to: ReportDate,
 }

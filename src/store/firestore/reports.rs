@@ -250,11 +250,8 @@ impl FirestoreStore {
         let (active, read_time) = self
             .totals(&queries::DAILY_SUMMARY_BY_TYPE, &of_type, None)
             .await?;
-        let above_limit = [
-            of_type[0].clone(),
-            of_type[1].clone(),
-            codec::integer(limit),
-        ];
+        let mut above_limit = of_type.to_vec();
+        above_limit.push(codec::integer(limit));
         let (above, _) = self
             .totals(
                 &queries::DAILY_OVER_LIMIT_BY_TYPE,
