@@ -11,8 +11,8 @@
 //!   needed whose fields are the equality fields (in any order, any direction) followed by the
 //!   `orderBy` fields, in order, in the same direction. `__name__`, which Firestore appends to
 //!   every index, is ignored;
-//! - a range filter (`positive`) on the first `orderBy` field: served by the same index as the
-//!   order alone.
+//! - a range filter (`above`, whatever its bound) on the first `orderBy` field: served by the
+//!   same index as the order alone.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -280,7 +280,7 @@ fn every_query_that_needs_a_composite_index_has_one() {
 #[test]
 fn every_range_filter_is_on_the_first_order_field() {
     for query in queries::ALL {
-        if let Some(field) = query.positive {
+        if let Some(field) = query.above.map(|above| above.field) {
             assert_eq!(
                 query.order.first().map(|(path, _)| *path),
                 Some(field),
@@ -415,7 +415,7 @@ mod rule {
             name: "hand-made",
             collection: "c",
             equality,
-            positive: None,
+            above: None,
             order,
         }
     }

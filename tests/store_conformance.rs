@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use token_limits::store::{FirestoreSettings, FirestoreStore, SqliteStore};
 use token_limits::usage::{
     Action, DailyUsage, DayWindow, Deadline, Fingerprint, IdempotencyKey, Limits, MonthlyUsage,
-    PageRequest, RecordOutcome, RecordRequest, ReservationId, StoredAnswer, Tokens, UsageStore,
-    UsageTotals, UserId, UserType,
+    OverLimit, PageRequest, RecordOutcome, RecordRequest, ReservationId, StoredAnswer, Tokens,
+    UsageStore, UsageTotals, UserId, UserType,
 };
 
 const LIMITS: Limits = Limits::daily(1_000, 5_000);
@@ -319,19 +319,23 @@ async fn history_is_newest_first_and_limited(h: &impl Harness) {
     assert!(store.months(&user("carol"), 24).await.unwrap().is_empty());
 }
 
-/// Every figure of a summary is of one instant: while users upgrade, each summary shows each
-/// user once, on one side, with the tokens of that side.
-async fn a_summary_is_one_instant_while_users_upgrade(h: &impl Harness) {
-    const USERS: usize = 30;
-    let store = h.store();
+/// How many users [`observe_while_users_upgrade`] upgrades.
+const UPGRADING: i64 = 30;
+
+/// Users upgrading on one day, all at once: `UPGRADING` trial users with 100 tokens on
+/// 2024-01-15, each then recording 100 more as subscribed. `observe` runs over and over until
+/// every upgrade is in, and once more after; its answers, in order.
+async fn observe_while_users_upgrade<T>(
+    store: &Arc<dyn UsageStore>,
+    observe: impl AsyncFn(chrono::NaiveDate) -> T,
+) -> Vec<T> {
     let now = "2024-01-15T10:00:00Z";
-    let date = at(now).date_naive();
-    let users: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
+    let users: Vec<String> = (0..UPGRADING).map(|i| format!("user-{i}")).collect();
     for uid in &users {
-        admitted(record(&*store, request(uid, 100, UserType::Trial, now)).await);
+        admitted(record(&**store, request(uid, 100, UserType::Trial, now)).await);
     }
     let upgrades = tokio::spawn({
-        let (store, users) = (store.clone(), users.clone());
+        let store = store.clone();
         async move {
             let mut running = tokio::task::JoinSet::new();
             for uid in users {
@@ -344,18 +348,30 @@ async fn a_summary_is_one_instant_while_users_upgrade(h: &impl Harness) {
             running.join_all().await;
         }
     });
-    let mut summaries = Vec::new();
+    let date = at(now).date_naive();
+    let mut answers = Vec::new();
     while !upgrades.is_finished() {
-        summaries.push(store.daily_summary(date).await.unwrap());
+        answers.push(observe(date).await);
     }
     upgrades.await.unwrap();
-    summaries.push(store.daily_summary(date).await.unwrap());
+    answers.push(observe(date).await);
+    answers
+}
+
+/// Every figure of a summary is of one instant: while users upgrade, each summary shows each
+/// user once, on one side, with the tokens of that side.
+async fn a_summary_is_one_instant_while_users_upgrade(h: &impl Harness) {
+    let store = h.store();
+    let summaries = observe_while_users_upgrade(&store, async |date| {
+        store.daily_summary(date).await.unwrap()
+    })
+    .await;
     for summary in &summaries {
         let trial = summary.by_type[&UserType::Trial];
         let subscribed = summary.by_type[&UserType::Subscribed];
         assert_eq!(
             trial.active_users + subscribed.active_users,
-            USERS as i64,
+            UPGRADING,
             "{summary:?}"
         );
         assert_eq!(trial.total_tokens, 100 * trial.active_users, "{summary:?}");
@@ -366,11 +382,8 @@ async fn a_summary_is_one_instant_while_users_upgrade(h: &impl Harness) {
         );
     }
     let last = summaries.last().unwrap();
-    assert_eq!(
-        last.by_type[&UserType::Subscribed].active_users,
-        USERS as i64
-    );
-    assert_eq!(last.all().total_tokens, 200 * USERS as i64);
+    assert_eq!(last.by_type[&UserType::Subscribed].active_users, UPGRADING);
+    assert_eq!(last.all().total_tokens, 200 * UPGRADING);
 }
 
 async fn it_answers_ping(h: &impl Harness) {
@@ -621,6 +634,119 @@ async fn only_days_and_months_with_tokens_are_reported(h: &impl Harness) {
     }
 }
 
+/// A limit tried against stored days agrees with a count over the stored documents
+/// themselves, for limits below, at and above the users' figures: at the limit is not over
+/// it, a day that only held a reservation is no activity, and each type counts its own.
+async fn a_limit_tried_counts_the_days_documents_above_it(h: &impl Harness) {
+    let store = h.store();
+    let (trial, subscribed) = (UserType::Trial, UserType::Subscribed);
+    let spent = [
+        ("ann", 1_000, trial, "2024-03-04T09:00:00Z"),
+        ("ben", 501, trial, "2024-03-04T09:01:00Z"),
+        ("cat", 500, trial, "2024-03-04T09:02:00Z"),
+        ("dan", 1, trial, "2024-03-04T09:03:00Z"),
+        ("fox", 5_000, subscribed, "2024-03-04T09:04:00Z"),
+        ("gil", 2_500, subscribed, "2024-03-04T09:05:00Z"),
+        // Upgraded mid-day: the day is subscribed's, with all 1,000 tokens.
+        ("hal", 400, trial, "2024-03-04T09:06:00Z"),
+        ("hal", 600, subscribed, "2024-03-04T09:07:00Z"),
+        ("fox", 700, subscribed, "2024-03-05T12:00:00Z"),
+        ("ann", 999, trial, "2024-03-07T08:00:00Z"),
+        ("ben", 1_000, trial, "2024-03-07T08:01:00Z"),
+    ];
+    for (uid, tokens, user_type, now) in spent {
+        admitted(record(&*store, request(uid, tokens, user_type, now)).await);
+    }
+    // eve's days hold reservations only: released on the 4th, still open on the 5th.
+    let id = held(
+        &*store,
+        reserve("eve", 300, "2024-03-04T10:00:00Z", "2024-03-04T10:10:00Z"),
+    )
+    .await;
+    let release = action("eve", Action::Release { id }, "2024-03-04T10:01:00Z");
+    record(&*store, release).await;
+    held(
+        &*store,
+        reserve("eve", 300, "2024-03-05T10:00:00Z", "2024-03-05T10:10:00Z"),
+    )
+    .await;
+
+    // The 6th has nothing stored.
+    let days: Vec<chrono::NaiveDate> = (4..=7)
+        .map(|day| chrono::NaiveDate::from_ymd_opt(2024, 3, day).unwrap())
+        .collect();
+    let mut stored = Vec::new();
+    for uid in ["ann", "ben", "cat", "dan", "eve", "fox", "gil", "hal"] {
+        for date in &days {
+            stored.extend(stored_day(&*store, &user(uid), *date).await);
+        }
+    }
+    assert_eq!(stored.len(), 12, "{stored:?}");
+    assert!(
+        stored
+            .iter()
+            .any(|day| day.user_id == user("eve") && day.tokens_used == 0)
+    );
+
+    for date in &days {
+        for user_type in UserType::ALL {
+            for limit in [0, 1, 499, 500, 501, 999, 1_000, 2_500, 5_000, 10_000] {
+                let of_day: Vec<&DailyUsage> = stored
+                    .iter()
+                    .filter(|day| day.date == *date && day.user_type == user_type)
+                    .collect();
+                let above: Vec<i64> = of_day
+                    .iter()
+                    .map(|day| day.tokens_used)
+                    .filter(|tokens| *tokens > limit)
+                    .collect();
+                let counted = OverLimit {
+                    active_users: of_day.iter().filter(|day| day.tokens_used > 0).count() as i64,
+                    users_over_limit: above.len() as i64,
+                    tokens_over_limit: above.iter().map(|tokens| tokens - limit).sum(),
+                };
+                let answer = store.over_limit(*date, user_type, limit).await.unwrap();
+                assert_eq!(answer, counted, "{date} {user_type} limit {limit}");
+            }
+        }
+    }
+    let figures = |active_users, users_over_limit, tokens_over_limit| OverLimit {
+        active_users,
+        users_over_limit,
+        tokens_over_limit,
+    };
+    let answer = |date: usize, user_type, limit| {
+        let store = store.clone();
+        let date = days[date];
+        async move { store.over_limit(date, user_type, limit).await.unwrap() }
+    };
+    assert_eq!(answer(0, trial, 500).await, figures(4, 2, 501));
+    assert_eq!(answer(0, trial, 1_000).await, figures(4, 0, 0));
+    assert_eq!(answer(0, subscribed, 999).await, figures(3, 3, 5_503));
+    assert_eq!(answer(1, trial, 0).await, figures(0, 0, 0));
+    assert_eq!(answer(2, subscribed, 0).await, figures(0, 0, 0));
+}
+
+/// Both figures of a tried limit are of one instant: while users upgrade (each day going
+/// from 100 tokens to 200, above the limit tried), every subscribed user counted is above it.
+async fn a_limit_tried_is_one_instant_while_users_upgrade(h: &impl Harness) {
+    let store = h.store();
+    let answers = observe_while_users_upgrade(&store, async |date| {
+        let answer = store.over_limit(date, UserType::Subscribed, 150).await;
+        answer.unwrap()
+    })
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.users_over_limit, answer.active_users, "{answer:?}");
+        assert_eq!(
+            answer.tokens_over_limit,
+            50 * answer.active_users,
+            "{answer:?}"
+        );
+    }
+    assert_eq!(answers.last().unwrap().active_users, UPGRADING);
+}
+
 macro_rules! conformance_suite {
     ($store:ident, $harness:expr) => {
         mod $store {
@@ -639,6 +765,8 @@ macro_rules! conformance_suite {
                 a_commit_after_midnight_lands_on_the_reserved_day,
                 a_release_changes_only_the_reservations,
                 only_days_and_months_with_tokens_are_reported,
+                a_limit_tried_counts_the_days_documents_above_it,
+                a_limit_tried_is_one_instant_while_users_upgrade,
                 it_answers_ping,
             );
         }

@@ -13,11 +13,13 @@ use super::deadline::RequestDeadline;
 use super::error::ErrorEnvelope;
 use super::extract::AppQuery;
 use super::page_token;
-use super::params::{Admin, Limit, Month, Months, MonthsQuery, ReportDate, Year};
+use super::params::{Admin, DailyLimit, Limit, Month, Months, MonthsQuery, ReportDate, Year};
 use super::usage::{StandingView, UsageView};
 use super::views::MonthView;
 use super::{ApiError, AppState};
-use crate::usage::{PageCursor, PageRequest, PlanSource, UsageTotals, UserId, UserType};
+use crate::usage::{
+    DayRange, OverLimit, PageCursor, PageRequest, PlanSource, UsageTotals, UserId, UserType, WhatIf,
+};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -25,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(monthly))
         .routes(routes!(user_usage))
         .routes(routes!(summary))
+        .routes(routes!(what_if))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -269,6 +272,128 @@ async fn summary(
             .map(|(user_type, totals)| (user_type, totals.into()))
             .collect(),
     }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+struct WhatIfQuery {
+    /// The users of this type.
+    #[param(inline)]
+    user_type: UserType,
+    /// The daily limit to try, in tokens.
+    #[param(inline)]
+    daily_limit: DailyLimit,
+    /// The first day, YYYY-MM-DD.
+    #[param(inline)]
+    from: ReportDate,
+    /// The last day, YYYY-MM-DD, included: on or after `from`, at most 92 days counting both.
+    #[param(inline)]
+    to: ReportDate,
+}
+
+/// Users of the type measured against the limit tried. Over several days, a user counts once
+/// per day.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = OverLimit)]
+#[serde(rename_all = "camelCase")]
+struct OverLimitView {
+    /// Users who used tokens (above 0), as the summary counts them.
+    active_users: i64,
+    /// Users who used more tokens than the limit: those it would have refused.
+    users_over_limit: i64,
+    /// The tokens those users used above the limit: what it would have refused.
+    tokens_over_limit: i64,
+}
+
+impl From<OverLimit> for OverLimitView {
+    fn from(figures: OverLimit) -> Self {
+        Self {
+            active_users: figures.active_users,
+            users_over_limit: figures.users_over_limit,
+            tokens_over_limit: figures.tokens_over_limit,
+        }
+    }
+}
+
+/// One day of the range.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct WhatIfDay {
+    /// The day.
+    date: NaiveDate,
+    #[serde(flatten)]
+    figures: OverLimitView,
+}
+
+/// A daily limit tried against the stored usage of a range of days.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct WhatIfReport {
+    /// The user type asked about.
+    user_type: UserType,
+    /// The limit tried.
+    daily_limit: i64,
+    /// The limit configured for the type now, to chart beside it.
+    current_daily_limit: i64,
+    /// The first day.
+    from: NaiveDate,
+    /// The last day, included.
+    to: NaiveDate,
+    /// Every day from `from` to `to`, in order; a day without usage counts zeros.
+    days: Vec<WhatIfDay>,
+    /// The days' figures summed.
+    totals: OverLimitView,
+}
+
+impl From<WhatIf> for WhatIfReport {
+    fn from(what_if: WhatIf) -> Self {
+        Self {
+            totals: what_if.totals().into(),
+            user_type: what_if.user_type,
+            daily_limit: what_if.daily_limit,
+            current_daily_limit: what_if.current_daily_limit,
+            from: what_if.range.from(),
+            to: what_if.range.to(),
+            days: what_if
+                .days
+                .into_iter()
+                .map(|(date, figures)| WhatIfDay {
+                    date,
+                    figures: figures.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A daily limit tried against past usage: per day, how many users of the type it would have
+/// refused and how many tokens they used above it, counted by the store.
+#[utoipa::path(
+    get,
+    path = "/admin/reports/what-if",
+    tag = "admin",
+    params(WhatIfQuery),
+    responses(
+        (status = 200, description = "The limit against each day of the range", body = WhatIfReport),
+        (status = 400, description = "An invalid parameter or range, named in the message", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+async fn what_if(
+    State(state): State<AppState>,
+    RequestDeadline(deadline): RequestDeadline,
+    _: Admin,
+    AppQuery(query): AppQuery<WhatIfQuery>,
+) -> Result<Json<WhatIfReport>, ApiError> {
+    let (ReportDate(from), ReportDate(to)) = (query.from, query.to);
+    let range = DayRange::new(from, to).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let DailyLimit(daily_limit) = query.daily_limit;
+    let what_if = state
+        .usage
+        .what_if(query.user_type, daily_limit, range, deadline)
+        .await?;
+    Ok(Json(what_if.into()))
 }
 
 fn page_request(

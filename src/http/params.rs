@@ -160,6 +160,11 @@ bounded_integer!(
     Month(u32), "month", 1..=12
 );
 
+bounded_integer!(
+    /// `dailyLimit` of a what-if report: tokens a day, up to a trillion.
+    DailyLimit(i64), "dailyLimit", 0..=1000000000000
+);
+
 /// `?months=`: how many months of history, 3 unless given.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -221,6 +226,16 @@ mod tests {
         }
         assert!(serde_json::from_value::<Year>("1969".into()).is_err());
         assert!(serde_json::from_value::<Limit>("500".into()).is_ok());
+        let limit = |raw: &str| serde_json::from_value::<DailyLimit>(raw.into());
+        assert_eq!(limit("0").unwrap(), DailyLimit(0));
+        assert!(limit("1000000000000").is_ok());
+        for bad in ["-1", "1000000000001", "1e3"] {
+            let error = limit(bad).unwrap_err().to_string();
+            assert_eq!(
+                error, "dailyLimit must be a whole number from 0 to 1000000000000",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

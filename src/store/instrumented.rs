@@ -9,7 +9,7 @@ use chrono::NaiveDate;
 
 use crate::metrics::{STORE_OPERATION_DURATION, STORE_OPERATIONS};
 use crate::usage::{
-    DailySummary, DailyUsage, DayAndMonth, Deadline, MonthlyUsage, Page, PageRequest,
+    DailySummary, DailyUsage, DayAndMonth, Deadline, MonthlyUsage, OverLimit, Page, PageRequest,
     RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
 };
 
@@ -100,6 +100,16 @@ impl UsageStore for Instrumented {
 
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
         self.measure("daily_summary", self.store.daily_summary(date))
+            .await
+    }
+
+    async fn over_limit(
+        &self,
+        date: NaiveDate,
+        user_type: UserType,
+        limit: i64,
+    ) -> Result<OverLimit, StoreError> {
+        self.measure("over_limit", self.store.over_limit(date, user_type, limit))
             .await
     }
 

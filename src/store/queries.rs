@@ -14,18 +14,62 @@ pub enum Direction {
     Descending,
 }
 
-/// One query: equality filters on `equality` (values supplied when it runs, in this order),
-/// only documents whose `positive` field is above zero when one is named, then ordered by
-/// `order`. Field names are the documents' own, as in the schema.
+/// One query: equality filters on `equality`, only documents whose field is above a bound
+/// when `above` names one, then ordered by `order`. The values are supplied when it runs: the
+/// equality values in this order, then the bound when it is [`Bound::Supplied`]. Field names
+/// are the documents' own, as in the schema.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryShape {
     pub name: &'static str,
     pub collection: &'static str,
     pub equality: &'static [&'static str],
-    /// A range filter `> 0`. Firestore wants a range field ordered before any other, so it is
-    /// always `order`'s first field, and the index of the order serves the range too.
-    pub positive: Option<&'static str>,
+    /// A range filter `field > bound`. Firestore wants a range field ordered before any other,
+    /// so it is always `order`'s first field, and the index of the order serves the range too.
+    pub above: Option<Above>,
     pub order: &'static [(&'static str, Direction)],
+}
+
+impl QueryShape {
+    /// How many values the query takes when it runs.
+    pub fn value_count(&self) -> usize {
+        let bound = self
+            .above
+            .is_some_and(|above| above.bound == Bound::Supplied);
+        self.equality.len() + usize::from(bound)
+    }
+}
+
+/// A range filter: only documents whose `field` is above `bound`.
+#[derive(Debug, Clone, Copy)]
+pub struct Above {
+    pub field: &'static str,
+    pub bound: Bound,
+}
+
+impl Above {
+    /// `field > 0`: the documents with some usage.
+    pub const fn zero(field: &'static str) -> Option<Self> {
+        Some(Self {
+            field,
+            bound: Bound::Zero,
+        })
+    }
+
+    /// `field > n`, `n` supplied when the query runs.
+    pub const fn supplied(field: &'static str) -> Option<Self> {
+        Some(Self {
+            field,
+            bound: Bound::Supplied,
+        })
+    }
+}
+
+/// What a range filter's field must be above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Zero,
+    /// The value after the equality values.
+    Supplied,
 }
 
 pub const DAILY_COLLECTION: &str = "daily_token_usage";
@@ -36,7 +80,7 @@ pub const USER_HISTORY: QueryShape = QueryShape {
     name: "user history",
     collection: HISTORY_COLLECTION,
     equality: &["userId"],
-    positive: None,
+    above: None,
     order: &[("year", Descending), ("month", Descending)],
 };
 
@@ -46,7 +90,7 @@ pub const DAILY_REPORT: QueryShape = QueryShape {
     name: "daily report",
     collection: DAILY_COLLECTION,
     equality: &["date"],
-    positive: Some("tokensUsed"),
+    above: Above::zero("tokensUsed"),
     order: &[("tokensUsed", Descending), ("userId", Ascending)],
 };
 
@@ -55,7 +99,7 @@ pub const DAILY_REPORT_BY_TYPE: QueryShape = QueryShape {
     name: "daily report by user type",
     collection: DAILY_COLLECTION,
     equality: &["date", "userType"],
-    positive: Some("tokensUsed"),
+    above: Above::zero("tokensUsed"),
     order: &[("tokensUsed", Descending), ("userId", Ascending)],
 };
 
@@ -65,7 +109,7 @@ pub const MONTHLY_REPORT: QueryShape = QueryShape {
     name: "monthly report",
     collection: HISTORY_COLLECTION,
     equality: &["year", "month"],
-    positive: Some("totalMonthlyTokens"),
+    above: Above::zero("totalMonthlyTokens"),
     order: &[("totalMonthlyTokens", Descending), ("userId", Ascending)],
 };
 
@@ -74,7 +118,7 @@ pub const MONTHLY_REPORT_BY_TYPE: QueryShape = QueryShape {
     name: "monthly report by user type",
     collection: HISTORY_COLLECTION,
     equality: &["year", "month", "userType"],
-    positive: Some("totalMonthlyTokens"),
+    above: Above::zero("totalMonthlyTokens"),
     order: &[("totalMonthlyTokens", Descending), ("userId", Ascending)],
 };
 
@@ -86,7 +130,19 @@ pub const DAILY_SUMMARY_BY_TYPE: QueryShape = QueryShape {
     name: "daily summary by user type",
     collection: DAILY_COLLECTION,
     equality: &["date", "userType"],
-    positive: Some("tokensUsed"),
+    above: Above::zero("tokensUsed"),
+    order: &[("tokensUsed", Descending)],
+};
+
+/// The documents of one day and user type with tokens used above a limit (supplied), counted
+/// and their `tokensUsed` summed by an aggregation query (`GET /admin/reports/what-if`). The
+/// index of [`DAILY_SUMMARY_BY_TYPE`] serves it: the same equalities, and the range on the
+/// ordered field.
+pub const DAILY_OVER_LIMIT_BY_TYPE: QueryShape = QueryShape {
+    name: "daily over a limit by user type",
+    collection: DAILY_COLLECTION,
+    equality: &["date", "userType"],
+    above: Above::supplied("tokensUsed"),
     order: &[("tokensUsed", Descending)],
 };
 
@@ -95,7 +151,7 @@ pub const SCHEMA_DAILY_BY_TOKENS: QueryShape = QueryShape {
     name: "schema: one date by tokensUsed",
     collection: DAILY_COLLECTION,
     equality: &["date"],
-    positive: None,
+    above: None,
     order: &[("tokensUsed", Descending)],
 };
 
@@ -104,7 +160,7 @@ pub const SCHEMA_MONTHLY_BY_TYPE: QueryShape = QueryShape {
     name: "schema: one month by user type",
     collection: HISTORY_COLLECTION,
     equality: &["userType", "year", "month"],
-    positive: None,
+    above: None,
     order: &[],
 };
 
@@ -113,7 +169,7 @@ pub const USER_DAYS_BY_NAME: QueryShape = QueryShape {
     name: "maintenance: a user's days by name",
     collection: DAILY_COLLECTION,
     equality: &["userId"],
-    positive: None,
+    above: None,
     order: &[],
 };
 
@@ -122,7 +178,7 @@ pub const USER_MONTHS_BY_NAME: QueryShape = QueryShape {
     name: "maintenance: a user's months by name",
     collection: HISTORY_COLLECTION,
     equality: &["userId"],
-    positive: None,
+    above: None,
     order: &[],
 };
 
@@ -131,7 +187,7 @@ pub const MONTH_BY_NAME: QueryShape = QueryShape {
     name: "maintenance: one month by name",
     collection: HISTORY_COLLECTION,
     equality: &["year", "month"],
-    positive: None,
+    above: None,
     order: &[],
 };
 
@@ -141,7 +197,7 @@ pub const DAYS_BEFORE: QueryShape = QueryShape {
     name: "maintenance: days before a date",
     collection: DAILY_COLLECTION,
     equality: &[],
-    positive: None,
+    above: None,
     order: &[("date", Ascending)],
 };
 
@@ -150,7 +206,7 @@ pub const USER_DAYS_OF_MONTH: QueryShape = QueryShape {
     name: "maintenance: a user's days of a month",
     collection: DAILY_COLLECTION,
     equality: &["userId"],
-    positive: None,
+    above: None,
     order: &[("date", Descending)],
 };
 
@@ -171,6 +227,7 @@ pub const SERVICE: &[QueryShape] = &[
     MONTHLY_REPORT,
     MONTHLY_REPORT_BY_TYPE,
     DAILY_SUMMARY_BY_TYPE,
+    DAILY_OVER_LIMIT_BY_TYPE,
 ];
 
 /// The schema's "Query Patterns", which apps may run directly against Firestore.
@@ -185,6 +242,7 @@ pub const ALL: &[QueryShape] = &[
     MONTHLY_REPORT,
     MONTHLY_REPORT_BY_TYPE,
     DAILY_SUMMARY_BY_TYPE,
+    DAILY_OVER_LIMIT_BY_TYPE,
     SCHEMA_DAILY_BY_TOKENS,
     SCHEMA_MONTHLY_BY_TYPE,
     USER_DAYS_BY_NAME,

@@ -13,6 +13,7 @@ mod reservation;
 mod service;
 mod store;
 mod user_type;
+mod what_if;
 mod window;
 
 pub use clock::{Clock, SystemClock};
@@ -44,6 +45,7 @@ pub use store::{
     UsageTotals,
 };
 pub use user_type::UserType;
+pub use what_if::{DayRange, InvalidDayRange, OverLimit, WhatIf};
 pub use window::DayWindow;
 
 use std::collections::BTreeMap;

@@ -446,6 +446,39 @@ impl UsageService {
     pub async fn ready(&self) -> Result<(), UsageError> {
         Ok(self.store.ping().await?)
     }
+
+    /// `daily_limit` tried against each day of `range` for the users of `user_type`, beside
+    /// the limit configured for them now. The days are asked of the store a few at a time,
+    /// until the deadline: a range not counted by then is unavailable.
+    pub async fn what_if(
+        &self,
+        user_type: UserType,
+        daily_limit: i64,
+        range: super::DayRange,
+        deadline: Deadline,
+    ) -> Result<super::WhatIf, UsageError> {
+        use futures_util::{StreamExt, TryStreamExt};
+
+        let days = futures_util::stream::iter(range.days())
+            .map(|date| async move {
+                let figures = self.store.over_limit(date, user_type, daily_limit).await?;
+                Ok::<_, StoreError>((date, figures))
+            })
+            .buffered(super::what_if::DAYS_AT_ONCE)
+            .try_collect();
+        let days = tokio::time::timeout_at(deadline.work_until().into(), days)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable("the range was not counted by the deadline".to_owned())
+            })??;
+        Ok(super::WhatIf {
+            user_type,
+            daily_limit,
+            current_daily_limit: self.settings.limits.for_type(user_type).daily_limit,
+            range,
+            days,
+        })
+    }
 }
 
 /// Decisions and tokens by outcome and user type, admitted tokens by hour of the day, and

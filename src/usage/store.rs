@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 
 use super::{
-    DailyUsage, Deadline, DecisionError, MonthlyUsage, RecordRequest, Recorded, StoredDay, UserId,
-    UserType,
+    DailyUsage, Deadline, DecisionError, MonthlyUsage, OverLimit, RecordRequest, Recorded,
+    StoredDay, UserId, UserType,
 };
 
 /// Where a page of a report resumes: just after the item with this figure and user. Reports
@@ -202,6 +202,17 @@ pub trait UsageStore: Send + Sync {
     /// counted by the store (aggregation queries), never by reading every document, and every
     /// figure as of one instant.
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError>;
+
+    /// One day's documents of `user_type` against `limit`: those with tokens used above 0,
+    /// and the number and tokens above it of those with tokens used above `limit`. Counted by
+    /// the store (aggregation queries), never by reading every document, both as of one
+    /// instant.
+    async fn over_limit(
+        &self,
+        date: NaiveDate,
+        user_type: UserType,
+        limit: i64,
+    ) -> Result<OverLimit, StoreError>;
 
     /// Answers when the store can serve requests.
     async fn ping(&self) -> Result<(), StoreError>;

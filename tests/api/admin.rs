@@ -292,11 +292,12 @@ on_both_stores!(
     a_released_reservation_is_no_activity,
 );
 
-const ADMIN_ROUTES: [&str; 4] = [
+const ADMIN_ROUTES: [&str; 5] = [
     "/admin/usage/daily?date=2024-01-15",
     "/admin/usage/monthly?year=2024&month=1",
     "/admin/users/alice/usage",
     "/admin/reports/summary?date=2024-01-15",
+    "/admin/reports/what-if?userType=trial&dailyLimit=100&from=2024-01-01&to=2024-01-31",
 ];
 
 #[tokio::test]

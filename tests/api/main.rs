@@ -20,3 +20,4 @@ mod openapi;
 mod reservations;
 mod steering;
 mod usage;
+mod what_if;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every endpoint of the service and its methods.
-const ENDPOINTS: [(&str, &str); 14] = [
+const ENDPOINTS: [(&str, &str); 15] = [
     ("/usage", "post"),
     ("/usage/reservations", "post"),
     ("/usage/reservations/{id}/commit", "post"),
@@ -18,6 +18,7 @@ const ENDPOINTS: [(&str, &str); 14] = [
     ("/admin/usage/monthly", "get"),
     ("/admin/users/{user_id}/usage", "get"),
     ("/admin/reports/summary", "get"),
+    ("/admin/reports/what-if", "get"),
     ("/healthz", "get"),
     ("/readyz", "get"),
     ("/metrics", "get"),
@@ -182,6 +183,7 @@ async fn parameters_state_the_bounds_they_are_checked_against() {
         ("/admin/usage/daily", "limit", 1, 500),
         ("/admin/usage/monthly", "year", 1970, 9999),
         ("/admin/usage/monthly", "month", 1, 12),
+        ("/admin/reports/what-if", "dailyLimit", 0, 1_000_000_000_000),
     ] {
         let schema = parameter(&document, path, "get", name);
         assert_eq!(
@@ -194,6 +196,10 @@ async fn parameters_state_the_bounds_they_are_checked_against() {
     assert_eq!(date["format"], "date");
     let user_type = parameter(&document, "/admin/usage/daily", "get", "userType");
     assert!(user_type.to_string().contains("subscribed"), "{user_type}");
+    for name in ["from", "to"] {
+        let date = parameter(&document, "/admin/reports/what-if", "get", name);
+        assert_eq!(date["format"], "date", "{name}");
+    }
     let key = parameter(&document, "/usage", "post", "Idempotency-Key");
     assert_eq!(key["maxLength"], 255);
 }

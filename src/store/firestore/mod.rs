@@ -30,7 +30,7 @@ use firestore::{FirestoreDb, FirestoreDbOptions};
 
 use self::cache::DocumentCache;
 use crate::usage::{
-    DailySummary, DailyUsage, DayAndMonth, Deadline, MonthlyUsage, Page, PageRequest,
+    DailySummary, DailyUsage, DayAndMonth, Deadline, MonthlyUsage, OverLimit, Page, PageRequest,
     RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
 };
 
@@ -135,6 +135,15 @@ impl UsageStore for FirestoreStore {
 
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
         self.count_daily_summary(date).await
+    }
+
+    async fn over_limit(
+        &self,
+        date: NaiveDate,
+        user_type: UserType,
+        limit: i64,
+    ) -> Result<OverLimit, StoreError> {
+        self.count_over_limit(date, user_type, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -22,10 +22,12 @@ use firestore::gcloud_sdk::tonic::Status;
 use super::FirestoreStore;
 use super::client::{MAX_RPC_TIMEOUT, read_failure};
 use super::codec;
-use crate::store::queries::{self, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape};
+use crate::store::queries::{
+    self, Bound, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape,
+};
 use crate::usage::{
-    DailySummary, DailyUsage, DayAndMonth, MonthlyUsage, Page, PageCursor, PageRequest, StoreError,
-    UsageTotals, UserId, UserType,
+    DailySummary, DailyUsage, DayAndMonth, MonthlyUsage, OverLimit, Page, PageCursor, PageRequest,
+    StoreError, UsageTotals, UserId, UserType,
 };
 
 impl FirestoreStore {
@@ -34,7 +36,7 @@ impl FirestoreStore {
     async fn totals(
         &self,
         shape: &QueryShape,
-        equals: &[Value],
+        values: &[Value],
         read_time: Option<Timestamp>,
     ) -> Result<(UsageTotals, Timestamp), StoreError> {
         let field = FieldReference {
@@ -61,7 +63,7 @@ impl FirestoreStore {
                     StructuredAggregationQuery {
                         aggregations,
                         query_type: Some(structured_aggregation_query::QueryType::StructuredQuery(
-                            structured_query(shape, equals),
+                            structured_query(shape, values),
                         )),
                     },
                 ),
@@ -243,6 +245,42 @@ impl FirestoreStore {
         ))
     }
 
+    /// Two aggregation queries at one read time: the day's active users of the type (the
+    /// summary's query), then the number and the summed tokens of those above `limit`.
+    pub(super) async fn count_over_limit(
+        &self,
+        date: NaiveDate,
+        user_type: UserType,
+        limit: i64,
+    ) -> Result<OverLimit, StoreError> {
+        let of_type = [
+            codec::string(&date.format("%Y-%m-%d").to_string()),
+            codec::string(user_type.as_str()),
+        ];
+        let (active, read_time) = self
+            .totals(&queries::DAILY_SUMMARY_BY_TYPE, &of_type, None)
+            .await?;
+        let mut above_limit = of_type.to_vec();
+        above_limit.push(codec::integer(limit));
+        let (above, _) = self
+            .totals(
+                &queries::DAILY_OVER_LIMIT_BY_TYPE,
+                &above_limit,
+                Some(read_time),
+            )
+            .await?;
+        let UsageTotals {
+            active_users: users_above,
+            total_tokens: their_tokens,
+        } = above;
+        Ok(OverLimit::from_counts(
+            active.active_users,
+            users_above,
+            their_tokens,
+            limit,
+        ))
+    }
+
     /// Reads a document that never exists: an answer, even "not found", means reachable.
     pub(super) async fn probe(&self) -> Result<(), StoreError> {
         self.get(self.document_name(DAILY_COLLECTION, "readiness-probe"))
@@ -261,16 +299,31 @@ fn decode_all<T>(
         .collect()
 }
 
-pub(super) fn structured_query(shape: &QueryShape, equals: &[Value]) -> StructuredQuery {
-    let above_zero = shape
-        .positive
-        .map(|path| field_condition(path, field_filter::Operator::GreaterThan, codec::integer(0)));
+/// The query of `shape` with its `values`: the equality values in order, then the range's
+/// bound when it is supplied.
+pub(super) fn structured_query(shape: &QueryShape, values: &[Value]) -> StructuredQuery {
+    debug_assert_eq!(
+        values.len(),
+        shape.value_count(),
+        "values of {}",
+        shape.name
+    );
+    let (equals, supplied) = values.split_at(shape.equality.len().min(values.len()));
+    let range = shape.above.map(|above| {
+        let bound = match above.bound {
+            Bound::Zero => codec::integer(0),
+            // Missing, it is a value of no type, which Firestore refuses: never a query
+            // without its range.
+            Bound::Supplied => supplied.first().cloned().unwrap_or_default(),
+        };
+        field_condition(above.field, field_filter::Operator::GreaterThan, bound)
+    });
     let filters = shape
         .equality
         .iter()
         .zip(equals)
         .map(|(path, value)| field_condition(path, field_filter::Operator::Equal, value.clone()))
-        .chain(above_zero)
+        .chain(range)
         .collect();
     let field = |path: &str| {
         Some(FieldReference {

@@ -19,8 +19,8 @@ use self::time::{SqlDate, SqlTime};
 
 use crate::usage::{
     DailySummary, DailyUsage, DayAndMonth, Deadline, Fingerprint, IdempotencyKey,
-    IdempotencyRecord, MonthlyUsage, Page, PageRequest, RecordRequest, Recorded, Reservations,
-    Snapshot, StoreError, StoredDay, UsageStore, UsageTotals, UserId, UserType,
+    IdempotencyRecord, MonthlyUsage, OverLimit, Page, PageRequest, RecordRequest, Recorded,
+    Reservations, Snapshot, StoreError, StoredDay, UsageStore, UsageTotals, UserId, UserType,
 };
 
 const SCHEMA: &str = "
@@ -268,6 +268,32 @@ impl UsageStore for SqliteStore {
             Ok(DailySummary::from_counts(
                 rows.collect::<rusqlite::Result<Vec<_>>>()?,
             ))
+        })
+        .await
+    }
+
+    /// One statement, so both figures are of one instant.
+    async fn over_limit(
+        &self,
+        date: NaiveDate,
+        user_type: UserType,
+        limit: i64,
+    ) -> Result<OverLimit, StoreError> {
+        self.with_connection(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT COUNT(*),
+                        COUNT(*) FILTER (WHERE tokens_used > ?3),
+                        COALESCE(SUM(tokens_used - ?3) FILTER (WHERE tokens_used > ?3), 0)
+                 FROM daily_token_usage
+                 WHERE date = ?1 AND user_type = ?2 AND tokens_used > 0",
+            )?;
+            statement.query_row(params![date, user_type.as_str(), limit], |row| {
+                Ok(OverLimit {
+                    active_users: row.get(0)?,
+                    users_over_limit: row.get(1)?,
+                    tokens_over_limit: row.get(2)?,
+                })
+            })
         })
         .await
     }
