@@ -121,6 +121,9 @@ impl Application {
                     limits: (&config.limits).into(),
                     soft_limit: config.limits.soft_limit_fraction,
                     on_store_unavailable: config.limits.on_store_unavailable,
+                    override_horizon: chrono::Duration::days(i64::from(
+                        config.limits.override_max_days,
+                    )),
                     zone: config.reset_timezone,
                     reservations: config.reservation_rules(),
                 },

@@ -464,6 +464,11 @@ pub struct LimitArgs {
     /// deadline: `deny` (503) or `allow` (200 without counting, flagged `degraded`).
     #[arg(long, env = "ON_STORE_UNAVAILABLE", default_value = "deny")]
     pub on_store_unavailable: OnStoreUnavailable,
+
+    /// How many days ahead a per-user override may expire (and does, when `expiresAt` is not
+    /// given).
+    #[arg(long, env = "OVERRIDE_MAX_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u16).range(1..=3650))]
+    pub override_max_days: u16,
 }
 
 impl From<&LimitArgs> for Limits {

@@ -73,13 +73,13 @@ struct SummaryQuery {
     date: ReportDate,
 }
 
-/// One page of a report.
+/// One page of a report or a listing.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ReportPage<T> {
-    items: Vec<T>,
+pub(super) struct ReportPage<T> {
+    pub items: Vec<T>,
     /// Pass as `pageToken` for the next page; `null` on the last page.
-    next_page_token: Option<String>,
+    pub next_page_token: Option<String>,
 }
 
 /// One day's usage across the users who used tokens, most first (ties by user id).

@@ -37,6 +37,9 @@ pub enum ApiError {
     /// 404 `reservation_not_found`.
     #[error("no reservation with this id is held for this user")]
     ReservationNotFound,
+    /// 404 `override_not_found`.
+    #[error("no limit override is stored for this user")]
+    OverrideNotFound,
     /// 409 `reservation_committed`.
     #[error("this reservation was already committed, with {0} tokens")]
     ReservationCommitted(i64),
@@ -73,7 +76,9 @@ impl ApiError {
             Self::InvalidRequest(_) | Self::InvalidUserId(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound | Self::ReservationNotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::ReservationNotFound | Self::OverrideNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::ReservationCommitted(_) | Self::ReservationReleased => StatusCode::CONFLICT,
             Self::ReservationExpired => StatusCode::GONE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -92,6 +97,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound => "not_found",
             Self::ReservationNotFound => "reservation_not_found",
+            Self::OverrideNotFound => "override_not_found",
             Self::ReservationCommitted(_) => "reservation_committed",
             Self::ReservationReleased => "reservation_released",
             Self::ReservationExpired => "reservation_expired",
@@ -188,6 +194,7 @@ impl From<UsageError> for ApiError {
         match error {
             UsageError::Store(error) => error.into(),
             UsageError::Directory(error) => error.into(),
+            UsageError::InvalidOverride(error) => Self::InvalidRequest(error.to_string()),
         }
     }
 }

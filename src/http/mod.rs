@@ -5,6 +5,7 @@ mod deadline;
 mod docs;
 mod error;
 mod extract;
+mod limits;
 mod observe;
 mod ops;
 mod page_token;
@@ -83,6 +84,7 @@ pub fn routes(bounds: docs::ConfiguredBounds) -> (Router<AppState>, utoipa::open
         .merge(usage::router())
         .merge(reservations::router())
         .merge(admin::router())
+        .merge(limits::router())
         .merge(ops::router())
         .split_for_parts();
     docs::complete(&mut document, bounds);

@@ -41,6 +41,21 @@ pub fn decode(report: &str, raw: &str) -> Result<PageCursor, ApiError> {
     })
 }
 
+/// A token resuming a listing after the item with this key (a user id, an entry id).
+pub fn encode_after(report: &str, key: &UserId) -> String {
+    encode(
+        report,
+        &PageCursor {
+            figure: 0,
+            user_id: key.clone(),
+        },
+    )
+}
+
+pub fn decode_after(report: &str, raw: &str) -> Result<UserId, ApiError> {
+    decode(report, raw).map(|cursor| cursor.user_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,8 +37,9 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// A caller with the admin claim; anyone else is 403.
-pub struct Admin;
+/// A caller with the admin claim, and their uid (what the audit trail names); anyone else is
+/// 403.
+pub struct Admin(pub UserId);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -47,9 +48,9 @@ impl FromRequestParts<AppState> for Admin {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let principal = Principal::from_request_parts(parts, state).await?;
-        if principal.admin {
-            Ok(Self)
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.principal.admin {
+            Ok(Self(caller.user_id))
         } else {
             Err(ApiError::Forbidden("this report is for admins only"))
         }

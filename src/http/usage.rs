@@ -107,12 +107,22 @@ impl StandingView {
 /// `enforce`: over a limit is refused. `shadow`: nothing is refused, everything is recorded,
 /// and what `enforce` would refuse is flagged `wouldExceed`. `off`: nothing is refused or
 /// counted.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(super) enum EnforcementView {
     Enforce,
     Shadow,
     Off,
+}
+
+impl From<EnforcementView> for Enforcement {
+    fn from(mode: EnforcementView) -> Self {
+        match mode {
+            EnforcementView::Enforce => Self::Enforce,
+            EnforcementView::Shadow => Self::Shadow,
+            EnforcementView::Off => Self::Off,
+        }
+    }
 }
 
 impl From<Enforcement> for EnforcementView {

@@ -9,8 +9,9 @@ use chrono::NaiveDate;
 
 use crate::metrics::{STORE_OPERATION_DURATION, STORE_OPERATIONS};
 use crate::usage::{
-    DailySummary, DailyUsage, DayAndMonth, Deadline, MonthlyUsage, OverLimit, Page, PageRequest,
-    RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
+    AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, Deadline, LimitOverride,
+    MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest, RecordRequest, Recorded,
+    StoreError, UsageStore, UserId, UserType,
 };
 
 pub struct Instrumented {
@@ -110,6 +111,36 @@ impl UsageStore for Instrumented {
         limit: i64,
     ) -> Result<OverLimit, StoreError> {
         self.measure("over_limit", self.store.over_limit(date, user_type, limit))
+            .await
+    }
+
+    async fn limit_override(&self, user_id: &UserId) -> Result<Option<LimitOverride>, StoreError> {
+        self.measure("limit_override", self.store.limit_override(user_id))
+            .await
+    }
+
+    async fn change_limit_override(
+        &self,
+        change: &OverrideChange,
+    ) -> Result<Option<LimitOverride>, StoreError> {
+        self.measure(
+            "change_limit_override",
+            self.store.change_limit_override(change),
+        )
+        .await
+    }
+
+    async fn limit_overrides(
+        &self,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<LimitOverride>, StoreError> {
+        self.measure("limit_overrides", self.store.limit_overrides(after, limit))
+            .await
+    }
+
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        self.measure("audit_entries", self.store.audit_entries(query))
             .await
     }
 

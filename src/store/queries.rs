@@ -73,6 +73,54 @@ pub enum Bound {
 }
 
 pub const DAILY_COLLECTION: &str = "daily_token_usage";
+pub const OVERRIDES_COLLECTION: &str = "token_limit_overrides";
+pub const AUDIT_COLLECTION: &str = "token_limit_audit";
+
+/// Every stored override by user id (`GET /admin/limits`): a single field's order.
+pub const OVERRIDES_BY_USER: QueryShape = QueryShape {
+    name: "overrides by user",
+    collection: OVERRIDES_COLLECTION,
+    equality: &[],
+    above: None,
+    order: &[("userId", Ascending)],
+};
+
+/// The audit trail, newest first (`GET /admin/audit`); `since` is a range on `at`, the first
+/// field of the order, so the order's index serves it.
+pub const AUDIT_NEWEST: QueryShape = QueryShape {
+    name: "audit, newest first",
+    collection: AUDIT_COLLECTION,
+    equality: &[],
+    above: None,
+    order: &[("at", Descending)],
+};
+
+/// [`AUDIT_NEWEST`] about one user (`?userId=`).
+pub const AUDIT_BY_USER: QueryShape = QueryShape {
+    name: "audit of a user",
+    collection: AUDIT_COLLECTION,
+    equality: &["userId"],
+    above: None,
+    order: &[("at", Descending)],
+};
+
+/// [`AUDIT_NEWEST`] by one admin (`?actor=`).
+pub const AUDIT_BY_ACTOR: QueryShape = QueryShape {
+    name: "audit by an admin",
+    collection: AUDIT_COLLECTION,
+    equality: &["actor"],
+    above: None,
+    order: &[("at", Descending)],
+};
+
+/// [`AUDIT_NEWEST`] by one admin about one user.
+pub const AUDIT_BY_USER_AND_ACTOR: QueryShape = QueryShape {
+    name: "audit of a user by an admin",
+    collection: AUDIT_COLLECTION,
+    equality: &["userId", "actor"],
+    above: None,
+    order: &[("at", Descending)],
+};
 pub const HISTORY_COLLECTION: &str = "token_usage_history";
 
 /// A user's months, newest first (`GET /usage/history`, and the schema's user history query).
@@ -228,6 +276,11 @@ pub const SERVICE: &[QueryShape] = &[
     MONTHLY_REPORT_BY_TYPE,
     DAILY_SUMMARY_BY_TYPE,
     DAILY_OVER_LIMIT_BY_TYPE,
+    OVERRIDES_BY_USER,
+    AUDIT_NEWEST,
+    AUDIT_BY_USER,
+    AUDIT_BY_ACTOR,
+    AUDIT_BY_USER_AND_ACTOR,
 ];
 
 /// The schema's "Query Patterns", which apps may run directly against Firestore.
@@ -243,6 +296,11 @@ pub const ALL: &[QueryShape] = &[
     MONTHLY_REPORT_BY_TYPE,
     DAILY_SUMMARY_BY_TYPE,
     DAILY_OVER_LIMIT_BY_TYPE,
+    OVERRIDES_BY_USER,
+    AUDIT_NEWEST,
+    AUDIT_BY_USER,
+    AUDIT_BY_ACTOR,
+    AUDIT_BY_USER_AND_ACTOR,
     SCHEMA_DAILY_BY_TOKENS,
     SCHEMA_MONTHLY_BY_TYPE,
     USER_DAYS_BY_NAME,

@@ -1,12 +1,14 @@
 //! The usage domain: who is counted, the documents that count them, the pure decision and
 //! record plan, and the ports the adapters implement (the store, the user directory).
 
+mod audit;
 mod clock;
 mod deadline;
 mod decision;
 mod directory;
 mod idempotency;
 mod month;
+mod overrides;
 mod policy;
 mod record;
 mod reservation;
@@ -16,6 +18,7 @@ mod user_type;
 mod what_if;
 mod window;
 
+pub use audit::{AuditAction, AuditEntry, AuditQuery};
 pub use clock::{Clock, SystemClock};
 pub use deadline::Deadline;
 pub use decision::{Decision, DecisionError, DecisionInput, decide};
@@ -25,6 +28,9 @@ pub use idempotency::{
     StoredAnswer,
 };
 pub use month::{MonthFigures, MonthOf, month_dates, month_start};
+pub use overrides::{
+    InvalidOverride, LimitOverride, MAX_OVERRIDE_LIMIT, OverrideChange, OverrideRequest, limits_for,
+};
 pub use policy::{
     Enforcement, InvalidFraction, LimitWindow, Limits, OnStoreUnavailable, Policy, SoftLimit,
     UnknownEnforcement, UnknownOutagePolicy, fits,
@@ -37,7 +43,7 @@ pub use reservation::{
     Reservations, Settlement, StoredEntry, UnknownReservationId,
 };
 pub use service::{
-    Admission, MaybeRecorded, PlanSource, Subject, TypeSource, UsageError, UsageService,
+    AdminAct, Admission, MaybeRecorded, PlanSource, Subject, TypeSource, UsageError, UsageService,
     UsageSettings, UserReport,
 };
 pub use store::{

@@ -10,7 +10,10 @@ use super::{
     Fingerprint, IdempotencyKey, Limits, MonthStanding, MonthlyUsage, OnStoreUnavailable, Page,
     PageRequest, Policy, RecordOutcome, RecordRequest, Recorded, ReservationId, ReservationRules,
     Settlement, SoftLimit, Standing, StoreError, Tokens, UsageStore, UserDirectory, UserId,
-    UserType,
+    UserType, limits_for,
+};
+use super::{
+    AuditEntry, AuditQuery, InvalidOverride, LimitOverride, OverrideChange, OverrideRequest,
 };
 use crate::metrics::{
     ACTIVE_USERS_TODAY, DECISIONS, DEGRADED_ADMISSIONS, RECORD_ERRORS, RESERVATION_TOKENS,
@@ -92,6 +95,16 @@ pub enum UsageError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Directory(#[from] DirectoryError),
+    #[error(transparent)]
+    InvalidOverride(#[from] InvalidOverride),
+}
+
+/// Who changes an override, and why; recorded in the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAct {
+    pub actor: UserId,
+    pub reason: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 /// The rules the service applies, as configured.
@@ -102,6 +115,8 @@ pub struct UsageSettings {
     /// From what share of the binding limit answers warn.
     pub soft_limit: SoftLimit,
     pub on_store_unavailable: OnStoreUnavailable,
+    /// How far ahead an override may expire.
+    pub override_horizon: chrono::Duration,
     pub zone: Tz,
     pub reservations: ReservationRules,
 }
@@ -152,11 +167,12 @@ impl UsageService {
         idempotency: Option<(IdempotencyKey, Fingerprint)>,
         deadline: Deadline,
     ) -> Result<Recorded, StoreError> {
+        let found = self.store.limit_override(&user_id).await?;
         let request = RecordRequest {
             user_id,
             action,
             window,
-            limits: self.settings.limits,
+            limits: limits_for(self.settings.limits, found.as_ref(), now),
             commit_grace: self.settings.reservations.commit_grace,
             now,
             idempotency,
@@ -328,13 +344,25 @@ impl UsageService {
     ) -> Result<Standing, UsageError> {
         let now = self.now();
         let window = DayWindow::containing(now, self.settings.zone);
-        let (user_type, stored) = tokio::try_join!(self.user_type(subject, deadline), async {
-            Ok(self
-                .store
-                .day_and_month(&subject.user_id, window.date)
-                .await?)
-        })?;
-        Ok(self.standing(&subject.user_id, user_type, stored, now, window))
+        let (user_type, stored, found) = tokio::try_join!(
+            self.user_type(subject, deadline),
+            async {
+                Ok(self
+                    .store
+                    .day_and_month(&subject.user_id, window.date)
+                    .await?)
+            },
+            async { Ok(self.store.limit_override(&subject.user_id).await?) },
+        )?;
+        let limits = limits_for(self.settings.limits, found.as_ref(), now);
+        Ok(standing(
+            &subject.user_id,
+            user_type,
+            limits,
+            stored,
+            now,
+            window,
+        ))
     }
 
     /// A user's day and latest `months` months, for an admin. Everything shown is stored, so
@@ -352,12 +380,14 @@ impl UsageService {
             user_id: user_id.clone(),
             user_type: TypeSource::Directory,
         };
-        let (looked_up, stored, history) = tokio::join!(
+        let (looked_up, stored, history, found) = tokio::join!(
             self.user_type(&subject, deadline),
             self.store.day_and_month(user_id, window.date),
             self.store.months(user_id, months),
+            self.store.limit_override(user_id),
         );
-        let (stored, history) = (stored?, history?);
+        let (stored, history, found) = (stored?, history?, found?);
+        let limits = limits_for(self.settings.limits, found.as_ref(), now);
         let latest_stored = stored
             .day
             .as_ref()
@@ -369,42 +399,10 @@ impl UsageService {
             (Err(_), None) => (UserType::DEFAULT, PlanSource::Default),
         };
         Ok(UserReport {
-            today: self.standing(user_id, user_type, stored, now, window),
+            today: standing(user_id, user_type, limits, stored, now, window),
             plan_source,
             history,
         })
-    }
-
-    /// The day as it stands for a user on `user_type`, from its stored documents if any.
-    fn standing(
-        &self,
-        user_id: &UserId,
-        user_type: UserType,
-        stored: DayAndMonth,
-        now: DateTime<Utc>,
-        window: DayWindow,
-    ) -> Standing {
-        let policy = self.settings.limits.for_type(user_type);
-        let usage = stored.day.as_ref().map(|day| &day.usage);
-        Standing {
-            day: DailyUsage {
-                token_limit: policy.daily_limit,
-                user_type,
-                tokens_used: usage.map_or(0, |day| day.tokens_used),
-                last_updated: usage.map_or(now, |day| day.last_updated),
-                reset_at: window.reset_at,
-                date: window.date,
-                user_id: user_id.clone(),
-            },
-            reserved_tokens: stored.day.map_or(0, |day| day.reservations.held_at(now)),
-            month: MonthStanding {
-                tokens_used: stored.month.map_or(0, |month| month.total_monthly_tokens),
-                limit: policy.monthly_limit,
-                reset_at: window.month_reset_at,
-            },
-            enforcement: policy.enforcement,
-            exceeds: None,
-        }
     }
 
     /// The user's latest `months` month documents, newest first.
@@ -440,6 +438,95 @@ impl UsageService {
 
     pub async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, UsageError> {
         Ok(self.store.daily_summary(date).await?)
+    }
+
+    /// The user's override, active or expired, if one is stored.
+    pub async fn limit_override(
+        &self,
+        user_id: &UserId,
+    ) -> Result<Option<LimitOverride>, UsageError> {
+        Ok(self.store.limit_override(user_id).await?)
+    }
+
+    /// Sets the user's override, audited; returns it and the one it replaced.
+    pub async fn set_limit_override(
+        &self,
+        user_id: UserId,
+        request: OverrideRequest,
+        act: AdminAct,
+    ) -> Result<(LimitOverride, Option<LimitOverride>), UsageError> {
+        let now = self.now();
+        let reason = request.reason.clone();
+        let set = request.into_override(
+            user_id.clone(),
+            act.actor.clone(),
+            now,
+            self.settings.override_horizon,
+        )?;
+        let change = OverrideChange {
+            user_id,
+            to: Some(set.clone()),
+            actor: act.actor,
+            at: now,
+            reason: Some(act.reason.unwrap_or(reason)),
+            idempotency_key: act.idempotency_key,
+        };
+        let before = self.store.change_limit_override(&change).await?;
+        Ok((set, before))
+    }
+
+    /// Removes the user's override, audited; returns it, `None` when there was none (and
+    /// nothing is written).
+    pub async fn remove_limit_override(
+        &self,
+        user_id: UserId,
+        act: AdminAct,
+    ) -> Result<Option<LimitOverride>, UsageError> {
+        if self.store.limit_override(&user_id).await?.is_none() {
+            return Ok(None);
+        }
+        let change = OverrideChange {
+            user_id,
+            to: None,
+            actor: act.actor,
+            at: self.now(),
+            reason: act.reason,
+            idempotency_key: act.idempotency_key,
+        };
+        Ok(self.store.change_limit_override(&change).await?)
+    }
+
+    /// A page of the overrides active now, by user id after `after`: may hold fewer than
+    /// `limit` when expired ones were passed over; the next page starts after the last user
+    /// looked at, `None` on the last page.
+    pub async fn active_overrides(
+        &self,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<(Vec<LimitOverride>, Option<UserId>), UsageError> {
+        let mut scanned = self.store.limit_overrides(after, limit).await?;
+        let more = scanned.len() > limit as usize;
+        scanned.truncate(limit as usize);
+        let next = more
+            .then(|| scanned.last().map(|last| last.user_id.clone()))
+            .flatten();
+        let now = self.now();
+        scanned.retain(|found| found.active_at(now));
+        Ok((scanned, next))
+    }
+
+    /// A page of the audit trail, newest first, and where the next starts.
+    pub async fn audit(
+        &self,
+        query: &AuditQuery,
+    ) -> Result<(Vec<AuditEntry>, Option<String>), UsageError> {
+        let mut entries = self.store.audit_entries(query).await?;
+        let more = entries.len() > query.limit as usize;
+        entries.truncate(query.limit as usize);
+        let next = more
+            .then(|| entries.last().map(|last| last.id.clone()))
+            .flatten();
+        Ok((entries, next))
     }
 
     /// Ready when the store answers.
@@ -478,6 +565,38 @@ impl UsageService {
             range,
             days,
         })
+    }
+}
+
+/// The day as it stands for a user on `user_type`, from its stored documents if any.
+fn standing(
+    user_id: &UserId,
+    user_type: UserType,
+    limits: Limits,
+    stored: DayAndMonth,
+    now: DateTime<Utc>,
+    window: DayWindow,
+) -> Standing {
+    let policy = limits.for_type(user_type);
+    let usage = stored.day.as_ref().map(|day| &day.usage);
+    Standing {
+        day: DailyUsage {
+            token_limit: policy.daily_limit,
+            user_type,
+            tokens_used: usage.map_or(0, |day| day.tokens_used),
+            last_updated: usage.map_or(now, |day| day.last_updated),
+            reset_at: window.reset_at,
+            date: window.date,
+            user_id: user_id.clone(),
+        },
+        reserved_tokens: stored.day.map_or(0, |day| day.reservations.held_at(now)),
+        month: MonthStanding {
+            tokens_used: stored.month.map_or(0, |month| month.total_monthly_tokens),
+            limit: policy.monthly_limit,
+            reset_at: window.month_reset_at,
+        },
+        enforcement: policy.enforcement,
+        exceeds: None,
     }
 }
 

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 
 use super::{
-    DailyUsage, Deadline, DecisionError, MonthlyUsage, OverLimit, RecordRequest, Recorded,
-    StoredDay, UserId, UserType,
+    AuditEntry, AuditQuery, DailyUsage, Deadline, DecisionError, LimitOverride, MonthlyUsage,
+    OverLimit, OverrideChange, RecordRequest, Recorded, StoredDay, UserId, UserType,
 };
 
 /// Where a page of a report resumes: just after the item with this figure and user. Reports
@@ -213,6 +213,27 @@ pub trait UsageStore: Send + Sync {
         user_type: UserType,
         limit: i64,
     ) -> Result<OverLimit, StoreError>;
+
+    /// The user's limit override, active or expired, if one is stored.
+    async fn limit_override(&self, user_id: &UserId) -> Result<Option<LimitOverride>, StoreError>;
+
+    /// Sets or removes the user's override and appends the change's audit entry
+    /// ([`OverrideChange::audit`] of the override replaced), in one commit: both or neither.
+    /// Returns the override replaced.
+    async fn change_limit_override(
+        &self,
+        change: &OverrideChange,
+    ) -> Result<Option<LimitOverride>, StoreError>;
+
+    /// Up to `limit + 1` stored overrides, expired or not, by user id after `after`.
+    async fn limit_overrides(
+        &self,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<LimitOverride>, StoreError>;
+
+    /// Up to `query.limit + 1` audit entries that match it, newest first.
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
 
     /// Answers when the store can serve requests.
     async fn ping(&self) -> Result<(), StoreError>;

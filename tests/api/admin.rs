@@ -292,12 +292,14 @@ on_both_stores!(
     a_released_reservation_is_no_activity,
 );
 
-const ADMIN_ROUTES: [&str; 5] = [
+const ADMIN_ROUTES: [&str; 7] = [
     "/admin/usage/daily?date=2024-01-15",
     "/admin/usage/monthly?year=2024&month=1",
     "/admin/users/alice/usage",
     "/admin/reports/summary?date=2024-01-15",
     "/admin/reports/what-if?userType=trial&dailyLimit=100&from=2024-01-01&to=2024-01-31",
+    "/admin/limits",
+    "/admin/audit",
 ];
 
 #[tokio::test]

@@ -17,6 +17,7 @@ mod faults;
 mod firestore;
 mod helpers;
 mod openapi;
+mod overrides;
 mod reservations;
 mod steering;
 mod usage;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every endpoint of the service and its methods.
-const ENDPOINTS: [(&str, &str); 15] = [
+const ENDPOINTS: [(&str, &str); 20] = [
     ("/usage", "post"),
     ("/usage/reservations", "post"),
     ("/usage/reservations/{id}/commit", "post"),
@@ -19,6 +19,11 @@ const ENDPOINTS: [(&str, &str); 15] = [
     ("/admin/users/{user_id}/usage", "get"),
     ("/admin/reports/summary", "get"),
     ("/admin/reports/what-if", "get"),
+    ("/admin/users/{user_id}/limit", "put"),
+    ("/admin/users/{user_id}/limit", "get"),
+    ("/admin/users/{user_id}/limit", "delete"),
+    ("/admin/limits", "get"),
+    ("/admin/audit", "get"),
     ("/healthz", "get"),
     ("/readyz", "get"),
     ("/metrics", "get"),
@@ -69,6 +74,7 @@ async fn the_document_lists_exactly_the_served_endpoints() {
         let request = match method {
             "post" => app.client.post(url).json(&serde_json::json!({"tokens": 1})),
             "delete" => app.client.delete(url),
+            "put" => app.client.put(url).json(&serde_json::json!({})),
             _ => app.client.get(url),
         };
         let response = request

@@ -1,5 +1,6 @@
 // Every collection but the two usage collections is the service's alone: no client, not even an
-// admin, reads or writes it. The idempotency records are the one the service keeps today.
+// admin, reads or writes it: the idempotency records, the per-user limit overrides and the
+// audit trail (admins change overrides through the service's API, which audits them).
 
 import assert from 'node:assert/strict';
 import { beforeEach, describe, test } from 'node:test';
@@ -68,6 +69,71 @@ describe('idempotency records', () => {
     await assertFails(getDoc(doc(asAnonymous(), IDEMPOTENCY_KEYS, ALICE_KEY_ID)));
   });
 });
+
+const OVERRIDES = 'token_limit_overrides';
+const AUDIT = 'token_limit_audit';
+const AUDIT_ID = '001768903200000-0123456789ab';
+
+function limitOverride(userId) {
+  return {
+    userId,
+    dailyLimit: 1000000,
+    expiresAt: Timestamp.fromDate(new Date('2030-01-01T00:00:00Z')),
+    reason: 'support ticket 7',
+    setBy: ADMIN,
+    setAt: Timestamp.fromDate(new Date('2024-01-15T14:30:00Z')),
+  };
+}
+
+function auditEntry(userId) {
+  return {
+    at: Timestamp.fromDate(new Date('2024-01-15T14:30:00Z')),
+    actor: ADMIN,
+    action: 'override_set',
+    userId,
+    after: JSON.stringify({ dailyLimit: 1000000 }),
+    reason: 'support ticket 7',
+  };
+}
+
+for (const [name, collectionName, id, make] of [
+  ['limit overrides', OVERRIDES, ALICE, limitOverride],
+  ['audit entries', AUDIT, AUDIT_ID, auditEntry],
+]) {
+  describe(name, () => {
+    beforeEach(async () => {
+      await seed(collectionName, id, make(ALICE));
+    });
+
+    test('the service, with server credentials, reads one', async () => {
+      await environment.asService(async (firestore) => {
+        const snapshot = await assertSucceeds(getDoc(doc(firestore, collectionName, id)));
+        assert.equal(snapshot.data().userId, ALICE);
+      });
+    });
+
+    test('the user it is about cannot read, list, write or delete it', async () => {
+      const db = asUser(ALICE);
+      await assertFails(getDoc(doc(db, collectionName, id)));
+      await assertFails(getDocs(query(collection(db, collectionName), where('userId', '==', ALICE))));
+      await assertFails(setDoc(doc(db, collectionName, id), make(ALICE)));
+      await assertFails(deleteDoc(doc(db, collectionName, id)));
+    });
+
+    test('an admin cannot read, list, write or delete it either', async () => {
+      const db = asAdmin();
+      await assertFails(getDoc(doc(db, collectionName, id)));
+      await assertFails(getDocs(collection(db, collectionName)));
+      await assertFails(setDoc(doc(db, collectionName, id), make(ALICE)));
+      await assertFails(setDoc(doc(db, collectionName, 'new-one'), make(ALICE)));
+      await assertFails(deleteDoc(doc(db, collectionName, id)));
+    });
+
+    test('an unauthenticated client cannot read it', async () => {
+      await assertFails(getDoc(doc(asAnonymous(), collectionName, id)));
+    });
+  });
+}
 
 describe('any other path', () => {
   test('a collection the rules do not name is closed to users and admins', async () => {

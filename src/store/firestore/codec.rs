@@ -9,9 +9,9 @@ use firestore::gcloud_sdk::google::firestore::v1::{Document, MapValue, Value};
 use firestore::gcloud_sdk::prost_types::Timestamp;
 
 use crate::usage::{
-    DailyUsage, Enforcement, Fingerprint, IdempotencyRecord, LimitWindow, MonthStanding,
-    MonthlyUsage, Reservation, ReservationEntry, ReservationId, Reservations, Standing,
-    StoredAnswer, StoredDay, StoredEntry, UserId, UserType,
+    AuditAction, AuditEntry, DailyUsage, Enforcement, Fingerprint, IdempotencyRecord,
+    LimitOverride, LimitWindow, MonthStanding, MonthlyUsage, Reservation, ReservationEntry,
+    ReservationId, Reservations, Standing, StoredAnswer, StoredDay, StoredEntry, UserId, UserType,
 };
 
 pub type Fields = HashMap<String, Value>;
@@ -379,6 +379,105 @@ pub fn idempotency_from(document: &Document) -> Result<IdempotencyRecord, Decode
         fingerprint: Fingerprint::from_stored(doc.string("fingerprint")?.to_owned()),
         response: answer,
         expires_at: doc.timestamp("expiresAt")?,
+    })
+}
+
+/// `token_limit_overrides/{userId}`.
+pub fn override_fields(found: &LimitOverride) -> Fields {
+    let mut fields = Fields::from([
+        ("userId".to_owned(), string(found.user_id.as_str())),
+        ("dailyLimit".to_owned(), integer(found.daily_limit)),
+        ("expiresAt".to_owned(), timestamp(found.expires_at)),
+        ("reason".to_owned(), string(&found.reason)),
+        ("setBy".to_owned(), string(found.set_by.as_str())),
+        ("setAt".to_owned(), timestamp(found.set_at)),
+    ]);
+    if let Some(limit) = found.monthly_limit {
+        fields.insert("monthlyLimit".to_owned(), integer(limit));
+    }
+    if let Some(mode) = found.enforcement {
+        fields.insert("enforcement".to_owned(), string(mode.as_str()));
+    }
+    fields
+}
+
+pub fn override_from(document: &Document) -> Result<LimitOverride, DecodeError> {
+    let doc = Reader::new(&document.name, &document.fields);
+    let present = |field: &str| doc.fields.contains_key(field);
+    Ok(LimitOverride {
+        user_id: doc.user_id("userId")?,
+        daily_limit: doc.integer("dailyLimit")?,
+        monthly_limit: match present("monthlyLimit") {
+            true => Some(doc.integer("monthlyLimit")?),
+            false => None,
+        },
+        enforcement: match present("enforcement") {
+            true => Some(
+                doc.string("enforcement")?
+                    .parse()
+                    .map_err(|_| doc.error("enforcement", "is not an enforcement mode"))?,
+            ),
+            false => None,
+        },
+        expires_at: doc.timestamp("expiresAt")?,
+        reason: doc.string("reason")?.to_owned(),
+        set_by: doc.user_id("setBy")?,
+        set_at: doc.timestamp("setAt")?,
+    })
+}
+
+/// `token_limit_audit/{id}`: before and after as JSON text.
+pub fn audit_fields(entry: &AuditEntry) -> Fields {
+    let mut fields = Fields::from([
+        ("at".to_owned(), timestamp(entry.at)),
+        ("actor".to_owned(), string(entry.actor.as_str())),
+        ("action".to_owned(), string(entry.action.as_str())),
+        ("userId".to_owned(), string(entry.user_id.as_str())),
+    ]);
+    let optional = [
+        ("before", entry.before.as_ref().map(ToString::to_string)),
+        ("after", entry.after.as_ref().map(ToString::to_string)),
+        ("idempotencyKey", entry.idempotency_key.clone()),
+        ("reason", entry.reason.clone()),
+    ];
+    for (field, text) in optional {
+        if let Some(text) = text {
+            fields.insert(field.to_owned(), string(&text));
+        }
+    }
+    fields
+}
+
+pub fn audit_from(document: &Document) -> Result<AuditEntry, DecodeError> {
+    let doc = Reader::new(&document.name, &document.fields);
+    let text = |field: &str| -> Result<Option<String>, DecodeError> {
+        match doc.fields.contains_key(field) {
+            true => Ok(Some(doc.string(field)?.to_owned())),
+            false => Ok(None),
+        }
+    };
+    let json = |field: &str| -> Result<Option<serde_json::Value>, DecodeError> {
+        text(field)?
+            .map(|text| serde_json::from_str(&text).map_err(|_| doc.error(field, "is not JSON")))
+            .transpose()
+    };
+    let action = doc.string("action")?;
+    Ok(AuditEntry {
+        id: document
+            .name
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        at: doc.timestamp("at")?,
+        actor: doc.user_id("actor")?,
+        action: AuditAction::parse(action)
+            .ok_or_else(|| doc.error("action", "is not an audit action"))?,
+        user_id: doc.user_id("userId")?,
+        before: json("before")?,
+        after: json("after")?,
+        idempotency_key: text("idempotencyKey")?,
+        reason: text("reason")?,
     })
 }
 

@@ -15,6 +15,7 @@ mod documents;
 mod emulator;
 mod record;
 mod reports;
+mod steering;
 mod user_queue;
 
 pub use codec::{DAY_FIELDS, MONTH_FIELDS};
@@ -30,8 +31,9 @@ use firestore::{FirestoreDb, FirestoreDbOptions};
 
 use self::cache::DocumentCache;
 use crate::usage::{
-    DailySummary, DailyUsage, DayAndMonth, Deadline, MonthlyUsage, OverLimit, Page, PageRequest,
-    RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
+    AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, Deadline, LimitOverride,
+    MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest, RecordRequest, Recorded,
+    StoreError, UsageStore, UserId, UserType,
 };
 
 /// Where the store connects.
@@ -144,6 +146,29 @@ impl UsageStore for FirestoreStore {
         limit: i64,
     ) -> Result<OverLimit, StoreError> {
         self.count_over_limit(date, user_type, limit).await
+    }
+
+    async fn limit_override(&self, user_id: &UserId) -> Result<Option<LimitOverride>, StoreError> {
+        self.read_override(user_id).await
+    }
+
+    async fn change_limit_override(
+        &self,
+        change: &OverrideChange,
+    ) -> Result<Option<LimitOverride>, StoreError> {
+        self.apply_override_change(change).await
+    }
+
+    async fn limit_overrides(
+        &self,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<LimitOverride>, StoreError> {
+        self.read_overrides(after, limit).await
+    }
+
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        self.read_audit(query).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

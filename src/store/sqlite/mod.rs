@@ -4,6 +4,7 @@ mod answer;
 mod checkpointer;
 mod documents;
 mod reader;
+mod steering;
 mod time;
 mod writer;
 
@@ -18,9 +19,10 @@ use self::checkpointer::Checkpointer;
 use self::time::{SqlDate, SqlTime};
 
 use crate::usage::{
-    DailySummary, DailyUsage, DayAndMonth, Deadline, Fingerprint, IdempotencyKey,
-    IdempotencyRecord, MonthlyUsage, OverLimit, Page, PageRequest, RecordRequest, Recorded,
-    Reservations, Snapshot, StoreError, StoredDay, UsageStore, UsageTotals, UserId, UserType,
+    AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, Deadline, Fingerprint,
+    IdempotencyKey, IdempotencyRecord, LimitOverride, MonthlyUsage, OverLimit, OverrideChange,
+    Page, PageRequest, RecordRequest, Recorded, Reservations, Snapshot, StoreError, StoredDay,
+    UsageStore, UsageTotals, UserId, UserType,
 };
 
 const SCHEMA: &str = "
@@ -85,6 +87,9 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let connection = connect(path).map_err(store_error)?;
         connection.execute_batch(SCHEMA).map_err(store_error)?;
+        connection
+            .execute_batch(steering::SCHEMA)
+            .map_err(store_error)?;
         add_reservations_column(&connection).map_err(store_error)?;
         connection
             .busy_timeout(READ_PATIENCE)
@@ -296,6 +301,41 @@ impl UsageStore for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn limit_override(&self, user_id: &UserId) -> Result<Option<LimitOverride>, StoreError> {
+        let user_id = user_id.clone();
+        self.with_connection(move |connection| steering::read_override(connection, &user_id))
+            .await
+    }
+
+    /// On the reading connection, in a transaction of its own: an admin's change is rare, and
+    /// the file's lock keeps it apart from the writer's groups.
+    async fn change_limit_override(
+        &self,
+        change: &OverrideChange,
+    ) -> Result<Option<LimitOverride>, StoreError> {
+        let change = change.clone();
+        self.with_connection(move |connection| steering::change_override(connection, &change))
+            .await
+    }
+
+    async fn limit_overrides(
+        &self,
+        after: Option<&UserId>,
+        limit: u32,
+    ) -> Result<Vec<LimitOverride>, StoreError> {
+        let after = after.cloned();
+        self.with_connection(move |connection| {
+            steering::read_overrides(connection, after.as_ref(), limit)
+        })
+        .await
+    }
+
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let query = query.clone();
+        self.with_connection(move |connection| steering::read_audit(connection, &query))
+            .await
     }
 
     /// Ready when the file answers a read and the writer still takes records.
