@@ -10,3 +10,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+
+// The emulator support of `tests/` names the crate by its name, also in the unit tests.
+#[cfg(test)]
+extern crate self as token_limits;

@@ -13,6 +13,8 @@ mod codec;
 mod counters;
 mod documents;
 mod emulator;
+#[cfg_attr(not(test), expect(dead_code, reason = "read by the limit overrides"))]
+mod mirror;
 mod record;
 mod reports;
 mod steering;
