@@ -51,6 +51,29 @@ async fn put_override(app: &TestApp, user: &str, body: Value) -> reqwest::Respon
         .unwrap()
 }
 
+/// The longest an override set on one instance may take to apply on another: on Firestore,
+/// how old the listener's copy may be (SQLite reads the file itself).
+const OVERRIDE_STALENESS: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until every instance judges `uid` by `limit`, for at most the staleness bound (and a
+/// second of slack for the test's own requests).
+async fn until_every_instance_sees(apps: &[TestApp], uid: &str, limit: i64) {
+    let started = std::time::Instant::now();
+    for app in apps {
+        loop {
+            let seen = app.today(&token(uid)).await["tokenLimit"].clone();
+            if seen == limit {
+                break;
+            }
+            assert!(
+                started.elapsed() < OVERRIDE_STALENESS + std::time::Duration::from_secs(1),
+                "{uid}'s limit still {seen}, not {limit}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 async fn status_of(app: &TestApp, uid: &str, tokens: i64) -> u16 {
     app.post_usage(&token(uid), json!({ "tokens": tokens }))
         .await
@@ -58,8 +81,9 @@ async fn status_of(app: &TestApp, uid: &str, tokens: i64) -> u16 {
         .as_u16()
 }
 
-/// Raised, the next request is admitted on every instance; lowered, refused; expired, the
-/// configured limit is back, at the instant of expiry.
+/// Raised, the next request is admitted on every instance once the change has reached it
+/// (within the staleness bound); lowered, refused; expired, the configured limit is back on
+/// every instance at the instant of expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_override_steers_the_next_decision_on_every_instance_until_it_expires() {
     for store in [Store::Sqlite, Store::Firestore] {
@@ -81,6 +105,7 @@ async fn an_override_steers_the_next_decision_on_every_instance_until_it_expires
         let body: Value = raised.json().await.unwrap();
         assert_eq!(body["override"]["dailyLimit"], 1000, "{body}");
         assert_eq!(body["previous"], Value::Null);
+        until_every_instance_sees(&apps, "alice", 1000).await;
         for app in &apps {
             let response = app.post_usage(&token("alice"), json!({"tokens": 50})).await;
             assert_eq!(response.status(), 200, "{store:?}");
@@ -98,6 +123,7 @@ async fn an_override_steers_the_next_decision_on_every_instance_until_it_expires
         .await;
         let body: Value = lowered.json().await.unwrap();
         assert_eq!(body["previous"]["dailyLimit"], 1000, "{body}");
+        until_every_instance_sees(&apps, "alice", 10).await;
         for app in &apps {
             assert_eq!(status_of(app, "alice", 1).await, 429, "{store:?}");
         }
@@ -109,6 +135,7 @@ async fn an_override_steers_the_next_decision_on_every_instance_until_it_expires
             json!({"dailyLimit": 1000, "expiresAt": "2026-01-20T10:30:00Z", "reason": "retry"}),
         )
         .await;
+        until_every_instance_sees(&apps, "alice", 1000).await;
         clock.set("2026-01-20T10:29:59.999Z");
         assert_eq!(status_of(&apps[apps.len() - 1], "alice", 1).await, 200);
         clock.set("2026-01-20T10:30:00Z");

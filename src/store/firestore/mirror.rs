@@ -131,6 +131,7 @@ impl CollectionMirror {
     }
 
     /// Whether the copy has been consistent with Firestore at least once.
+    #[cfg(test)]
     pub fn ready(&self) -> bool {
         read(&self.view).consistent_at.is_some()
     }

@@ -13,7 +13,6 @@ mod codec;
 mod counters;
 mod documents;
 mod emulator;
-#[cfg_attr(not(test), expect(dead_code, reason = "read by the limit overrides"))]
 mod mirror;
 mod record;
 mod reports;
@@ -32,6 +31,7 @@ use firestore::gcloud_sdk::google_cloud_auth::credentials::Credentials;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 
 use self::cache::DocumentCache;
+use crate::store::queries::OVERRIDES_COLLECTION;
 use crate::usage::{
     AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, Deadline, LimitOverride,
     MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest, RecordRequest, Recorded,
@@ -58,6 +58,9 @@ pub struct FirestoreStore {
     counters: Arc<FirestoreCounters>,
     queue: user_queue::UserQueue,
     cache: DocumentCache,
+    /// Every limit override, kept current over a listener: a decision finds its user's with
+    /// no call to Firestore.
+    overrides: mirror::CollectionMirror,
 }
 
 impl FirestoreStore {
@@ -76,11 +79,22 @@ impl FirestoreStore {
             None => FirestoreDb::with_options(options).await,
         }
         .map_err(|e| StoreError::Unavailable(format!("cannot create the Firestore client: {e}")))?;
+        let database = format!(
+            "projects/{}/databases/{}",
+            settings.project_id, settings.database_id
+        );
+        // Its background reads are billed too, and counted in the metrics, but apart from the
+        // requests' own counts.
+        let overrides = mirror::CollectionMirror::start(
+            db.client().get(),
+            database.clone(),
+            OVERRIDES_COLLECTION,
+            steering::OVERRIDES_REFRESH,
+            Arc::default(),
+        );
         Ok(Self {
-            database: format!(
-                "projects/{}/databases/{}",
-                settings.project_id, settings.database_id
-            ),
+            database,
+            overrides,
             db,
             counters: Arc::default(),
             queue: user_queue::UserQueue::default(),

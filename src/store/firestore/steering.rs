@@ -16,10 +16,20 @@ use firestore::gcloud_sdk::google::firestore::v1::{
 use super::FirestoreStore;
 use super::client::{AttemptError, CommitFailure, MAX_RPC_TIMEOUT, commit_failure, read_failure};
 use super::codec;
+use super::mirror::Freshness;
 use super::record::{conditional_update, unchanged_since_read};
 use super::reports::{all_of, field_condition, structured_query};
 use crate::store::queries::{self, AUDIT_COLLECTION, OVERRIDES_COLLECTION, QueryShape};
 use crate::usage::{AuditEntry, AuditQuery, LimitOverride, OverrideChange, StoreError, UserId};
+
+/// How often an idle mirror of the overrides makes sure it is current (one billed read each):
+/// 900 reads an hour per instance.
+pub(super) const OVERRIDES_REFRESH: Duration = Duration::from_secs(4);
+
+/// How old the mirror's copy may be for a decision to use it: the longest an override set on
+/// one instance takes to apply on another. Older (Firestore unreachable, the stream
+/// reconnecting), the override is read from Firestore.
+pub(super) const OVERRIDES_STALENESS: Duration = Duration::from_secs(5);
 
 /// The fields an override document owns.
 const OVERRIDE_FIELDS: &[&str] = &[
@@ -45,13 +55,20 @@ const AUDIT_FIELDS: &[&str] = &[
 ];
 
 impl FirestoreStore {
+    /// From the mirror while it is current within [`OVERRIDES_STALENESS`], else from
+    /// Firestore.
     pub(super) async fn read_override(
         &self,
         user_id: &UserId,
     ) -> Result<Option<LimitOverride>, StoreError> {
-        let name = self.document_name(OVERRIDES_COLLECTION, user_id.as_str());
-        self.get(name)
-            .await?
+        let document = match self.overrides.get(user_id.as_str(), OVERRIDES_STALENESS) {
+            Freshness::Fresh(document) => document,
+            Freshness::Stale => {
+                let name = self.document_name(OVERRIDES_COLLECTION, user_id.as_str());
+                self.get(name).await?
+            }
+        };
+        document
             .map(|document| codec::override_from(&document))
             .transpose()
             .map_err(StoreError::from)
