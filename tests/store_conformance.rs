@@ -45,7 +45,9 @@ fn action(uid: &str, action: Action, now: &str) -> RecordRequest {
         Action::Commit { id, .. } | Action::Release { id } => {
             DayWindow::of_date(id.date(), Tz::UTC)
         }
-        Action::Spend { .. } | Action::Reserve { .. } => DayWindow::containing(now, Tz::UTC),
+        Action::Spend { .. } | Action::Reserve { .. } | Action::Reset { .. } => {
+            DayWindow::containing(now, Tz::UTC)
+        }
     };
     RecordRequest {
         user_id: user(uid),

@@ -195,6 +195,7 @@ impl From<UsageError> for ApiError {
             UsageError::Store(error) => error.into(),
             UsageError::Directory(error) => error.into(),
             UsageError::InvalidOverride(error) => Self::InvalidRequest(error.to_string()),
+            UsageError::FutureReset => Self::InvalidRequest(error.to_string()),
         }
     }
 }

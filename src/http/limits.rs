@@ -1,30 +1,34 @@
 //! `/admin/users/{userId}/limit` and `/admin/limits`: per-user overrides of the configured
-//! limits, and `/admin/audit`: the trail of every admin change.
+//! limits; `/admin/users/{userId}/reset`: a day set back to 0; and `/admin/audit`: the trail
+//! of every admin change.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::admin::ReportPage;
+use super::deadline::RequestDeadline;
 use super::error::ErrorEnvelope;
 use super::extract::{AppJson, AppQuery};
 use super::page_token;
 use super::params::{Admin, IdempotencyKeyHeader, Limit};
-use super::usage::EnforcementView;
+use super::usage::{EnforcementView, StandingView, replayed};
 use super::{ApiError, AppState};
 use crate::usage::{
     AdminAct, AuditAction, AuditEntry, AuditQuery, Enforcement, LimitOverride, OverrideRequest,
-    UserId,
+    RecordOutcome, Standing, StoredAnswer, UserId,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(set_override, get_override, remove_override))
         .routes(routes!(active_overrides))
+        .routes(routes!(reset))
         .routes(routes!(audit))
 }
 
@@ -220,6 +224,86 @@ async fn remove_override(
     ))
 }
 
+/// A reset of one user's day.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ResetBody {
+    /// The day, `YYYY-MM-DD` in `RESET_TIMEZONE`, today or earlier; absent, today.
+    date: Option<chrono::NaiveDate>,
+    /// Why, for the audit trail: 1 to 500 characters.
+    #[schema(min_length = 1, max_length = 500)]
+    reason: String,
+}
+
+/// The day after its reset, and the tokens it had.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ResetAnswer {
+    usage: StandingView,
+    /// The day's `tokensUsed` before the reset; absent in a replay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_before: Option<i64>,
+}
+
+/// Reset one user's day: its tokens to 0, and its month's entry, in one write, audited.
+///
+/// Holds of open reservations stay. With an `Idempotency-Key`, a retry replays the first
+/// answer and resets (and audits) once.
+#[utoipa::path(
+    post,
+    path = "/admin/users/{user_id}/reset",
+    tag = "admin",
+    request_body = ResetBody,
+    params(("user_id" = String, Path, description = "The user's uid"), IdempotencyKeyHeader),
+    responses(
+        (status = 200, description = "Reset, or replayed", body = ResetAnswer,
+         headers(("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "An invalid body, date or user id, named in the message", body = ErrorEnvelope),
+        (status = 422, description = "Idempotency-Key reused with another body", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+async fn reset(
+    State(state): State<AppState>,
+    RequestDeadline(deadline): RequestDeadline,
+    admin: Admin,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
+    Path(raw): Path<String>,
+    AppJson(body): AppJson<ResetBody>,
+) -> Result<Response, ApiError> {
+    let user_id = user_id(&raw)?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(ApiError::InvalidRequest(
+            "reason must be 1 to 500 characters".to_owned(),
+        ));
+    }
+    let act = AdminAct {
+        actor: admin.0,
+        reason: Some(reason.to_owned()),
+        idempotency_key: None,
+    };
+    let outcome = state
+        .usage
+        .reset(user_id, body.date, act, key, deadline)
+        .await?;
+    let soft_limit = state.usage.soft_limit();
+    let answer = |standing: &Standing, tokens_before| ResetAnswer {
+        usage: StandingView::new(standing, soft_limit),
+        tokens_before,
+    };
+    Ok(match outcome {
+        RecordOutcome::Reset {
+            standing,
+            tokens_before,
+        } => Json(answer(&standing, Some(tokens_before))).into_response(),
+        RecordOutcome::Replayed(StoredAnswer::Recorded(standing)) => {
+            replayed(Json(answer(&standing, None)).into_response())
+        }
+        _ => return Err(ApiError::IdempotencyKeyReused),
+    })
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[into_params(parameter_in = Query, rename_all = "camelCase")]
@@ -286,12 +370,13 @@ struct AuditListQuery {
     page_token: Option<String>,
 }
 
-/// `override_set`, `override_removed`.
+/// `override_set`, `override_removed`, `usage_reset`.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum AuditActionView {
     OverrideSet,
     OverrideRemoved,
+    UsageReset,
 }
 
 /// One admin change.
@@ -321,6 +406,7 @@ impl From<AuditEntry> for AuditView {
             action: match entry.action {
                 AuditAction::OverrideSet => AuditActionView::OverrideSet,
                 AuditAction::OverrideRemoved => AuditActionView::OverrideRemoved,
+                AuditAction::UsageReset => AuditActionView::UsageReset,
             },
             user_id: entry.user_id,
             before: entry.before,

@@ -11,15 +11,17 @@ use super::UserId;
 pub enum AuditAction {
     OverrideSet,
     OverrideRemoved,
+    UsageReset,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 2] = [Self::OverrideSet, Self::OverrideRemoved];
+    pub const ALL: [Self; 3] = [Self::OverrideSet, Self::OverrideRemoved, Self::UsageReset];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OverrideSet => "override_set",
             Self::OverrideRemoved => "override_removed",
+            Self::UsageReset => "usage_reset",
         }
     }
 

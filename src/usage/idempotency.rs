@@ -55,6 +55,13 @@ impl Fingerprint {
         Self(format!("reserve;ttlSeconds={ttl_seconds};{usage}"))
     }
 
+    /// An admin's reset of `user_id`'s `date`, for the reason given.
+    pub fn of_reset(user_id: &UserId, date: chrono::NaiveDate, reason: &str) -> Self {
+        Self(format!(
+            "reset;userId={user_id};date={date};reason={reason}"
+        ))
+    }
+
     pub fn from_stored(raw: String) -> Self {
         Self(raw)
     }

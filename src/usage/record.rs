@@ -8,10 +8,10 @@ use chrono::{DateTime, Duration, Utc};
 use super::decision::month_after;
 use super::reservation::MAX_ENTRIES_PER_DAY;
 use super::{
-    DailyUsage, DayWindow, Decision, DecisionError, DecisionInput, Enforcement, Fingerprint,
-    IdempotencyCheck, IdempotencyKey, IdempotencyRecord, LimitWindow, Limits, MonthStanding,
-    MonthlyUsage, Policy, Reservation, ReservationEntry, ReservationId, Reservations, Settlement,
-    Standing, StoredAnswer, StoredDay, Tokens, UserId, UserType, decide,
+    AuditAction, AuditEntry, DailyUsage, DayWindow, Decision, DecisionError, DecisionInput,
+    Enforcement, Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, LimitWindow,
+    Limits, MonthStanding, MonthlyUsage, Policy, Reservation, ReservationEntry, ReservationId,
+    Reservations, Settlement, Standing, StoredAnswer, StoredDay, Tokens, UserId, UserType, decide,
 };
 
 /// What a request does to the user's day.
@@ -29,6 +29,8 @@ pub enum Action {
     Commit { id: ReservationId, tokens: Tokens },
     /// End a hold without recording anything.
     Release { id: ReservationId },
+    /// An admin sets the day's tokens to 0, and its entry in the month, audited.
+    Reset { actor: UserId, reason: String },
 }
 
 /// One request, its user type resolved, ready for a store to plan and apply.
@@ -84,6 +86,11 @@ pub enum RecordOutcome {
     },
     /// The reservation cannot be settled so; nothing written.
     Refused(ReservationRefusal),
+    /// The day was reset; how it stands now, and the tokens it had.
+    Reset {
+        standing: Standing,
+        tokens_before: i64,
+    },
 }
 
 /// What a store reports once it has applied a plan.
@@ -114,6 +121,8 @@ pub struct Writes {
     pub month: Option<MonthlyUsage>,
     /// The answer remembered under the request's idempotency key.
     pub idempotency: Option<IdempotencyRecord>,
+    /// The audit entry of an admin's change, written with it.
+    pub audit: Option<AuditEntry>,
     pub expired_holds: Vec<ReservationEntry>,
 }
 
@@ -211,6 +220,7 @@ impl RecordRequest {
             } => self.reserve(day, month, holds, id, *tokens, *user_type),
             Action::Commit { id, tokens } => self.commit(day, month, holds, id, *tokens),
             Action::Release { id } => Ok(self.release(day, month, holds, id)),
+            Action::Reset { actor, reason } => self.reset(day, month, holds, actor, reason),
         }
     }
 
@@ -258,6 +268,7 @@ impl RecordRequest {
                 reservations: holds.pruned_if_changed(),
                 month: Some(month),
                 idempotency: self.remember(StoredAnswer::Recorded(standing.clone())),
+                audit: None,
                 expired_holds: holds.expired,
             }),
             outcome: RecordOutcome::Admitted(standing),
@@ -324,6 +335,7 @@ impl RecordRequest {
                     reservation.clone(),
                     standing.clone(),
                 )),
+                audit: None,
                 expired_holds: holds.expired,
             }),
             outcome: RecordOutcome::Reserved(reservation, standing),
@@ -406,6 +418,7 @@ impl RecordRequest {
                 reservations: Some(kept),
                 month: Some(month),
                 idempotency: None,
+                audit: None,
                 expired_holds: holds.expired,
             }),
         })
@@ -460,9 +473,88 @@ impl RecordRequest {
                 reservations: Some(kept),
                 month: None,
                 idempotency: None,
+                audit: None,
                 expired_holds: holds.expired,
             }),
         }
+    }
+
+    /// Sets the day's tokens to 0 and its month entry to match, keeping its holds, and
+    /// audits it. Writes even a day that was never used, so that the reset is on record.
+    fn reset(
+        &self,
+        day: Option<&DailyUsage>,
+        month: Option<&MonthlyUsage>,
+        holds: Holds,
+        actor: &UserId,
+        reason: &str,
+    ) -> Result<Plan, DecisionError> {
+        let tokens_before = day.map_or(0, |day| day.tokens_used);
+        let user_type = day.map_or(UserType::DEFAULT, |day| day.user_type);
+        let policy = self.limits.for_type(user_type);
+        let reset_day = DailyUsage {
+            user_id: self.user_id.clone(),
+            date: self.window.date,
+            tokens_used: 0,
+            token_limit: day.map_or(policy.daily_limit, |day| day.token_limit),
+            user_type,
+            last_updated: self.now,
+            reset_at: self.window.reset_at,
+        };
+        let month = match month {
+            Some(month) => {
+                let mut daily_usage = month.daily_usage.clone();
+                daily_usage.insert(self.window.day_key(), 0);
+                Some(
+                    super::MonthOf {
+                        user_id: month.user_id.clone(),
+                        year: month.year,
+                        month: month.month,
+                        user_type: month.user_type,
+                        created_at: month.created_at,
+                        updated_at: self.now,
+                    }
+                    .with_daily_usage(daily_usage)
+                    .ok_or_else(|| DecisionError {
+                        document: self.month_id(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        let standing = self.standing(
+            reset_day.clone(),
+            holds.held,
+            month_total(month.as_ref()),
+            policy,
+            None,
+        );
+        let figures = |tokens: i64| serde_json::json!({"date": self.window.date.to_string(), "tokensUsed": tokens});
+        let audit = AuditEntry {
+            id: AuditEntry::new_id(self.now),
+            at: self.now,
+            actor: actor.clone(),
+            action: AuditAction::UsageReset,
+            user_id: self.user_id.clone(),
+            before: Some(figures(tokens_before)),
+            after: Some(figures(0)),
+            idempotency_key: self.idempotency_key().map(|key| key.as_str().to_owned()),
+            reason: Some(reason.to_owned()),
+        };
+        Ok(Plan {
+            writes: Some(Writes {
+                day: reset_day,
+                reservations: holds.pruned_if_changed(),
+                month,
+                idempotency: self.remember(StoredAnswer::Recorded(standing.clone())),
+                audit: Some(audit),
+                expired_holds: holds.expired,
+            }),
+            outcome: RecordOutcome::Reset {
+                standing,
+                tokens_before,
+            },
+        })
     }
 
     /// The reservation `id` in the day, and whether it can still be settled.
@@ -1073,5 +1165,38 @@ mod tests {
         }
         .with_daily_usage([("14".to_owned(), tokens)].into_iter().collect())
         .unwrap()
+    }
+
+    #[test]
+    fn a_reset_zeroes_the_day_and_its_month_entry_and_audits_it() {
+        let mut ledger = Ledger::default();
+        ledger.run(&request(spend(600), "2024-01-15T10:00:00Z", None));
+        let actor = UserId::parse("support").unwrap();
+        let reset = Action::Reset {
+            actor: actor.clone(),
+            reason: "refund".to_owned(),
+        };
+        let plan = ledger.run(&request(reset, "2024-01-15T11:00:00Z", Some("r")));
+        let RecordOutcome::Reset {
+            standing,
+            tokens_before,
+        } = &plan.outcome
+        else {
+            panic!("{:?}", plan.outcome)
+        };
+        assert_eq!((standing.day.tokens_used, *tokens_before), (0, 600));
+        let writes = plan.writes.unwrap();
+        let month = writes.month.unwrap();
+        assert_eq!(month.daily_usage.get("15"), Some(&0));
+        assert_eq!(month.total_monthly_tokens, 0);
+        let audit = writes.audit.unwrap();
+        assert_eq!(
+            (audit.actor, audit.action),
+            (actor, AuditAction::UsageReset)
+        );
+        assert_eq!(audit.idempotency_key.as_deref(), Some("r"));
+        assert_eq!(audit.before.unwrap()["tokensUsed"], 600);
+        assert!(writes.idempotency.is_some());
+        assert_eq!(ledger.tokens_used(), 0);
     }
 }

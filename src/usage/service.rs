@@ -97,6 +97,8 @@ pub enum UsageError {
     Directory(#[from] DirectoryError),
     #[error(transparent)]
     InvalidOverride(#[from] InvalidOverride),
+    #[error("date must be today or an earlier day in RESET_TIMEZONE")]
+    FutureReset,
 }
 
 /// Who changes an override, and why; recorded in the audit trail.
@@ -527,6 +529,38 @@ impl UsageService {
             .then(|| entries.last().map(|last| last.id.clone()))
             .flatten();
         Ok((entries, next))
+    }
+
+    /// Sets the user's tokens of `date` (today when `None`) to 0, and its month entry, with
+    /// its audit entry in the same write; a retry with the same key replays the first answer.
+    pub async fn reset(
+        &self,
+        user_id: UserId,
+        date: Option<NaiveDate>,
+        act: AdminAct,
+        idempotency_key: Option<IdempotencyKey>,
+        deadline: Deadline,
+    ) -> Result<RecordOutcome, UsageError> {
+        let now = self.now();
+        let today = DayWindow::containing(now, self.settings.zone).date;
+        let date = date.unwrap_or(today);
+        if date > today {
+            return Err(UsageError::FutureReset);
+        }
+        let reason = act.reason.unwrap_or_default();
+        let idempotency = idempotency_key.map(|key| {
+            let fingerprint = Fingerprint::of_reset(&user_id, date, &reason);
+            (key, fingerprint)
+        });
+        let window = DayWindow::of_date(date, self.settings.zone);
+        let action = Action::Reset {
+            actor: act.actor,
+            reason,
+        };
+        Ok(self
+            .apply(user_id, action, window, now, idempotency, deadline)
+            .await?
+            .outcome)
     }
 
     /// Ready when the store answers.

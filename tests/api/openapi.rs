@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every endpoint of the service and its methods.
-const ENDPOINTS: [(&str, &str); 20] = [
+const ENDPOINTS: [(&str, &str); 21] = [
     ("/usage", "post"),
     ("/usage/reservations", "post"),
     ("/usage/reservations/{id}/commit", "post"),
@@ -22,6 +22,7 @@ const ENDPOINTS: [(&str, &str); 20] = [
     ("/admin/users/{user_id}/limit", "put"),
     ("/admin/users/{user_id}/limit", "get"),
     ("/admin/users/{user_id}/limit", "delete"),
+    ("/admin/users/{user_id}/reset", "post"),
     ("/admin/limits", "get"),
     ("/admin/audit", "get"),
     ("/healthz", "get"),

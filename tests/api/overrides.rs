@@ -314,3 +314,114 @@ async fn bad_overrides_are_400_and_write_nothing() {
     )
     .await;
 }
+
+/// A reset sets the day to 0 and its month entry with it, is audited in the same write, and
+/// with its key replays once: retried, it neither resets again nor audits twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_is_audited_and_replays_once() {
+    for store in [Store::Sqlite, Store::Firestore] {
+        let clock = TestClock::at("2026-01-19T10:00:00Z");
+        let app = instances(store, 1, &clock).await.remove(0);
+        let alice = token("alice");
+        assert_eq!(status_of(&app, "alice", 30).await, 200);
+        clock.set("2026-01-20T10:00:00Z");
+        assert_eq!(status_of(&app, "alice", 100).await, 200);
+        assert_eq!(status_of(&app, "alice", 1).await, 429);
+
+        let reset = || async {
+            app.client
+                .post(app.url("/admin/users/alice/reset"))
+                .bearer_auth(admin_token("support"))
+                .header("Idempotency-Key", "reset-ticket-9")
+                .json(&json!({"reason": "billing error, ticket 9"}))
+                .send()
+                .await
+                .unwrap()
+        };
+        let first = reset().await;
+        assert_eq!(first.status(), 200, "{store:?}");
+        assert!(!first.headers().contains_key("idempotent-replayed"));
+        let body: Value = first.json().await.unwrap();
+        assert_eq!(
+            (&body["usage"]["tokensUsed"], &body["tokensBefore"]),
+            (&json!(0), &json!(100)),
+            "{body}"
+        );
+        assert_eq!(body["usage"]["monthlyTokensUsed"], 30);
+        // Spent again after the reset, then the retry: replayed, not reset again.
+        assert_eq!(status_of(&app, "alice", 40).await, 200);
+        let retry = reset().await;
+        assert_eq!(retry.headers()["idempotent-replayed"], "true");
+        assert_eq!(app.today(&alice).await["tokensUsed"], 40, "{store:?}");
+        let month = &app.history(&alice).await[0];
+        assert_eq!(
+            month["dailyUsage"],
+            json!({"19": 30, "20": 40}),
+            "{store:?}"
+        );
+        assert_eq!(month["totalMonthlyTokens"], 70);
+
+        let audit: Value = app
+            .get(&admin_token("auditor"), "/admin/audit?userId=alice")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let entries = audit["items"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{store:?}: {audit}");
+        let entry = &entries[0];
+        assert_eq!(
+            (
+                &entry["action"],
+                &entry["actor"],
+                &entry["reason"],
+                &entry["idempotencyKey"]
+            ),
+            (
+                &json!("usage_reset"),
+                &json!("support"),
+                &json!("billing error, ticket 9"),
+                &json!("reset-ticket-9")
+            )
+        );
+        assert_eq!(
+            entry["before"],
+            json!({"date": "2026-01-20", "tokensUsed": 100})
+        );
+        assert_eq!(
+            entry["after"],
+            json!({"date": "2026-01-20", "tokensUsed": 0})
+        );
+
+        // Yesterday, named: its month entry goes with it; a future day is refused.
+        let yesterday = app
+            .client
+            .post(app.url("/admin/users/alice/reset"))
+            .bearer_auth(admin_token("support"))
+            .json(&json!({"date": "2026-01-19", "reason": "also"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(yesterday.status(), 200);
+        let month = &app.history(&alice).await[0];
+        assert_eq!(month["dailyUsage"], json!({"19": 0, "20": 40}), "{store:?}");
+        let future = app
+            .client
+            .post(app.url("/admin/users/alice/reset"))
+            .bearer_auth(admin_token("support"))
+            .json(&json!({"date": "2026-01-21", "reason": "no"}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(future, 400, "invalid_request").await;
+        let not_admin = app
+            .client
+            .post(app.url("/admin/users/alice/reset"))
+            .bearer_auth(token("alice"))
+            .json(&json!({"reason": "me"}))
+            .send()
+            .await
+            .unwrap();
+        assert_error(not_admin, 403, "forbidden").await;
+    }
+}

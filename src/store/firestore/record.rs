@@ -13,13 +13,13 @@ use firestore::gcloud_sdk::google::firestore::v1::{
 };
 use firestore::gcloud_sdk::tonic::Status;
 
-use super::FirestoreStore;
 use super::cache::CachedDocument;
 use super::client::{
     AttemptError, CommitFailure, MIN_RPC_TIMEOUT, commit_failure, describe, read_failure,
 };
 use super::codec;
-use crate::store::queries::{DAILY_COLLECTION, HISTORY_COLLECTION};
+use super::{FirestoreStore, steering};
+use crate::store::queries::{AUDIT_COLLECTION, DAILY_COLLECTION, HISTORY_COLLECTION};
 use crate::usage::{
     Deadline, IdempotencyKey, Plan, RecordRequest, Recorded, Snapshot, StoreError, StoredDay,
     UserId, Writes,
@@ -293,6 +293,7 @@ impl FirestoreStore {
         let names = RecordNames {
             day: self.document_name(DAILY_COLLECTION, &request.day_id()),
             month: self.document_name(HISTORY_COLLECTION, &request.month_id()),
+            audit_prefix: self.document_name(AUDIT_COLLECTION, ""),
             idempotency: request.idempotency_key().map(|key| {
                 self.document_name(IDEMPOTENCY, &idempotency_document_id(&request.user_id, key))
             }),
@@ -330,6 +331,8 @@ struct RecordNames {
     day: String,
     month: String,
     idempotency: Option<String>,
+    /// `.../documents/token_limit_audit/`: an audited change's entry is named by its id.
+    audit_prefix: String,
 }
 
 impl RecordNames {
@@ -407,6 +410,10 @@ impl RecordNames {
                 codec::IDEMPOTENCY_FIELDS,
                 conditions.idempotency,
             ));
+        }
+        if let Some(entry) = &writes.audit {
+            let name = format!("{}{}", self.audit_prefix, entry.id);
+            conditional.push(steering::audit_write(&name, entry));
         }
         conditional
     }

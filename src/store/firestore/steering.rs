@@ -54,6 +54,16 @@ const AUDIT_FIELDS: &[&str] = &[
     "reason",
 ];
 
+/// Creates `entry` at `name`; never over another.
+pub(super) fn audit_write(name: &str, entry: &AuditEntry) -> Write {
+    conditional_update(
+        name,
+        codec::audit_fields(entry),
+        AUDIT_FIELDS,
+        ConditionType::Exists(false),
+    )
+}
+
 impl FirestoreStore {
     /// From the mirror while it is current within [`OVERRIDES_STALENESS`], else from
     /// Firestore.
@@ -121,14 +131,9 @@ impl FirestoreStore {
             },
         };
         let entry = change.audit(before.as_ref());
-        let audit_write = conditional_update(
-            &self.document_name(AUDIT_COLLECTION, &entry.id),
-            codec::audit_fields(&entry),
-            AUDIT_FIELDS,
-            ConditionType::Exists(false),
-        );
+        let audit = audit_write(&self.document_name(AUDIT_COLLECTION, &entry.id), &entry);
         match self
-            .commit(vec![change_write, audit_write], MAX_RPC_TIMEOUT)
+            .commit(vec![change_write, audit], MAX_RPC_TIMEOUT)
             .await
         {
             Ok(_) => Ok(before),

@@ -446,6 +446,7 @@ struct RecordStatements<'conn> {
     write_day: Statement<'conn>,
     write_month: Statement<'conn>,
     write_idempotency: Statement<'conn>,
+    write_audit: Statement<'conn>,
 }
 
 impl<'conn> RecordStatements<'conn> {
@@ -462,6 +463,7 @@ impl<'conn> RecordStatements<'conn> {
             write_day: prepare(WRITE_DAY)?,
             write_month: prepare(WRITE_MONTH)?,
             write_idempotency: prepare(WRITE_IDEMPOTENCY)?,
+            write_audit: prepare(steering::WRITE_AUDIT)?,
         })
     }
 
@@ -500,6 +502,9 @@ impl<'conn> RecordStatements<'conn> {
             if let (Some(key), Some(record)) = (request.idempotency_key(), &writes.idempotency) {
                 write_idempotency(&mut self.write_idempotency, &request.user_id, key, record)
                     .map_err(store_error)?;
+            }
+            if let Some(entry) = &writes.audit {
+                steering::write_audit(&mut self.write_audit, entry).map_err(store_error)?;
             }
         }
         Ok(plan.applied())

@@ -1,7 +1,7 @@
 //! Limit overrides and the audit trail on SQLite: the `limit_overrides` and `audit_log`
 //! tables. A change and its audit entry are one `BEGIN IMMEDIATE` transaction.
 
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, Statement, TransactionBehavior, params};
 
 use super::time::SqlTime;
 use crate::usage::{AuditAction, AuditEntry, AuditQuery, LimitOverride, OverrideChange, UserId};
@@ -76,24 +76,35 @@ pub(super) fn change_override(
             )?;
         }
     }
-    let entry = change.audit(before.as_ref());
-    let json = |value: &Option<serde_json::Value>| value.as_ref().map(ToString::to_string);
-    transaction.execute(
-        "INSERT INTO audit_log VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
-            entry.id,
-            SqlTime(entry.at),
-            entry.actor.as_str(),
-            entry.action.as_str(),
-            entry.user_id.as_str(),
-            json(&entry.before),
-            json(&entry.after),
-            entry.idempotency_key,
-            entry.reason,
-        ],
+    write_audit(
+        &mut *transaction.prepare_cached(WRITE_AUDIT)?,
+        &change.audit(before.as_ref()),
     )?;
     transaction.commit()?;
     Ok(before)
+}
+
+pub(super) const WRITE_AUDIT: &str =
+    "INSERT INTO audit_log VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+
+/// Appends `entry` with [`WRITE_AUDIT`], inside the caller's transaction.
+pub(super) fn write_audit(
+    statement: &mut Statement<'_>,
+    entry: &AuditEntry,
+) -> rusqlite::Result<()> {
+    let json = |value: &Option<serde_json::Value>| value.as_ref().map(ToString::to_string);
+    statement.execute(params![
+        entry.id,
+        SqlTime(entry.at),
+        entry.actor.as_str(),
+        entry.action.as_str(),
+        entry.user_id.as_str(),
+        json(&entry.before),
+        json(&entry.after),
+        entry.idempotency_key,
+        entry.reason,
+    ])?;
+    Ok(())
 }
 
 /// Up to `limit + 1` overrides by user id after `after`, expired or not: the caller keeps the
