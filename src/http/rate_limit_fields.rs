@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use sfv::{Integer, KeyRef, ListSerializer, StringRef};
 
-use crate::usage::{LimitWindow, Standing};
+use crate::usage::{LimitWindow, Standing, seconds_until};
 
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -72,12 +72,6 @@ fn window_seconds(window: LimitWindow, date: NaiveDate) -> i64 {
         LimitWindow::Daily => SECONDS_PER_DAY,
         LimitWindow::Monthly => i64::from(date.num_days_in_month()) * SECONDS_PER_DAY,
     }
-}
-
-/// Whole seconds until `reset`, rounded up, never negative.
-fn seconds_until(reset: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
-    let millis = (reset - now).num_milliseconds();
-    ((millis + 999) / 1000).max(0)
 }
 
 #[cfg(test)]

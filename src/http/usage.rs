@@ -381,8 +381,7 @@ pub(super) fn denied(state: &AppState, standing: &Standing) -> Response {
     let now = state.usage.now();
     let window = standing.exceeds.unwrap_or(LimitWindow::Daily);
     let reset_at = standing.reset_at(window);
-    let millis = (reset_at - now).num_milliseconds();
-    let retry_after = ((millis + 999) / 1000).max(1);
+    let retry_after = standing.retry_after(window, now);
     let error = ErrorBody {
         code: format!("{}_limit_exceeded", window.as_str()),
         message: format!(

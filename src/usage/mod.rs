@@ -48,11 +48,11 @@ pub use service::{
 };
 pub use store::{
     DailySummary, DayAndMonth, Page, PageCursor, PageRequest, ReportItem, StoreError, UsageStore,
-    UsageTotals,
+    UsageTotals, split_overfetch,
 };
 pub use user_type::UserType;
 pub use what_if::{DayRange, InvalidDayRange, OverLimit, WhatIf};
-pub use window::DayWindow;
+pub use window::{DayWindow, seconds_until};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -167,12 +167,6 @@ impl DailyUsage {
     pub fn remaining(&self) -> i64 {
         self.token_limit.saturating_sub(self.tokens_used).max(0)
     }
-
-    /// Whole seconds until the limit resets, at least 1: the `Retry-After` of a denial.
-    pub fn seconds_until_reset(&self, now: DateTime<Utc>) -> i64 {
-        let millis = (self.reset_at - now).num_milliseconds();
-        ((millis + 999) / 1000).max(1)
-    }
 }
 
 /// A day document as stored: the usage figures and the reservations it keeps (the
@@ -275,6 +269,11 @@ impl Standing {
         }
     }
 
+    /// Whole seconds until `window` resets, at least 1: the `Retry-After` of a refusal.
+    pub fn retry_after(&self, window: LimitWindow, now: DateTime<Utc>) -> i64 {
+        seconds_until(self.reset_at(window), now).max(1)
+    }
+
     /// Whether used and held tokens reach the soft share of the binding limit.
     pub fn approaching_limit(&self, soft: SoftLimit) -> bool {
         let window = self.binding();
@@ -352,9 +351,17 @@ mod tests {
     #[test]
     fn retry_after_rounds_up_and_is_never_zero() {
         let day = day(0, 1);
-        assert_eq!(day.seconds_until_reset(at("2024-01-15T23:59:59.200Z")), 1);
-        assert_eq!(day.seconds_until_reset(at("2024-01-15T23:00:00Z")), 3600);
-        assert_eq!(day.seconds_until_reset(at("2024-01-16T00:00:01Z")), 1);
+        let standing = Standing {
+            month: MonthStanding::before_months_for(&day),
+            day,
+            reserved_tokens: 0,
+            enforcement: Enforcement::Enforce,
+            exceeds: None,
+        };
+        let retry_after = |now| standing.retry_after(LimitWindow::Daily, at(now));
+        assert_eq!(retry_after("2024-01-15T23:59:59.200Z"), 1);
+        assert_eq!(retry_after("2024-01-15T23:00:00Z"), 3600);
+        assert_eq!(retry_after("2024-01-16T00:00:01Z"), 1);
     }
 
     /// A stored day whose figures no write of the service makes still has an answer.

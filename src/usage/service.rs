@@ -10,7 +10,7 @@ use super::{
     Fingerprint, IdempotencyKey, Limits, MonthStanding, MonthlyUsage, OnStoreUnavailable, Page,
     PageRequest, Policy, RecordOutcome, RecordRequest, Recorded, ReservationId, ReservationRules,
     Settlement, SoftLimit, Standing, StoreError, Tokens, UsageStore, UserDirectory, UserId,
-    UserType, limits_for,
+    UserType, limits_for, split_overfetch,
 };
 use super::{
     AuditEntry, AuditQuery, InvalidOverride, LimitOverride, OverrideChange, OverrideRequest,
@@ -506,12 +506,9 @@ impl UsageService {
         after: Option<&UserId>,
         limit: u32,
     ) -> Result<(Vec<LimitOverride>, Option<UserId>), UsageError> {
-        let mut scanned = self.store.limit_overrides(after, limit).await?;
-        let more = scanned.len() > limit as usize;
-        scanned.truncate(limit as usize);
-        let next = more
-            .then(|| scanned.last().map(|last| last.user_id.clone()))
-            .flatten();
+        let scanned = self.store.limit_overrides(after, limit).await?;
+        let (mut scanned, next) =
+            split_overfetch(scanned, limit, |last: &LimitOverride| last.user_id.clone());
         let now = self.now();
         scanned.retain(|found| found.active_at(now));
         Ok((scanned, next))
@@ -522,13 +519,12 @@ impl UsageService {
         &self,
         query: &AuditQuery,
     ) -> Result<(Vec<AuditEntry>, Option<String>), UsageError> {
-        let mut entries = self.store.audit_entries(query).await?;
-        let more = entries.len() > query.limit as usize;
-        entries.truncate(query.limit as usize);
-        let next = more
-            .then(|| entries.last().map(|last| last.id.clone()))
-            .flatten();
-        Ok((entries, next))
+        let entries = self.store.audit_entries(query).await?;
+        Ok(split_overfetch(
+            entries,
+            query.limit,
+            |last: &AuditEntry| last.id.clone(),
+        ))
     }
 
     /// Sets the user's tokens of `date` (today when `None`) to 0, and its month entry, with

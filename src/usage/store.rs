@@ -62,16 +62,23 @@ impl ReportItem for MonthlyUsage {
 impl<T: ReportItem> Page<T> {
     /// A page from up to `limit + 1` items in report order: the extra one only says that
     /// another page follows.
-    pub fn from_overfetch(mut items: Vec<T>, limit: u32) -> Self {
-        let more = items.len() > limit as usize;
-        items.truncate(limit as usize);
-        let next = if more {
-            items.last().map(T::cursor)
-        } else {
-            None
-        };
+    pub fn from_overfetch(items: Vec<T>, limit: u32) -> Self {
+        let (items, next) = split_overfetch(items, limit, T::cursor);
         Self { items, next }
     }
+}
+
+/// The first `limit` of up to `limit + 1` items, and the `key` of the last one kept when the
+/// extra one says that another page follows.
+pub fn split_overfetch<T, K>(
+    mut items: Vec<T>,
+    limit: u32,
+    key: impl FnOnce(&T) -> K,
+) -> (Vec<T>, Option<K>) {
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next = items.last().filter(|_| more).map(key);
+    (items, next)
 }
 
 /// How many users used tokens on a day, and how many tokens, for one user type or all.

@@ -46,6 +46,12 @@ impl DayWindow {
     }
 }
 
+/// Whole seconds from `now` until `at`, rounded up; 0 once it has passed.
+pub fn seconds_until(at: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    let millis = (at - now).num_milliseconds();
+    ((millis + 999) / 1000).max(0)
+}
+
 /// The first instant of `date` in `zone`. Midnight may be skipped by a DST jump (then the day
 /// starts where the jump lands) or happen twice (then the earlier one counts).
 fn start_of_day(date: NaiveDate, zone: Tz) -> DateTime<Utc> {
