@@ -136,6 +136,7 @@ impl Moment {
             commit_grace: chrono::Duration::zero(),
             now: self.now,
             idempotency: None,
+            audit_actor: None,
         }
     }
 

@@ -126,6 +126,12 @@ impl Application {
                     )),
                     zone: config.reset_timezone,
                     reservations: config.reservation_rules(),
+                    unaudited_recorders: config
+                        .limits
+                        .unaudited_recorders
+                        .iter()
+                        .cloned()
+                        .collect(),
                 },
                 clock,
             )),

@@ -12,7 +12,7 @@ use crate::lifecycle::{ArchiveArgs, CleanupArgs, ExportArgs, ImportArgs, Rebuild
 use crate::server::ConnectionSettings;
 use crate::store::{StoreKind, StoreSettings, parse_project_id};
 use crate::usage::{
-    Enforcement, Limits, OnStoreUnavailable, Policy, ReservationRules, SoftLimit, UserType,
+    Enforcement, Limits, OnStoreUnavailable, Policy, ReservationRules, SoftLimit, UserId, UserType,
 };
 
 /// Google's JWK set for Firebase ID tokens.
@@ -419,7 +419,7 @@ fn parse_origin(raw: &str) -> Result<HeaderValue, String> {
 }
 
 /// The daily limit of each user type, each one a flag and an environment variable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct LimitArgs {
     /// Daily token limit of `trial` users.
     #[arg(id = "daily_limit_trial", long = "daily-limit-trial", env = "DAILY_LIMIT_TRIAL", value_name = "DAILY_LIMIT_TRIAL",
@@ -469,6 +469,11 @@ pub struct LimitArgs {
     /// given).
     #[arg(long, env = "OVERRIDE_MAX_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u16).range(1..=3650))]
     pub override_max_days: u16,
+
+    /// Comma-separated uids of callers whose records for other users are not audited: the
+    /// chat backend's, whose every message would otherwise add an audit write.
+    #[arg(long, env = "UNAUDITED_RECORDERS", value_delimiter = ',', value_parser = |raw: &str| UserId::parse(raw.trim()).map_err(|e| e.to_string()))]
+    pub unaudited_recorders: Vec<UserId>,
 }
 
 impl From<&LimitArgs> for Limits {

@@ -197,6 +197,27 @@ fn get(server: &Server, admin: &str, path: &str) -> Value {
     response.json().unwrap()
 }
 
+/// The audit entries of `action`, newest first, as the service lists them.
+fn audited(target: &Target, action: &str) -> Vec<Value> {
+    let server = target.serve();
+    let page = get(&server, &target.admin_token(), "/admin/audit?limit=500");
+    assert_eq!(page["nextPageToken"], Value::Null);
+    let entries = page["items"].as_array().unwrap();
+    entries
+        .iter()
+        .filter(|entry| entry["action"] == action)
+        .cloned()
+        .collect()
+}
+
+/// How many documents the entries' `before` and `after` name, in all.
+fn named(entries: &[Value], side: &str) -> usize {
+    entries
+        .iter()
+        .map(|entry| entry[side]["documents"].as_array().unwrap().len())
+        .sum()
+}
+
 /// A consistent month of `days` (day of month, tokens) and its day documents, as NDJSON.
 fn backfill(user: &str, year: i32, month: u32, days: &[(u32, i64)]) -> Vec<String> {
     let mut lines = Vec::new();
@@ -295,11 +316,29 @@ fn round_trip(target: &Target) {
     target.wipe();
     assert_eq!(target.export(dir.path(), "empty.ndjson"), "");
     let input = dir.path().join("before.ndjson");
-    let imported = target.clean(&["import", "--input", input.to_str().unwrap()]);
+    let input = input.to_str().unwrap();
+    let operator = ["--actor", "ops-anna", "--reason", "restore drill"];
+    let imported = target.clean(&[&["import", "--input", input][..], &operator].concat());
     assert_eq!(imported["counts"]["documentsCreated"], documents);
-    let again = target.clean(&["import", "--input", input.to_str().unwrap()]);
+    let again = target.clean(&["import", "--input", input]);
     assert_eq!(again["counts"]["documentsUnchanged"], documents);
     assert_eq!(again["counts"].get("documentsCreated"), None);
+    // One commit, one entry: what it wrote, by whom and why; the import that wrote nothing
+    // has none.
+    let entries = audited(target, "documents_imported");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        (
+            &entries[0]["actor"],
+            &entries[0]["reason"],
+            &entries[0]["userId"]
+        ),
+        (&json!("ops-anna"), &json!("restore drill"), &Value::Null)
+    );
+    assert_eq!(
+        (named(&entries, "before"), named(&entries, "after")),
+        (0, documents)
+    );
 
     assert_eq!(target.export(dir.path(), "after.ndjson"), before);
     assert_eq!(
@@ -720,6 +759,19 @@ fn rebuild_history_recreates_lost_months_from_their_days() {
 
     let rebuilt = target.clean(&["rebuild-history", "--month", "2025-03"]);
     assert_eq!(rebuilt["counts"]["monthsRewritten"], 5);
+    let entries = audited(&target, "history_rebuilt");
+    assert_eq!(entries.len(), 5, "a commit per month: {entries:?}");
+    for entry in &entries {
+        let user = entry["userId"].as_str().unwrap();
+        assert_eq!(
+            entry["after"]["documents"],
+            json!([format!("token_usage_history/{user}_2025_03")])
+        );
+        assert_eq!(
+            (&entry["actor"], &entry["before"]["documents"]),
+            (&json!("lifecycle"), &json!([]))
+        );
+    }
     target.clean(&["verify"]);
     let figures = |export: &str| -> Vec<Value> {
         export
@@ -831,6 +883,18 @@ fn cleanup_keeps_days_their_month_does_not_hold_and_resumes_on_firestore() {
     let rest = target.run(&["cleanup", "--batch-size", "4"]);
     assert_eq!(rest.code, 1, "the kept day is a finding: {}", rest.summary);
     assert_eq!(rest.summary["counts"]["daysDeleted"], 21);
+    let entries = audited(&target, "days_deleted");
+    for entry in &entries {
+        let batch = entry["before"]["documents"].as_array().unwrap().len();
+        assert!(
+            (1..=4).contains(&batch),
+            "a commit per batch of at most 4: {entry}"
+        );
+    }
+    assert_eq!(
+        (named(&entries, "before"), named(&entries, "after")),
+        (29, 0)
+    );
     assert_eq!(
         rest.summary["findings"][0]["subject"],
         "daily_token_usage/old0_2025-01-01"
@@ -942,6 +1006,12 @@ fn archive_moves_old_months_and_import_restores_them(target: &Target) {
     assert_eq!(left.lines().count(), before.lines().count() - 5);
     let again = target.clean(&["archive", "--destination", archive_arg]);
     assert_eq!(again["counts"].get("monthsArchived"), None, "{again}");
+    let entries = audited(target, "months_archived");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(
+        (named(&entries, "before"), named(&entries, "after")),
+        (5, 0)
+    );
 
     let restored = target.clean(&[
         "import",

@@ -57,6 +57,7 @@ fn action(uid: &str, action: Action, now: &str) -> RecordRequest {
         commit_grace: chrono::Duration::seconds(30),
         now,
         idempotency: None,
+        audit_actor: None,
     }
 }
 

@@ -370,13 +370,20 @@ struct AuditListQuery {
     page_token: Option<String>,
 }
 
-/// `override_set`, `override_removed`, `usage_reset`.
+/// What was changed: an override set or removed, a day reset, usage recorded for another
+/// user, or a commit of a lifecycle command (`rebuild-history`, `cleanup`, `archive`,
+/// `import`).
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum AuditActionView {
     OverrideSet,
     OverrideRemoved,
     UsageReset,
+    UsageRecorded,
+    HistoryRebuilt,
+    DaysDeleted,
+    MonthsArchived,
+    DocumentsImported,
 }
 
 /// One admin change.
@@ -388,7 +395,9 @@ struct AuditView {
     /// The admin's uid.
     actor: UserId,
     action: AuditActionView,
-    user_id: UserId,
+    /// The user the change is about; null for a lifecycle command's batch, whose `before`
+    /// and `after` name the documents.
+    user_id: Option<UserId>,
     /// What was changed, as it was; null when absent.
     before: Option<serde_json::Value>,
     /// As it became; null when removed.
@@ -407,6 +416,11 @@ impl From<AuditEntry> for AuditView {
                 AuditAction::OverrideSet => AuditActionView::OverrideSet,
                 AuditAction::OverrideRemoved => AuditActionView::OverrideRemoved,
                 AuditAction::UsageReset => AuditActionView::UsageReset,
+                AuditAction::UsageRecorded => AuditActionView::UsageRecorded,
+                AuditAction::HistoryRebuilt => AuditActionView::HistoryRebuilt,
+                AuditAction::DaysDeleted => AuditActionView::DaysDeleted,
+                AuditAction::MonthsArchived => AuditActionView::MonthsArchived,
+                AuditAction::DocumentsImported => AuditActionView::DocumentsImported,
             },
             user_id: entry.user_id,
             before: entry.before,

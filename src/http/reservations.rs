@@ -250,7 +250,11 @@ async fn commit(
     let tokens = state.tokens(body.tokens)?;
     let owner = owner(&caller, body.user_id)?;
     let id = ReservationId::parse(&id).map_err(|_| ApiError::ReservationNotFound)?;
-    let outcome = state.usage.commit(owner, id, tokens, deadline).await?;
+    let acting_admin = (owner != caller.user_id).then(|| caller.user_id.clone());
+    let outcome = state
+        .usage
+        .commit(owner, id, tokens, acting_admin, deadline)
+        .await?;
     settled(&state, outcome)
 }
 

@@ -367,7 +367,12 @@ pub(super) fn subject(
         (false, Some(user_type)) => TypeSource::Stated(user_type),
         (false, None) => TypeSource::Directory,
     };
-    Ok(Subject { user_id, user_type })
+    let acting_admin = (user_id != caller.user_id).then(|| caller.user_id.clone());
+    Ok(Subject {
+        user_id,
+        user_type,
+        acting_admin,
+    })
 }
 
 fn admitted(state: &AppState, standing: &Standing) -> Response {
@@ -440,6 +445,7 @@ async fn today(
     let subject = Subject {
         user_type: TypeSource::OwnToken(caller.principal.user_type),
         user_id: caller.user_id,
+        acting_admin: None,
     };
     let standing = state.usage.today(&subject, deadline).await?;
     let answer = StandingView::new(&standing, state.usage.soft_limit());

@@ -25,6 +25,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::audit::Operator;
 use super::ndjson;
 use super::output::{Outcome, Report};
 use super::scope::YearMonth;
@@ -33,7 +34,7 @@ use super::store::{
     MAX_WRITES_PER_COMMIT, Scan, Version,
 };
 use super::{PAGE_SIZE, Pages, subject};
-use crate::usage::{DayWindow, month_start};
+use crate::usage::{AuditAction, DayWindow, month_start};
 
 #[derive(Debug, Args)]
 pub struct ArchiveArgs {
@@ -51,6 +52,8 @@ pub struct ArchiveArgs {
     /// Show which months would be archived, and write and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub operator: Operator,
     /// The most findings the JSON summary lists (all are counted, and a terminal shows all).
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
@@ -135,7 +138,15 @@ pub async fn run(args: &ArchiveArgs, store: &dyn DocumentStore) -> anyhow::Resul
     let destination = Destination::parse(&args.destination)?;
     let run = Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
     for month in months {
-        archive_month(month, &run, &destination, store, &mut report).await?;
+        archive_month(
+            month,
+            &run,
+            &destination,
+            &args.operator,
+            store,
+            &mut report,
+        )
+        .await?;
     }
     Ok(report.finish())
 }
@@ -180,6 +191,7 @@ async fn archive_month(
     month: YearMonth,
     run: &str,
     destination: &Destination,
+    operator: &Operator,
     store: &dyn DocumentStore,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -222,7 +234,7 @@ async fn archive_month(
         format!("{}/{month}", Collection::History.name()),
         format!("{documents} documents archived to {name} (sha256 {sha256})"),
     );
-    delete_archived(&ledger_file, store, report).await
+    delete_archived(&ledger_file, operator, store, report).await
 }
 
 /// Writes the month's documents to a gzip file and their ids and versions to a ledger;
@@ -346,6 +358,7 @@ fn hex(digest: &[u8]) -> String {
 /// Deletes the archived documents, a commit at a time, each if unchanged since archived.
 async fn delete_archived(
     ledger_file: &std::path::Path,
+    operator: &Operator,
     store: &dyn DocumentStore,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -360,29 +373,33 @@ async fn delete_archived(
             condition: Condition::Unchanged(Version(version.to_owned())),
         });
         if batch.len() == MAX_WRITES_PER_COMMIT {
-            delete_batch(std::mem::take(&mut batch), store, report).await?;
+            delete_batch(std::mem::take(&mut batch), operator, store, report).await?;
         }
     }
     if !batch.is_empty() {
-        delete_batch(batch, store, report).await?;
+        delete_batch(batch, operator, store, report).await?;
     }
     Ok(())
 }
 
 async fn delete_batch(
     batch: Vec<DocumentWrite>,
+    operator: &Operator,
     store: &dyn DocumentStore,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let count = batch.len() as u64;
-    if store.apply(batch.clone()).await? == Applied::All {
+    let audit = operator.entry(AuditAction::MonthsArchived, &batch);
+    if store.apply(batch.clone(), &audit).await? == Applied::All {
         report.count("documentsDeleted", count);
         return Ok(());
     }
     // Some document changed since it was archived: delete the others one by one.
     for write in batch {
         let id = write.id.clone();
-        if store.apply(vec![write]).await? == Applied::All {
+        let write = vec![write];
+        let audit = operator.entry(AuditAction::MonthsArchived, &write);
+        if store.apply(write, &audit).await? == Applied::All {
             report.count("documentsDeleted", 1);
         } else {
             report.finding(

@@ -7,6 +7,7 @@ use chrono::{Days, NaiveDate, Utc};
 use chrono_tz::Tz;
 use clap::Args;
 
+use super::audit::Operator;
 use super::check::StoredMonth;
 use super::output::{Outcome, Report};
 use super::store::{
@@ -14,7 +15,7 @@ use super::store::{
     MAX_WRITES_PER_COMMIT, Scan, Stored,
 };
 use super::{Pages, subject};
-use crate::usage::{DayWindow, month_start};
+use crate::usage::{AuditAction, DayWindow, month_start};
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
@@ -24,8 +25,8 @@ pub struct CleanupArgs {
     /// The IANA time zone in which a day starts and ends.
     #[arg(long, env = "RESET_TIMEZONE", default_value = "UTC")]
     pub reset_timezone: Tz,
-    /// Documents deleted per commit.
-    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=500))]
+    /// Documents deleted per commit (each commit also writes its audit entry).
+    #[arg(long, default_value_t = 499, value_parser = clap::value_parser!(u32).range(1..=499))]
     pub batch_size: u32,
     /// Stop after deleting this many day documents (the next run carries on).
     #[arg(long)]
@@ -33,6 +34,8 @@ pub struct CleanupArgs {
     /// Show what would be deleted, and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub operator: Operator,
     /// The most findings the JSON summary lists (all are counted, and a terminal shows all).
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
@@ -65,7 +68,8 @@ pub async fn run(args: &CleanupArgs, store: &dyn DocumentStore) -> anyhow::Resul
         let deletions = deletable(&page, store, &mut report).await?;
         let count = deletions.len() as u64;
         if !args.dry_run && !deletions.is_empty() {
-            match store.apply(deletions).await? {
+            let audit = args.operator.entry(AuditAction::DaysDeleted, &deletions);
+            match store.apply(deletions, &audit).await? {
                 Applied::All => report.count("daysDeleted", count),
                 // A day changed since it was checked: leave the batch to the next run.
                 Applied::Nothing => report.count("daysChangedMeanwhile", count),

@@ -5,6 +5,7 @@
 //! flat however much data there is.
 
 mod archive;
+mod audit;
 mod check;
 mod cleanup;
 mod ndjson;
@@ -16,6 +17,7 @@ mod transfer;
 mod verify;
 
 pub use archive::{ArchiveArgs, run as archive};
+pub use audit::Operator;
 pub use cleanup::{CleanupArgs, run as cleanup};
 pub use output::Outcome;
 pub use rebuild::{RebuildArgs, run as rebuild_history};

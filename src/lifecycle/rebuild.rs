@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike, Utc};
 use clap::Args;
 
+use super::audit::Operator;
 use super::output::{Outcome, Report};
 use super::scope::{Scope, YearMonth};
 use super::store::{
@@ -16,7 +17,7 @@ use super::store::{
     Scan,
 };
 use super::{PAGE_SIZE, Pages, retry_pauses, subject};
-use crate::usage::{DailyUsage, MonthOf, MonthlyUsage, UserId};
+use crate::usage::{AuditAction, DailyUsage, MonthOf, MonthlyUsage, UserId};
 
 #[derive(Debug, Args)]
 pub struct RebuildArgs {
@@ -25,6 +26,8 @@ pub struct RebuildArgs {
     /// Show what would change, and write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub operator: Operator,
     /// The most changes the JSON summary lists (all are counted, and a terminal shows all).
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
@@ -57,7 +60,7 @@ pub async fn run(args: &RebuildArgs, store: &dyn DocumentStore) -> anyhow::Resul
                 continue;
             }
             last_month = Some((day.usage.user_id.clone(), month));
-            rebuild_month(&day.usage.user_id, month, args.dry_run, store, &mut report).await?;
+            rebuild_month(&day.usage.user_id, month, args, store, &mut report).await?;
         }
     }
     Ok(report.finish())
@@ -66,7 +69,7 @@ pub async fn run(args: &RebuildArgs, store: &dyn DocumentStore) -> anyhow::Resul
 async fn rebuild_month(
     user_id: &UserId,
     month: YearMonth,
-    dry_run: bool,
+    args: &RebuildArgs,
     store: &dyn DocumentStore,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -103,7 +106,7 @@ async fn rebuild_month(
             report.count("monthsUnchanged", 1);
             return Ok(());
         };
-        if dry_run {
+        if args.dry_run {
             report.change(name, changes);
             return Ok(());
         }
@@ -117,7 +120,9 @@ async fn rebuild_month(
             change: Change::Put(Document::Month(rebuilt)),
             condition,
         };
-        if store.apply(vec![write]).await? == Applied::All {
+        let write = vec![write];
+        let audit = args.operator.entry(AuditAction::HistoryRebuilt, &write);
+        if store.apply(write, &audit).await? == Applied::All {
             report.count("monthsRewritten", 1);
             report.change(name, changes);
             return Ok(());

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::usage::{DailyUsage, MonthlyUsage, StoreError, StoredDay, UserId, UserType};
+use crate::usage::{AuditEntry, DailyUsage, MonthlyUsage, StoreError, StoredDay, UserId, UserType};
 
 /// The schema's two collections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -132,8 +132,9 @@ pub struct DocumentWrite {
     pub condition: Condition,
 }
 
-/// The most writes one [`DocumentStore::apply`] takes (Firestore's limit per commit).
-pub const MAX_WRITES_PER_COMMIT: usize = 500;
+/// The most writes one [`DocumentStore::apply`] takes: Firestore's limit per commit, less the
+/// commit's audit entry.
+pub const MAX_WRITES_PER_COMMIT: usize = 499;
 
 /// Whether a batch of conditional writes was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,9 +166,13 @@ pub trait DocumentStore: Send + Sync {
         month: u32,
     ) -> Result<MonthSnapshot, StoreError>;
 
-    /// Applies up to [`MAX_WRITES_PER_COMMIT`] writes, all of them or, when a condition does
-    /// not hold, none.
-    async fn apply(&self, writes: Vec<DocumentWrite>) -> Result<Applied, StoreError>;
+    /// Applies up to [`MAX_WRITES_PER_COMMIT`] writes and appends `audit`, all of it or, when
+    /// a condition does not hold, none.
+    async fn apply(
+        &self,
+        writes: Vec<DocumentWrite>,
+        audit: &AuditEntry,
+    ) -> Result<Applied, StoreError>;
 
     /// Deletes up to `limit` idempotency records that expired before `now`, returning how
     /// many; `None` when the store expires them itself (Firestore's TTL policy).

@@ -11,6 +11,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use clap::{Args, ValueEnum};
 use flate2::read::MultiGzDecoder;
 
+use super::audit::Operator;
 use super::check::problems;
 use super::ndjson;
 use super::output::{Outcome, Report};
@@ -19,7 +20,7 @@ use super::store::{
     MAX_WRITES_PER_COMMIT, Scan, Stored,
 };
 use super::{PAGE_SIZE, Pages, retry_pauses, subject};
-use crate::usage::UserId;
+use crate::usage::{AuditAction, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CollectionArg {
@@ -62,6 +63,8 @@ pub struct ImportArgs {
     /// The most findings the JSON summary lists (all are counted, and a terminal shows all).
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+    #[command(flatten)]
+    pub operator: Operator,
 }
 
 pub async fn export(args: &ExportArgs, store: &dyn DocumentStore) -> anyhow::Result<Outcome> {
@@ -232,7 +235,10 @@ async fn import_batch(
             plan.tell(report);
             return Ok(());
         }
-        if store.apply(plan.writes.clone()).await? == Applied::All {
+        let audit = args
+            .operator
+            .entry(AuditAction::DocumentsImported, &plan.writes);
+        if store.apply(plan.writes.clone(), &audit).await? == Applied::All {
             plan.tell(report);
             return Ok(());
         }

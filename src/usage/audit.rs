@@ -12,16 +12,37 @@ pub enum AuditAction {
     OverrideSet,
     OverrideRemoved,
     UsageReset,
+    /// An admin recorded tokens for another user (`POST /usage` or a reservation's commit).
+    UsageRecorded,
+    /// A commit of the lifecycle commands `rebuild-history`, `cleanup`, `archive`, `import`.
+    HistoryRebuilt,
+    DaysDeleted,
+    MonthsArchived,
+    DocumentsImported,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 3] = [Self::OverrideSet, Self::OverrideRemoved, Self::UsageReset];
+    pub const ALL: [Self; 8] = [
+        Self::OverrideSet,
+        Self::OverrideRemoved,
+        Self::UsageReset,
+        Self::UsageRecorded,
+        Self::HistoryRebuilt,
+        Self::DaysDeleted,
+        Self::MonthsArchived,
+        Self::DocumentsImported,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OverrideSet => "override_set",
             Self::OverrideRemoved => "override_removed",
             Self::UsageReset => "usage_reset",
+            Self::UsageRecorded => "usage_recorded",
+            Self::HistoryRebuilt => "history_rebuilt",
+            Self::DaysDeleted => "days_deleted",
+            Self::MonthsArchived => "months_archived",
+            Self::DocumentsImported => "documents_imported",
         }
     }
 
@@ -39,8 +60,9 @@ pub struct AuditEntry {
     /// The admin's uid.
     pub actor: UserId,
     pub action: AuditAction,
-    /// The user the change is about.
-    pub user_id: UserId,
+    /// The user the change is about; `None` for a lifecycle command's batch, which may touch
+    /// many users' documents (its before and after name them).
+    pub user_id: Option<UserId>,
     /// The changed thing as it was, and as it became (`None`: absent).
     pub before: Option<Value>,
     pub after: Option<Value>,

@@ -83,7 +83,7 @@ impl OverrideChange {
                 Some(_) => AuditAction::OverrideSet,
                 None => AuditAction::OverrideRemoved,
             },
-            user_id: self.user_id.clone(),
+            user_id: Some(self.user_id.clone()),
             before: before.map(LimitOverride::audit_json),
             after: self.to.as_ref().map(LimitOverride::audit_json),
             idempotency_key: self.idempotency_key.clone(),

@@ -47,6 +47,9 @@ pub struct RecordRequest {
     pub commit_grace: Duration,
     pub now: DateTime<Utc>,
     pub idempotency: Option<(IdempotencyKey, Fingerprint)>,
+    /// The admin recording for another user, when their records are audited: what a spend or
+    /// commit records is then audited in the same write.
+    pub audit_actor: Option<UserId>,
 }
 
 /// Why a commit or release cannot be done; nothing is written.
@@ -243,6 +246,7 @@ impl RecordRequest {
             now: self.now,
         };
         let month_used = month_total(month);
+        let tokens_before = day.map_or(0, |day| day.tokens_used);
         let standing =
             |day, month_used, exceeds| self.standing(day, holds.held, month_used, policy, exceeds);
         let (day, month, exceeds) = match decide(day, month, input)? {
@@ -264,11 +268,11 @@ impl RecordRequest {
         let standing = standing(day.clone(), month.total_monthly_tokens, exceeds);
         Ok(Plan {
             writes: Some(Writes {
+                audit: self.audit_recorded(tokens_before, &day),
                 day,
                 reservations: holds.pruned_if_changed(),
                 month: Some(month),
                 idempotency: self.remember(StoredAnswer::Recorded(standing.clone())),
-                audit: None,
                 expired_holds: holds.expired,
             }),
             outcome: RecordOutcome::Admitted(standing),
@@ -373,9 +377,9 @@ impl RecordRequest {
                 return Ok(Plan::answer(RecordOutcome::Refused(refusal)));
             }
         };
+        let tokens_before = day.tokens_used;
         let day = DailyUsage {
-            tokens_used: day
-                .tokens_used
+            tokens_used: tokens_before
                 .checked_add(tokens.get())
                 .ok_or_else(|| self.unfit_day())?,
             last_updated: self.now,
@@ -414,11 +418,11 @@ impl RecordRequest {
         Ok(Plan {
             outcome,
             writes: Some(Writes {
+                audit: self.audit_recorded(tokens_before, &day),
                 day,
                 reservations: Some(kept),
                 month: Some(month),
                 idempotency: None,
-                audit: None,
                 expired_holds: holds.expired,
             }),
         })
@@ -529,17 +533,9 @@ impl RecordRequest {
             policy,
             None,
         );
-        let figures = |tokens: i64| serde_json::json!({"date": self.window.date.to_string(), "tokensUsed": tokens});
         let audit = AuditEntry {
-            id: AuditEntry::new_id(self.now),
-            at: self.now,
-            actor: actor.clone(),
-            action: AuditAction::UsageReset,
-            user_id: self.user_id.clone(),
-            before: Some(figures(tokens_before)),
-            after: Some(figures(0)),
-            idempotency_key: self.idempotency_key().map(|key| key.as_str().to_owned()),
             reason: Some(reason.to_owned()),
+            ..self.day_audit(actor, AuditAction::UsageReset, tokens_before, 0)
         };
         Ok(Plan {
             writes: Some(Writes {
@@ -627,6 +623,39 @@ impl RecordRequest {
     }
 
     /// The record kept under the request's idempotency key, if it has one.
+    /// The audit entry of tokens an admin recorded for another user, when they are audited.
+    fn audit_recorded(&self, tokens_before: i64, day: &DailyUsage) -> Option<AuditEntry> {
+        let actor = self.audit_actor.as_ref()?;
+        Some(self.day_audit(
+            actor,
+            AuditAction::UsageRecorded,
+            tokens_before,
+            day.tokens_used,
+        ))
+    }
+
+    /// An entry for a change of the day's tokens, from `before` to `after`.
+    fn day_audit(
+        &self,
+        actor: &UserId,
+        action: AuditAction,
+        before: i64,
+        after: i64,
+    ) -> AuditEntry {
+        let figures = |tokens: i64| serde_json::json!({"date": self.window.date.to_string(), "tokensUsed": tokens});
+        AuditEntry {
+            id: AuditEntry::new_id(self.now),
+            at: self.now,
+            actor: actor.clone(),
+            action,
+            user_id: Some(self.user_id.clone()),
+            before: Some(figures(before)),
+            after: Some(figures(after)),
+            idempotency_key: self.idempotency_key().map(|key| key.as_str().to_owned()),
+            reason: None,
+        }
+    }
+
     fn remember(&self, answer: StoredAnswer) -> Option<IdempotencyRecord> {
         self.idempotency
             .as_ref()
@@ -687,6 +716,7 @@ mod tests {
             action,
             window,
             limits: Limits::uniform(1_000),
+            audit_actor: None,
             commit_grace: Duration::seconds(30),
             now,
         }
@@ -1198,5 +1228,32 @@ mod tests {
         assert_eq!(audit.before.unwrap()["tokensUsed"], 600);
         assert!(writes.idempotency.is_some());
         assert_eq!(ledger.tokens_used(), 0);
+    }
+
+    #[test]
+    fn what_an_audited_admin_records_is_audited_with_it_and_nothing_else_is() {
+        let mut ledger = Ledger::default();
+        ledger.run(&request(spend(100), "2024-01-15T09:00:00Z", None));
+        let support = UserId::parse("support").unwrap();
+        let audited = |action, now, key| RecordRequest {
+            audit_actor: Some(support.clone()),
+            ..request(action, now, key)
+        };
+        let plan = ledger.run(&audited(spend(250), "2024-01-15T10:00:00Z", Some("k")));
+        let audit = plan.writes.unwrap().audit.unwrap();
+        assert_eq!(
+            (&audit.actor, audit.action, &audit.user_id),
+            (&support, AuditAction::UsageRecorded, &Some(alice()))
+        );
+        assert_eq!(audit.before.unwrap()["tokensUsed"], 100);
+        assert_eq!(audit.after.unwrap()["tokensUsed"], 350);
+        assert_eq!(audit.idempotency_key.as_deref(), Some("k"));
+
+        let replay = ledger.run(&audited(spend(250), "2024-01-15T10:00:01Z", Some("k")));
+        assert!(replay.writes.is_none(), "a replay records nothing");
+        let denied = ledger.run(&audited(spend(1_000), "2024-01-15T10:00:02Z", None));
+        assert!(denied.writes.is_none(), "a refusal records nothing");
+        let own = ledger.run(&request(spend(1), "2024-01-15T10:00:03Z", None));
+        assert_eq!(own.writes.unwrap().audit, None);
     }
 }

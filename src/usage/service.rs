@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, NaiveDate, SubsecRound, Timelike, Utc};
 use chrono_tz::Tz;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::{
@@ -36,6 +37,8 @@ pub enum TypeSource {
 pub struct Subject {
     pub user_id: UserId,
     pub user_type: TypeSource,
+    /// The admin acting for the user, when it is someone else.
+    pub acting_admin: Option<UserId>,
 }
 
 impl Subject {
@@ -109,8 +112,39 @@ pub struct AdminAct {
     pub idempotency_key: Option<String>,
 }
 
+/// What a request asks of a user's day, before the user's limits are looked up.
+struct Intent {
+    user_id: UserId,
+    action: Action,
+    window: DayWindow,
+    now: DateTime<Utc>,
+    idempotency: Option<(IdempotencyKey, Fingerprint)>,
+    /// The admin acting for another user: what they record may be audited.
+    acting_admin: Option<UserId>,
+}
+
+impl Intent {
+    /// The subject's request (a hold, for one, audits nothing whoever asks).
+    fn of(
+        subject: Subject,
+        action: Action,
+        window: DayWindow,
+        now: DateTime<Utc>,
+        idempotency: Option<(IdempotencyKey, Fingerprint)>,
+    ) -> Self {
+        Self {
+            user_id: subject.user_id,
+            action,
+            window,
+            now,
+            idempotency,
+            acting_admin: subject.acting_admin,
+        }
+    }
+}
+
 /// The rules the service applies, as configured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UsageSettings {
     /// The policy of each user type.
     pub limits: Limits,
@@ -121,6 +155,8 @@ pub struct UsageSettings {
     pub override_horizon: chrono::Duration,
     pub zone: Tz,
     pub reservations: ReservationRules,
+    /// Admins whose records for other users are not audited (the chat backend's uid).
+    pub unaudited_recorders: HashSet<UserId>,
 }
 
 pub struct UsageService {
@@ -158,26 +194,20 @@ impl UsageService {
         self.settings.soft_limit
     }
 
-    /// The request for `action` on the day of `window`, handed to the store with the request's
-    /// deadline.
-    async fn apply(
-        &self,
-        user_id: UserId,
-        action: Action,
-        window: DayWindow,
-        now: DateTime<Utc>,
-        idempotency: Option<(IdempotencyKey, Fingerprint)>,
-        deadline: Deadline,
-    ) -> Result<Recorded, StoreError> {
-        let found = self.store.limit_override(&user_id).await?;
+    /// The request, under the user's limits, handed to the store with the request's deadline.
+    async fn apply(&self, intent: Intent, deadline: Deadline) -> Result<Recorded, StoreError> {
+        let found = self.store.limit_override(&intent.user_id).await?;
         let request = RecordRequest {
-            user_id,
-            action,
-            window,
-            limits: limits_for(self.settings.limits, found.as_ref(), now),
+            limits: limits_for(self.settings.limits, found.as_ref(), intent.now),
             commit_grace: self.settings.reservations.commit_grace,
-            now,
-            idempotency,
+            audit_actor: intent
+                .acting_admin
+                .filter(|admin| !self.settings.unaudited_recorders.contains(admin)),
+            user_id: intent.user_id,
+            action: intent.action,
+            window: intent.window,
+            now: intent.now,
+            idempotency: intent.idempotency,
         };
         self.store.record(request, deadline).await
     }
@@ -220,9 +250,8 @@ impl UsageService {
         let window = DayWindow::containing(now, self.settings.zone);
         let action = Action::Spend { tokens, user_type };
         let subject_id = subject.user_id.clone();
-        let recorded = self
-            .apply(subject.user_id, action, window, now, idempotency, deadline)
-            .await;
+        let intent = Intent::of(subject, action, window, now, idempotency);
+        let recorded = self.apply(intent, deadline).await;
         let hour = now.with_timezone(&self.settings.zone).hour();
         count_record(&recorded, user_type, tokens, hour);
         count_reservations(&recorded);
@@ -277,23 +306,25 @@ impl UsageService {
             tokens,
             user_type,
         };
-        let recorded = self
-            .apply(subject.user_id, action, window, now, idempotency, deadline)
-            .await;
+        let intent = Intent::of(subject, action, window, now, idempotency);
+        let recorded = self.apply(intent, deadline).await;
         count_reservations(&recorded);
         Ok(recorded?.outcome)
     }
 
-    /// Records what the reserved reply spent, on the reservation's day, and ends its hold.
+    /// Records what the reserved reply spent, on the reservation's day, and ends its hold;
+    /// `acting_admin` commits for another user.
     pub async fn commit(
         &self,
         user_id: UserId,
         id: ReservationId,
         tokens: Tokens,
+        acting_admin: Option<UserId>,
         deadline: Deadline,
     ) -> Result<RecordOutcome, UsageError> {
         let date = id.date();
-        self.settle(user_id, date, Action::Commit { id, tokens }, deadline)
+        let action = Action::Commit { id, tokens };
+        self.settle(user_id, date, action, acting_admin, deadline)
             .await
     }
 
@@ -305,7 +336,7 @@ impl UsageService {
         deadline: Deadline,
     ) -> Result<RecordOutcome, UsageError> {
         let date = id.date();
-        self.settle(user_id, date, Action::Release { id }, deadline)
+        self.settle(user_id, date, Action::Release { id }, None, deadline)
             .await
     }
 
@@ -315,12 +346,19 @@ impl UsageService {
         user_id: UserId,
         date: NaiveDate,
         action: Action,
+        acting_admin: Option<UserId>,
         deadline: Deadline,
     ) -> Result<RecordOutcome, UsageError> {
         let window = DayWindow::of_date(date, self.settings.zone);
-        let recorded = self
-            .apply(user_id, action, window, self.now(), None, deadline)
-            .await;
+        let intent = Intent {
+            user_id,
+            action,
+            window,
+            now: self.now(),
+            idempotency: None,
+            acting_admin,
+        };
+        let recorded = self.apply(intent, deadline).await;
         count_reservations(&recorded);
         Ok(recorded?.outcome)
     }
@@ -381,6 +419,7 @@ impl UsageService {
         let subject = Subject {
             user_id: user_id.clone(),
             user_type: TypeSource::Directory,
+            acting_admin: None,
         };
         let (looked_up, stored, history, found) = tokio::join!(
             self.user_type(&subject, deadline),
@@ -553,10 +592,15 @@ impl UsageService {
             actor: act.actor,
             reason,
         };
-        Ok(self
-            .apply(user_id, action, window, now, idempotency, deadline)
-            .await?
-            .outcome)
+        let intent = Intent {
+            user_id,
+            action,
+            window,
+            now,
+            idempotency,
+            acting_admin: None,
+        };
+        Ok(self.apply(intent, deadline).await?.outcome)
     }
 
     /// Ready when the store answers.

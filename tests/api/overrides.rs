@@ -14,6 +14,9 @@ enum Store {
     Firestore,
 }
 
+/// The chat backend's uid: its records for other users are not audited.
+const UNAUDITED: &str = "--unaudited-recorders=chat-backend";
+
 async fn instances(store: Store, count: usize, clock: &std::sync::Arc<TestClock>) -> Vec<TestApp> {
     let mut apps = Vec::new();
     match store {
@@ -21,7 +24,7 @@ async fn instances(store: Store, count: usize, clock: &std::sync::Arc<TestClock>
             apps.push(
                 spawn_app_timed(
                     JwksServer::start(&[KEY_1]).await,
-                    &["--daily-limit-trial=100"],
+                    &["--daily-limit-trial=100", UNAUDITED],
                     |_| {},
                     clock.clone(),
                 )
@@ -32,7 +35,7 @@ async fn instances(store: Store, count: usize, clock: &std::sync::Arc<TestClock>
             let emulator = emulator::shared().await;
             let project = emulator::unique_project("overrides");
             for _ in 0..count {
-                let flags = ["--daily-limit-trial=100"];
+                let flags = ["--daily-limit-trial=100", UNAUDITED];
                 apps.push(instance_timed(&emulator.host(), &project, &flags, clock.clone()).await);
             }
         }
@@ -423,5 +426,99 @@ async fn a_reset_is_audited_and_replays_once() {
             .await
             .unwrap();
         assert_error(not_admin, 403, "forbidden").await;
+    }
+}
+
+/// What an admin records for another user, by `POST /usage` or a reservation's commit, is
+/// audited with it, once however often it is retried; refusals, a user's own records and the
+/// chat backend's named in `UNAUDITED_RECORDERS` are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_an_admin_records_for_another_user_is_audited() {
+    for store in [Store::Sqlite, Store::Firestore] {
+        let clock = TestClock::at("2026-01-20T10:00:00Z");
+        let app = instances(store, 1, &clock).await.remove(0);
+        let support = admin_token("support");
+        let for_bob = |tokens: i64| json!({"userId": "bob", "userType": "trial", "tokens": tokens});
+        for _ in 0..2 {
+            let answer = app.post_usage_keyed(&support, "fix-1", for_bob(10)).await;
+            assert_eq!(answer.status(), 200, "{store:?}");
+        }
+        let backend = app
+            .post_usage(&admin_token("chat-backend"), for_bob(5))
+            .await;
+        assert_eq!(backend.status(), 200);
+        assert_eq!(
+            app.post_usage(&token("bob"), json!({"tokens": 1}))
+                .await
+                .status(),
+            200
+        );
+        let refused = app.post_usage(&support, for_bob(1_000)).await;
+        assert_eq!(refused.status(), 429);
+
+        // Entries of one millisecond have no order among them.
+        clock.advance(chrono::Duration::seconds(1));
+        let reservation: Value = app
+            .client
+            .post(app.url("/usage/reservations"))
+            .bearer_auth(&support)
+            .json(&for_bob(20))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = reservation["id"].as_str().expect("a reservation");
+        let commit = app
+            .client
+            .post(app.url(&format!("/usage/reservations/{id}/commit")))
+            .bearer_auth(&support)
+            .json(&json!({"userId": "bob", "tokens": 7}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(commit.status(), 200, "{store:?}");
+
+        let audit: Value = app
+            .get(&admin_token("auditor"), "/admin/audit?userId=bob")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let entries = audit["items"].as_array().unwrap();
+        let summary: Vec<_> = entries
+            .iter()
+            .map(|entry| {
+                (
+                    entry["action"].clone(),
+                    entry["actor"].clone(),
+                    entry["before"]["tokensUsed"].clone(),
+                    entry["after"]["tokensUsed"].clone(),
+                    entry["idempotencyKey"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    json!("usage_recorded"),
+                    json!("support"),
+                    json!(16),
+                    json!(23),
+                    Value::Null
+                ),
+                (
+                    json!("usage_recorded"),
+                    json!("support"),
+                    json!(0),
+                    json!(10),
+                    json!("fix-1")
+                ),
+            ],
+            "{store:?}: {audit}"
+        );
+        assert_eq!(entries[1]["after"]["date"], "2026-01-20");
     }
 }

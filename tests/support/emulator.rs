@@ -123,6 +123,7 @@ impl Emulator {
                 commit_grace: chrono::Duration::zero(),
                 now,
                 idempotency: None,
+                audit_actor: None,
             };
             let deadline = Deadline::from_now(Duration::from_secs(30));
             store

@@ -432,9 +432,12 @@ pub fn audit_fields(entry: &AuditEntry) -> Fields {
         ("at".to_owned(), timestamp(entry.at)),
         ("actor".to_owned(), string(entry.actor.as_str())),
         ("action".to_owned(), string(entry.action.as_str())),
-        ("userId".to_owned(), string(entry.user_id.as_str())),
     ]);
     let optional = [
+        (
+            "userId",
+            entry.user_id.as_ref().map(|id| id.as_str().to_owned()),
+        ),
         ("before", entry.before.as_ref().map(ToString::to_string)),
         ("after", entry.after.as_ref().map(ToString::to_string)),
         ("idempotencyKey", entry.idempotency_key.clone()),
@@ -473,7 +476,10 @@ pub fn audit_from(document: &Document) -> Result<AuditEntry, DecodeError> {
         actor: doc.user_id("actor")?,
         action: AuditAction::parse(action)
             .ok_or_else(|| doc.error("action", "is not an audit action"))?,
-        user_id: doc.user_id("userId")?,
+        user_id: match doc.fields.contains_key("userId") {
+            true => Some(doc.user_id("userId")?),
+            false => None,
+        },
         before: json("before")?,
         after: json("after")?,
         idempotency_key: text("idempotencyKey")?,

@@ -21,13 +21,13 @@ use firestore::gcloud_sdk::tonic::Code;
 
 use super::client::{AttemptError, MAX_RPC_TIMEOUT, read_failure};
 use super::reports::{all_of, field_condition, structured_query};
-use super::{FirestoreStore, codec};
+use super::{FirestoreStore, codec, steering};
 use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
     Scan, ScanCursor, Stored, Version, strict_user_type,
 };
-use crate::store::queries::{self, QueryShape};
-use crate::usage::{MonthlyUsage, StoreError, UserId, month_dates};
+use crate::store::queries::{self, AUDIT_COLLECTION, QueryShape};
+use crate::usage::{AuditEntry, MonthlyUsage, StoreError, UserId, month_dates};
 
 /// Reads are retried a few times: a long scan should not fail on one dropped call.
 fn read_retries() -> ExponentialBuilder {
@@ -337,11 +337,17 @@ impl DocumentStore for FirestoreStore {
         })
     }
 
-    async fn apply(&self, writes: Vec<DocumentWrite>) -> Result<Applied, StoreError> {
-        let writes = writes
+    async fn apply(
+        &self,
+        writes: Vec<DocumentWrite>,
+        audit: &AuditEntry,
+    ) -> Result<Applied, StoreError> {
+        let mut writes = writes
             .iter()
             .map(|write| self.lifecycle_write(write))
             .collect::<Result<Vec<_>, _>>()?;
+        let audit_name = self.document_name(AUDIT_COLLECTION, &audit.id);
+        writes.push(steering::audit_write(&audit_name, audit));
         match self.commit(writes, MAX_RPC_TIMEOUT).await {
             Ok(_) => Ok(Applied::All),
             Err(status)

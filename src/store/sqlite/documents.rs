@@ -8,14 +8,14 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    STORED_DAY_COLUMNS, SqliteStore, WRITE_DAY, WRITE_MONTH, month_from_row, stored_day_from_row,
-    write_day, write_month,
+    STORED_DAY_COLUMNS, SqliteStore, WRITE_DAY, WRITE_MONTH, month_from_row, steering,
+    stored_day_from_row, write_day, write_month,
 };
 use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
     Scan, ScanCursor, Stored, Version, strict_user_type,
 };
-use crate::usage::{MonthlyUsage, StoreError, UserId, month_dates};
+use crate::usage::{AuditEntry, MonthlyUsage, StoreError, UserId, month_dates};
 
 fn table(collection: Collection) -> &'static str {
     collection.name()
@@ -155,7 +155,11 @@ fn month_with_days(
     Ok(MonthSnapshot { month, days })
 }
 
-fn apply(connection: &mut Connection, writes: &[DocumentWrite]) -> rusqlite::Result<Applied> {
+fn apply(
+    connection: &mut Connection,
+    writes: &[DocumentWrite],
+    audit: &AuditEntry,
+) -> rusqlite::Result<Applied> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     for write in writes {
         let current = read_stored(&transaction, write.collection, &write.id)?;
@@ -190,6 +194,10 @@ fn apply(connection: &mut Connection, writes: &[DocumentWrite]) -> rusqlite::Res
             }
         }
     }
+    steering::write_audit(
+        &mut *transaction.prepare_cached(steering::WRITE_AUDIT)?,
+        audit,
+    )?;
     transaction.commit()?;
     Ok(Applied::All)
 }
@@ -232,8 +240,13 @@ impl DocumentStore for SqliteStore {
             .await
     }
 
-    async fn apply(&self, writes: Vec<DocumentWrite>) -> Result<Applied, StoreError> {
-        self.with_connection(move |connection| apply(connection, &writes))
+    async fn apply(
+        &self,
+        writes: Vec<DocumentWrite>,
+        audit: &AuditEntry,
+    ) -> Result<Applied, StoreError> {
+        let audit = audit.clone();
+        self.with_connection(move |connection| apply(connection, &writes, &audit))
             .await
     }
 

@@ -222,6 +222,7 @@ mod tests {
             commit_grace: chrono::Duration::zero(),
             now,
             idempotency: None,
+            audit_actor: None,
         }
     }
 
