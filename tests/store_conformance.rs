@@ -1039,8 +1039,17 @@ mod firestore_documents {
         assert_eq!(raw["tokensUsed"]["integerValue"], "500");
     }
 
-    /// RPCs, document reads and document writes of one record.
+    /// RPCs, document reads and document writes of one record, once the store's copy of the
+    /// overrides has caught up (before that, a record also reads its user's override).
     async fn cost(store: &FirestoreStore, request: RecordRequest) -> (RecordOutcome, [u64; 3]) {
+        let start = std::time::Instant::now();
+        while !store.overrides_ready() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the overrides' listener never caught up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let before = store.operation_counts();
         let outcome = record(store, request).await;
         let cost = store.operation_counts() - before;

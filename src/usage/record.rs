@@ -9,9 +9,10 @@ use super::decision::month_after;
 use super::reservation::MAX_ENTRIES_PER_DAY;
 use super::{
     AuditAction, AuditEntry, DailyUsage, DayWindow, Decision, DecisionError, DecisionInput,
-    Enforcement, Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, LimitWindow,
-    Limits, MonthStanding, MonthlyUsage, Policy, Reservation, ReservationEntry, ReservationId,
-    Reservations, Settlement, Standing, StoredAnswer, StoredDay, Tokens, UserId, UserType, decide,
+    Enforcement, Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, LimitOverride,
+    LimitWindow, Limits, MonthStanding, MonthlyUsage, Policy, Reservation, ReservationEntry,
+    ReservationId, Reservations, Settlement, Standing, StoredAnswer, StoredDay, Tokens, UserId,
+    UserType, decide, limits_for,
 };
 
 /// What a request does to the user's day.
@@ -40,8 +41,9 @@ pub struct RecordRequest {
     pub action: Action,
     /// The day the request counts on: today, or a reservation's day.
     pub window: DayWindow,
-    /// The policy of each user type: the spent or reserved type's for a decision, the day's
-    /// stored type's for the answer of a settlement.
+    /// The configured policy of each user type (an active override in the snapshot replaces
+    /// it): the spent or reserved type's for a decision, the day's stored type's for the
+    /// answer of a settlement.
     pub limits: Limits,
     /// How long after expiry a reservation may still be committed.
     pub commit_grace: Duration,
@@ -112,6 +114,9 @@ pub struct Snapshot {
     pub month: Option<MonthlyUsage>,
     /// Read only for a request with an idempotency key.
     pub idempotency: Option<IdempotencyRecord>,
+    /// The user's override, as the store knows it: it replaces the configured limits while it
+    /// is active at the request's instant.
+    pub limit_override: Option<LimitOverride>,
 }
 
 /// What a plan writes, all together or not at all.
@@ -191,6 +196,19 @@ impl RecordRequest {
     /// The idempotency check, then the action's rule, then the writes: the whole rule of a
     /// request. Every write of a day also drops the reservations it no longer needs.
     pub fn plan(&self, snapshot: &Snapshot) -> Result<Plan, DecisionError> {
+        let active = (snapshot.limit_override.as_ref()).filter(|found| found.active_at(self.now));
+        match active {
+            Some(found) => RecordRequest {
+                limits: limits_for(self.limits, Some(found), self.now),
+                ..self.clone()
+            }
+            .plan_under_limits(snapshot),
+            None => self.plan_under_limits(snapshot),
+        }
+    }
+
+    /// The plan under `self.limits`, the override already applied.
+    fn plan_under_limits(&self, snapshot: &Snapshot) -> Result<Plan, DecisionError> {
         if let Some((_, fingerprint)) = &self.idempotency {
             match IdempotencyCheck::of(snapshot.idempotency.as_ref(), fingerprint, self.now) {
                 IdempotencyCheck::Replay(answer) => {
@@ -1255,5 +1273,31 @@ mod tests {
         assert!(denied.writes.is_none(), "a refusal records nothing");
         let own = ledger.run(&request(spend(1), "2024-01-15T10:00:03Z", None));
         assert_eq!(own.writes.unwrap().audit, None);
+    }
+
+    #[test]
+    fn the_snapshots_override_replaces_the_limits_until_it_expires() {
+        let mut ledger = Ledger::default();
+        ledger.snapshot.limit_override = Some(LimitOverride {
+            user_id: alice(),
+            daily_limit: 5_000,
+            monthly_limit: None,
+            enforcement: None,
+            expires_at: at("2024-01-15T12:00:00Z"),
+            reason: "launch week".to_owned(),
+            set_by: UserId::parse("support").unwrap(),
+            set_at: at("2024-01-15T09:00:00Z"),
+        });
+        let raised = ledger.run(&request(spend(3_000), "2024-01-15T11:59:59Z", None));
+        let RecordOutcome::Admitted(standing) = &raised.outcome else {
+            panic!("{:?}", raised.outcome)
+        };
+        assert_eq!(standing.limit(LimitWindow::Daily), 5_000);
+        let expired = ledger.run(&request(spend(1), "2024-01-15T12:00:00Z", None));
+        assert!(
+            matches!(expired.outcome, RecordOutcome::Denied(ref s) if s.limit(LimitWindow::Daily) == 1_000),
+            "{:?}",
+            expired.outcome
+        );
     }
 }

@@ -112,7 +112,7 @@ pub struct AdminAct {
     pub idempotency_key: Option<String>,
 }
 
-/// What a request asks of a user's day, before the user's limits are looked up.
+/// What a request asks of a user's day.
 struct Intent {
     user_id: UserId,
     action: Action,
@@ -194,11 +194,11 @@ impl UsageService {
         self.settings.soft_limit
     }
 
-    /// The request, under the user's limits, handed to the store with the request's deadline.
+    /// The request, handed to the store with the request's deadline; the store reads the
+    /// user's override with the documents, and the plan applies it.
     async fn apply(&self, intent: Intent, deadline: Deadline) -> Result<Recorded, StoreError> {
-        let found = self.store.limit_override(&intent.user_id).await?;
         let request = RecordRequest {
-            limits: limits_for(self.settings.limits, found.as_ref(), intent.now),
+            limits: self.settings.limits,
             commit_grace: self.settings.reservations.commit_grace,
             audit_actor: intent
                 .acting_admin

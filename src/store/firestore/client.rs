@@ -198,6 +198,17 @@ impl FirestoreStore {
 
     /// One document by name; `None` when it does not exist.
     pub(super) async fn get(&self, name: String) -> Result<Option<Document>, StoreError> {
+        self.get_within(name, MAX_RPC_TIMEOUT)
+            .await
+            .map_err(AttemptError::into_store_error)
+    }
+
+    /// One document by name within `timeout`, failing as a retryable attempt may.
+    pub(super) async fn get_within(
+        &self,
+        name: String,
+        timeout: Duration,
+    ) -> Result<Option<Document>, AttemptError> {
         self.counters.rpc();
         self.counters.reads(1);
         let request = GetDocumentRequest {
@@ -206,12 +217,12 @@ impl FirestoreStore {
         };
         match self
             .client()
-            .get_document(Self::request(request, MAX_RPC_TIMEOUT))
+            .get_document(Self::request(request, timeout))
             .await
         {
             Ok(response) => Ok(Some(response.into_inner())),
             Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(read_failure(status).into_store_error()),
+            Err(status) => Err(read_failure(status)),
         }
     }
 

@@ -131,7 +131,6 @@ impl CollectionMirror {
     }
 
     /// Whether the copy has been consistent with Firestore at least once.
-    #[cfg(test)]
     pub fn ready(&self) -> bool {
         read(&self.view).consistent_at.is_some()
     }

@@ -31,6 +31,7 @@ use firestore::gcloud_sdk::google_cloud_auth::credentials::Credentials;
 use firestore::{FirestoreDb, FirestoreDbOptions};
 
 use self::cache::DocumentCache;
+use self::client::{AttemptError, MAX_RPC_TIMEOUT};
 use crate::store::queries::OVERRIDES_COLLECTION;
 use crate::usage::{
     AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, Deadline, LimitOverride,
@@ -106,6 +107,12 @@ impl FirestoreStore {
     pub fn operation_counts(&self) -> OperationCounts {
         self.counters.snapshot()
     }
+
+    /// Whether the listener-fed copy of the overrides has caught up with Firestore since
+    /// start: until then, each record reads its user's override.
+    pub fn overrides_ready(&self) -> bool {
+        self.overrides.ready()
+    }
 }
 
 /// The port, each operation in the file of its kind: the record path in `record.rs`, the reads
@@ -165,7 +172,9 @@ impl UsageStore for FirestoreStore {
     }
 
     async fn limit_override(&self, user_id: &UserId) -> Result<Option<LimitOverride>, StoreError> {
-        self.read_override(user_id).await
+        self.read_override(user_id, MAX_RPC_TIMEOUT)
+            .await
+            .map_err(AttemptError::into_store_error)
     }
 
     async fn change_limit_override(

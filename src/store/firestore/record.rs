@@ -21,8 +21,8 @@ use super::codec;
 use super::{FirestoreStore, steering};
 use crate::store::queries::{AUDIT_COLLECTION, DAILY_COLLECTION, HISTORY_COLLECTION};
 use crate::usage::{
-    Deadline, IdempotencyKey, Plan, RecordRequest, Recorded, Snapshot, StoreError, StoredDay,
-    UserId, Writes,
+    Deadline, IdempotencyKey, LimitOverride, Plan, RecordRequest, Recorded, Snapshot, StoreError,
+    StoredDay, UserId, Writes,
 };
 
 /// The service's own collection: idempotency records, deleted by a TTL policy on `expiresAt`.
@@ -45,7 +45,12 @@ impl FirestoreStore {
         names: &RecordNames,
         deadline: Deadline,
     ) -> Result<Recorded, AttemptError> {
-        if let Some(cached) = self.cached_snapshot(names).await {
+        // From the listener-fed copy: no read while it is current.
+        let limit_override = self
+            .read_override(&request.user_id, deadline.time_left())
+            .await?;
+        let limit_override = limit_override.as_ref();
+        if let Some(cached) = self.cached_snapshot(names, limit_override).await {
             let plan = request
                 .plan(&cached.snapshot)
                 .map_err(|error| AttemptError::Permanent(error.into()))?;
@@ -73,7 +78,7 @@ impl FirestoreStore {
             .batch_get(&names.all(), deadline.time_left())
             .await
             .map_err(read_failure)?;
-        let snapshot = names.snapshot(&read)?;
+        let snapshot = names.snapshot(&read, limit_override)?;
         let plan = request
             .plan(&snapshot)
             .map_err(|error| AttemptError::Permanent(error.into()))?;
@@ -90,7 +95,11 @@ impl FirestoreStore {
 
     /// The record's documents from the cache, when it has every one the request reads. An
     /// idempotency record is taken not to exist: its write requires that.
-    async fn cached_snapshot(&self, names: &RecordNames) -> Option<CachedRecord> {
+    async fn cached_snapshot(
+        &self,
+        names: &RecordNames,
+        limit_override: Option<&LimitOverride>,
+    ) -> Option<CachedRecord> {
         let day = self.cache.get(&names.day).await?;
         let CachedDocument::Day(stored_day) = &day.document else {
             return None;
@@ -104,6 +113,7 @@ impl FirestoreStore {
                 day: Some(stored_day.clone()),
                 month: Some(stored_month.clone()),
                 idempotency: None,
+                limit_override: limit_override.cloned(),
             },
             conditions: Conditions {
                 day: ConditionType::UpdateTime(day.update_time),
@@ -342,7 +352,11 @@ impl RecordNames {
         names
     }
 
-    fn snapshot(&self, read: &HashMap<String, Document>) -> Result<Snapshot, codec::DecodeError> {
+    fn snapshot(
+        &self,
+        read: &HashMap<String, Document>,
+        limit_override: Option<&LimitOverride>,
+    ) -> Result<Snapshot, codec::DecodeError> {
         Ok(Snapshot {
             day: read
                 .get(&self.day)
@@ -355,6 +369,7 @@ impl RecordNames {
                 .and_then(|name| read.get(name))
                 .map(codec::idempotency_from)
                 .transpose()?,
+            limit_override: limit_override.cloned(),
         })
     }
 

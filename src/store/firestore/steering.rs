@@ -66,22 +66,23 @@ pub(super) fn audit_write(name: &str, entry: &AuditEntry) -> Write {
 
 impl FirestoreStore {
     /// From the mirror while it is current within [`OVERRIDES_STALENESS`], else from
-    /// Firestore.
+    /// Firestore within `timeout`.
     pub(super) async fn read_override(
         &self,
         user_id: &UserId,
-    ) -> Result<Option<LimitOverride>, StoreError> {
+        timeout: Duration,
+    ) -> Result<Option<LimitOverride>, AttemptError> {
         let document = match self.overrides.get(user_id.as_str(), OVERRIDES_STALENESS) {
             Freshness::Fresh(document) => document,
             Freshness::Stale => {
                 let name = self.document_name(OVERRIDES_COLLECTION, user_id.as_str());
-                self.get(name).await?
+                self.get_within(name, timeout).await?
             }
         };
         document
             .map(|document| codec::override_from(&document))
             .transpose()
-            .map_err(StoreError::from)
+            .map_err(|error| AttemptError::Permanent(error.into()))
     }
 
     /// Reads the override, then commits the change and its audit entry on the condition that

@@ -443,6 +443,7 @@ struct RecordStatements<'conn> {
     read_day: Statement<'conn>,
     read_month: Statement<'conn>,
     read_idempotency: Statement<'conn>,
+    read_override: Statement<'conn>,
     write_day: Statement<'conn>,
     write_month: Statement<'conn>,
     write_idempotency: Statement<'conn>,
@@ -460,6 +461,7 @@ impl<'conn> RecordStatements<'conn> {
             read_day: prepare(READ_DAY)?,
             read_month: prepare(READ_MONTH)?,
             read_idempotency: prepare(READ_IDEMPOTENCY)?,
+            read_override: prepare(steering::READ_OVERRIDE)?,
             write_day: prepare(WRITE_DAY)?,
             write_month: prepare(WRITE_MONTH)?,
             write_idempotency: prepare(WRITE_IDEMPOTENCY)?,
@@ -527,6 +529,8 @@ impl<'conn> RecordStatements<'conn> {
                     .map_err(|e| row_error("idempotency_keys", key.as_str(), e))?,
                 None => None,
             },
+            limit_override: steering::override_of(&mut self.read_override, &request.user_id)
+                .map_err(|e| row_error("limit_overrides", request.user_id.as_str(), e))?,
         })
     }
 }

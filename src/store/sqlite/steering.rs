@@ -33,14 +33,21 @@ CREATE INDEX IF NOT EXISTS audit_by_user ON audit_log (user_id, id DESC);
 CREATE INDEX IF NOT EXISTS audit_by_actor ON audit_log (actor, id DESC);
 ";
 
-const READ_OVERRIDE: &str = "SELECT * FROM limit_overrides WHERE user_id = ?1";
+pub(super) const READ_OVERRIDE: &str = "SELECT * FROM limit_overrides WHERE user_id = ?1";
 
 pub(super) fn read_override(
     connection: &Connection,
     user_id: &UserId,
 ) -> rusqlite::Result<Option<LimitOverride>> {
-    connection
-        .prepare_cached(READ_OVERRIDE)?
+    override_of(&mut *connection.prepare_cached(READ_OVERRIDE)?, user_id)
+}
+
+/// The user's override with [`READ_OVERRIDE`], inside the caller's transaction.
+pub(super) fn override_of(
+    statement: &mut Statement<'_>,
+    user_id: &UserId,
+) -> rusqlite::Result<Option<LimitOverride>> {
+    statement
         .query_row([user_id.as_str()], override_from_row)
         .optional()
 }
