@@ -14,9 +14,9 @@ use firestore::gcloud_sdk::google::firestore::v1::structured_query::{
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use firestore::gcloud_sdk::google::firestore::v1::{
     Cursor, Document, RunAggregationQueryRequest, StructuredAggregationQuery, StructuredQuery,
-    Value, run_aggregation_query_request, structured_aggregation_query,
+    TransactionOptions, Value, run_aggregation_query_request, structured_aggregation_query,
+    transaction_options,
 };
-use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::gcloud_sdk::tonic::Status;
 
 use super::FirestoreStore;
@@ -30,15 +30,36 @@ use crate::usage::{
     StoreError, UsageTotals, UserId, UserType,
 };
 
+/// Where an aggregation reads. Several counts of one answer read in one read-only transaction,
+/// which sees one snapshot: the first begins it, the others name it.
+enum Snapshot {
+    Begin,
+    Of(Vec<u8>),
+}
+
+impl Snapshot {
+    fn selector(&self) -> run_aggregation_query_request::ConsistencySelector {
+        use run_aggregation_query_request::ConsistencySelector;
+        match self {
+            Self::Begin => ConsistencySelector::NewTransaction(TransactionOptions {
+                mode: Some(transaction_options::Mode::ReadOnly(
+                    transaction_options::ReadOnly::default(),
+                )),
+            }),
+            Self::Of(transaction) => ConsistencySelector::Transaction(transaction.clone()),
+        }
+    }
+}
+
 impl FirestoreStore {
-    /// Counts the documents of a query and sums their `tokensUsed`, in Firestore.
-    /// Counts at `read_time` when given, else now; returns the time it counted at.
+    /// Counts the documents of a query and sums their `tokensUsed`, in Firestore, in the
+    /// `snapshot`; returns the transaction that holds it.
     async fn totals(
         &self,
         shape: &QueryShape,
         values: &[Value],
-        read_time: Option<Timestamp>,
-    ) -> Result<(UsageTotals, Timestamp), StoreError> {
+        snapshot: Snapshot,
+    ) -> Result<(UsageTotals, Vec<u8>), StoreError> {
         let field = FieldReference {
             field_path: "tokensUsed".to_owned(),
         };
@@ -68,8 +89,7 @@ impl FirestoreStore {
                     },
                 ),
             ),
-            consistency_selector: read_time
-                .map(run_aggregation_query_request::ConsistencySelector::ReadTime),
+            consistency_selector: Some(snapshot.selector()),
             ..Default::default()
         };
         self.counters.rpc();
@@ -80,9 +100,11 @@ impl FirestoreStore {
                 .await?
                 .into_inner();
             let mut fields = HashMap::new();
-            let mut counted_at = None;
+            let mut transaction = None;
             while let Some(response) = stream.message().await? {
-                counted_at = response.read_time.or(counted_at);
+                if !response.transaction.is_empty() {
+                    transaction = Some(response.transaction);
+                }
                 fields.extend(
                     response
                         .result
@@ -90,14 +112,17 @@ impl FirestoreStore {
                         .unwrap_or_default(),
                 );
             }
-            Ok::<_, Status>((fields, counted_at))
+            Ok::<_, Status>((fields, transaction))
         };
-        let (fields, counted_at) = read
+        let (fields, begun) = read
             .await
             .map_err(|status| read_failure(status).into_store_error())?;
-        let counted_at = counted_at.ok_or_else(|| {
-            StoreError::Internal("an aggregation came without its read time".to_owned())
-        })?;
+        let transaction = match snapshot {
+            Snapshot::Of(transaction) => transaction,
+            Snapshot::Begin => begun.ok_or_else(|| {
+                StoreError::Internal("an aggregation came without its transaction".to_owned())
+            })?,
+        };
         // An aggregation is billed one read per 1,000 index entries it scans, and at least one.
         self.counters.reads(1);
         let number = |alias: &str| match fields
@@ -114,7 +139,7 @@ impl FirestoreStore {
             active_users: number("users")?,
             total_tokens: number("tokens")?,
         };
-        Ok((totals, counted_at))
+        Ok((totals, transaction))
     }
 
     /// Runs a query of a declared shape with the given equality values, in its order.
@@ -226,15 +251,20 @@ impl FirestoreStore {
         let day = codec::string(&date.format("%Y-%m-%d").to_string());
         let of_type = |user_type: UserType| [day.clone(), codec::string(user_type.as_str())];
         let [first, rest @ ..] = UserType::ALL;
-        let (first_totals, read_time) = self
-            .totals(&queries::DAILY_SUMMARY_BY_TYPE, &of_type(first), None)
+        let (first_totals, transaction) = self
+            .totals(
+                &queries::DAILY_SUMMARY_BY_TYPE,
+                &of_type(first),
+                Snapshot::Begin,
+            )
             .await?;
+        let transaction = &transaction;
         let rest = futures_util::future::try_join_all(rest.map(|user_type| async move {
             let (totals, _) = self
                 .totals(
                     &queries::DAILY_SUMMARY_BY_TYPE,
                     &of_type(user_type),
-                    Some(read_time),
+                    Snapshot::Of(transaction.clone()),
                 )
                 .await?;
             Ok::<_, StoreError>((user_type, totals))
@@ -257,8 +287,8 @@ impl FirestoreStore {
             codec::string(&date.format("%Y-%m-%d").to_string()),
             codec::string(user_type.as_str()),
         ];
-        let (active, read_time) = self
-            .totals(&queries::DAILY_SUMMARY_BY_TYPE, &of_type, None)
+        let (active, transaction) = self
+            .totals(&queries::DAILY_SUMMARY_BY_TYPE, &of_type, Snapshot::Begin)
             .await?;
         let mut above_limit = of_type.to_vec();
         above_limit.push(codec::integer(limit));
@@ -266,7 +296,7 @@ impl FirestoreStore {
             .totals(
                 &queries::DAILY_OVER_LIMIT_BY_TYPE,
                 &above_limit,
-                Some(read_time),
+                Snapshot::Of(transaction),
             )
             .await?;
         let UsageTotals {
