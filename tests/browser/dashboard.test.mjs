@@ -227,7 +227,7 @@ describe('the dashboard', () => {
     const table = await rows('Tokens per month, the last 12 months: Tokens');
     assert.deepEqual(table.map(([, tokens]) => tokens).reverse(),
       report.history.map((month) => number.format(month.totalMonthlyTokens)));
-    await page.screenshot({ path: SCREENSHOT });
+    await page.screenshot({ path: SCREENSHOT, fullPage: true });
     await checkView('user');
   });
 
