@@ -289,6 +289,15 @@ describe('the dashboard', () => {
     const [overLimit] = await pixelsOf(page, ACCENT);
     assert.ok(overLimit > 200, `the users over the limit are drawn (${overLimit} pixels)`);
     await checkView('what-if');
+
+    // A range the API refuses is shown in the API's own words.
+    const tooLong = `userType=trial&dailyLimit=3000&from=2001-01-01&to=${today}`;
+    const refused = await admin.call('GET', `/admin/reports/what-if?${tooLong}`);
+    assert.equal(refused.status, 400);
+    await page.goto(`${service.base}/dashboard#/what-if?type=trial&limit=3000&from=2001-01-01&to=${today}`);
+    const alert = page.getByRole('alert').filter({ hasText: 'Could not load this' });
+    assert.equal(await alert.innerText(),
+      `Could not load this: ${refused.body.error.message} (400 ${refused.body.error.code})`);
   });
 
   it('refreshes a refused ID token once and retries, then asks to sign in again', async () => {
