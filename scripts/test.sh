@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every test: the Rust suites (which start their own Firestore and Firebase Auth emulators),
-# the security-rules tests in Node (which start theirs), the contract test of the OpenAPI
+# the dashboard in a real browser (against the debug binary that cargo test leaves), the
+# security-rules tests in Node (which start theirs), the contract test of the OpenAPI
 # document against the running service, and the alert rules' unit tests. Needs Rust, Java 17,
 # Node 20, Python 3 and the Google Cloud CLI's cloud-firestore-emulator component; installs
-# promtool from Debian's packages when it is missing.
+# Chromium and promtool from Debian's packages when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 # module that the Auth emulator does not use, and would compile it from source here.
 (cd tests/auth-emulator && npm ci --no-audit --no-fund --ignore-scripts)
 cargo test --locked
+bash scripts/test-browser.sh
 bash scripts/test-rules.sh
 bash scripts/test-contract.sh
 bash scripts/test-alerts.sh

@@ -148,6 +148,7 @@ impl Application {
         let edge = EdgeSettings {
             request_timeout: config.request_timeout(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
+            dashboard: config.dashboard(),
         };
         let metrics = match config.metrics_addr {
             Some(address) => Some((

@@ -8,6 +8,7 @@ use axum::http::HeaderValue;
 use chrono_tz::Tz;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use crate::http::{DashboardSettings, FirebaseWebApp};
 use crate::lifecycle::{ArchiveArgs, CleanupArgs, ExportArgs, ImportArgs, RebuildArgs, VerifyArgs};
 use crate::server::ConnectionSettings;
 use crate::store::{StoreKind, StoreSettings, parse_project_id};
@@ -230,6 +231,9 @@ pub struct Config {
     /// METRICS_TOKEN it must be a loopback address.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub dashboard: DashboardArgs,
 
     /// The least time between two key fetches caused by an unknown key id.
     #[arg(skip = Duration::from_secs(60))]
@@ -491,6 +495,66 @@ impl From<&LimitArgs> for Limits {
                 args.enforcement_subscribed,
             ),
         }
+    }
+}
+
+/// The Firebase web app that signs admins in to `/dashboard`: public values, served to the
+/// page.
+#[derive(Debug, Clone, Args)]
+pub struct DashboardArgs {
+    /// The web app's API key (Firebase console, project settings); unset, the dashboard
+    /// offers no sign-in form.
+    #[arg(long, env = "FIREBASE_WEB_API_KEY", value_parser = parse_web_api_key)]
+    pub firebase_web_api_key: Option<String>,
+
+    /// The web app's auth domain [default: FIREBASE_PROJECT_ID.firebaseapp.com].
+    #[arg(long, env = "FIREBASE_AUTH_DOMAIN", value_parser = parse_auth_domain)]
+    pub firebase_auth_domain: Option<String>,
+}
+
+impl Config {
+    /// What `/dashboard` needs of the deployment.
+    pub fn dashboard(&self) -> DashboardSettings {
+        let project_id = &self.store.firebase_project_id;
+        DashboardSettings {
+            project_id: project_id.clone(),
+            time_zone: self.reset_timezone,
+            web_app: self
+                .dashboard
+                .firebase_web_api_key
+                .clone()
+                .map(|api_key| FirebaseWebApp {
+                    api_key,
+                    auth_domain: self
+                        .dashboard
+                        .firebase_auth_domain
+                        .clone()
+                        .unwrap_or_else(|| format!("{project_id}.firebaseapp.com")),
+                    auth_emulator_host: self.firebase_auth_emulator_host.clone(),
+                }),
+        }
+    }
+}
+
+fn parse_web_api_key(raw: &str) -> Result<String, String> {
+    let valid = raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if (1..=100).contains(&raw.len()) && valid {
+        Ok(raw.to_owned())
+    } else {
+        Err("an API key is 1 to 100 letters, digits, '-' and '_'".to_owned())
+    }
+}
+
+fn parse_auth_domain(raw: &str) -> Result<String, String> {
+    let valid = raw
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b));
+    if (1..=253).contains(&raw.len()) && valid {
+        Ok(raw.to_owned())
+    } else {
+        Err("an auth domain is a host name, e.g. my-app.firebaseapp.com".to_owned())
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP edge: the router, its layers, and one module per resource.
 
 mod admin;
+mod dashboard;
 mod deadline;
 mod docs;
 mod error;
@@ -16,6 +17,7 @@ mod today_gauges;
 mod usage;
 mod views;
 
+pub use dashboard::{DashboardSettings, FirebaseWebApp};
 pub use error::ApiError;
 pub use today_gauges::{TODAY_GAUGES_INTERVAL, TodayGauges};
 
@@ -75,6 +77,7 @@ impl AppState {
 pub struct EdgeSettings {
     pub request_timeout: Duration,
     pub cors_allowed_origins: Vec<axum::http::HeaderValue>,
+    pub dashboard: DashboardSettings,
 }
 
 /// The routes and their OpenAPI description, made from the same declarations so that the two
@@ -97,6 +100,7 @@ pub fn router(state: AppState, edge: &EdgeSettings) -> Router {
         max_reservation_ttl_secs: state.usage.reservation_rules().max_ttl.num_seconds(),
     });
     let mut app = routes
+        .merge(dashboard::router(&edge.dashboard))
         .layer(Extension(Arc::new(document)))
         .fallback(|| async { ApiError::NotFound })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))

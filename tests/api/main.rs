@@ -12,6 +12,7 @@ mod auth;
 mod bodies;
 mod concurrency;
 mod cut_proxy;
+mod dashboard;
 mod edge;
 mod faults;
 mod firestore;
