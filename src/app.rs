@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use crate::auth::{DirectorySettings, IdentityToolkitDirectory, TokenVerifier, VerifierSettings};
 use crate::config::Config;
 use crate::http::{
-    AppState, EdgeSettings, MetricsAccess, TODAY_GAUGES_INTERVAL, TodayGauges, metrics_router,
-    router,
+    AppState, DashboardSettings, EdgeSettings, FirebaseWebApp, MetricsAccess,
+    TODAY_GAUGES_INTERVAL, TodayGauges, metrics_router, router,
 };
 use crate::server::{self, ConnectionSettings, Draining};
 use crate::store::open_usage_store;
@@ -148,7 +148,7 @@ impl Application {
         let edge = EdgeSettings {
             request_timeout: config.request_timeout(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
-            dashboard: config.dashboard(),
+            dashboard: dashboard_settings(&config),
         };
         let metrics = match config.metrics_addr {
             Some(address) => Some((
@@ -230,4 +230,26 @@ async fn bind(address: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(address)
         .await
         .map_err(|source| StartupError::Listen { address, source })
+}
+
+/// What `/dashboard` needs of the deployment.
+fn dashboard_settings(config: &Config) -> DashboardSettings {
+    let project_id = &config.store.firebase_project_id;
+    DashboardSettings {
+        project_id: project_id.clone(),
+        time_zone: config.reset_timezone,
+        web_app: config
+            .dashboard
+            .firebase_web_api_key
+            .clone()
+            .map(|api_key| FirebaseWebApp {
+                api_key,
+                auth_domain: config
+                    .dashboard
+                    .firebase_auth_domain
+                    .clone()
+                    .unwrap_or_else(|| format!("{project_id}.firebaseapp.com")),
+                auth_emulator_host: config.firebase_auth_emulator_host.clone(),
+            }),
+    }
 }

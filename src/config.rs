@@ -8,7 +8,6 @@ use axum::http::HeaderValue;
 use chrono_tz::Tz;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::http::{DashboardSettings, FirebaseWebApp};
 use crate::lifecycle::{ArchiveArgs, CleanupArgs, ExportArgs, ImportArgs, RebuildArgs, VerifyArgs};
 use crate::server::ConnectionSettings;
 use crate::store::{StoreKind, StoreSettings, parse_project_id};
@@ -510,30 +509,6 @@ pub struct DashboardArgs {
     /// The web app's auth domain [default: FIREBASE_PROJECT_ID.firebaseapp.com].
     #[arg(long, env = "FIREBASE_AUTH_DOMAIN", value_parser = parse_auth_domain)]
     pub firebase_auth_domain: Option<String>,
-}
-
-impl Config {
-    /// What `/dashboard` needs of the deployment.
-    pub fn dashboard(&self) -> DashboardSettings {
-        let project_id = &self.store.firebase_project_id;
-        DashboardSettings {
-            project_id: project_id.clone(),
-            time_zone: self.reset_timezone,
-            web_app: self
-                .dashboard
-                .firebase_web_api_key
-                .clone()
-                .map(|api_key| FirebaseWebApp {
-                    api_key,
-                    auth_domain: self
-                        .dashboard
-                        .firebase_auth_domain
-                        .clone()
-                        .unwrap_or_else(|| format!("{project_id}.firebaseapp.com")),
-                    auth_emulator_host: self.firebase_auth_emulator_host.clone(),
-                }),
-        }
-    }
 }
 
 fn parse_web_api_key(raw: &str) -> Result<String, String> {
