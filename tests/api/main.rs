@@ -20,5 +20,6 @@ mod openapi;
 mod overrides;
 mod reservations;
 mod steering;
+mod stream;
 mod usage;
 mod what_if;
