@@ -123,7 +123,7 @@ async fn record(app: &TestApp, uid: &str, tokens: i64) {
     assert_eq!(response.status(), 200);
 }
 
-/// The usage object, as `GET /usage/today` answers it, minus nothing: the stream's `data`.
+/// An event's `data` is the very object `GET /usage/today` answers.
 fn same_usage(streamed: &Value, today: &Value) {
     assert_eq!(streamed, today, "the event differs from GET /usage/today");
 }
@@ -144,7 +144,7 @@ async fn the_first_event_is_the_standing_now_then_one_per_change() {
     assert_ne!(second_id, first_id);
     same_usage(&second, &app.today(&token("stream-first")).await);
 
-    // Another user's record is no change of this one's day.
+    // Another user's record does not disturb this one's stream.
     record(&app, "stream-other", 5).await;
     record(&app, "stream-first", 1).await;
     let (_, third) = stream.next_usage().await;
