@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use crate::auth::{DirectorySettings, IdentityToolkitDirectory, TokenVerifier, VerifierSettings};
 use crate::config::Config;
 use crate::http::{
-    AppState, DashboardSettings, EdgeSettings, FirebaseWebApp, MetricsAccess,
-    TODAY_GAUGES_INTERVAL, TodayGauges, metrics_router, router,
+    AppState, DashboardSettings, EdgeSettings, FirebaseWebApp, MetricsAccess, StreamSettings,
+    Streams, TODAY_GAUGES_INTERVAL, TodayGauges, metrics_router, router,
 };
 use crate::server::{self, ConnectionSettings, Draining};
 use crate::store::open_usage_store;
@@ -60,6 +60,16 @@ fn user_directory(config: &Config) -> Result<Arc<dyn UserDirectory>, DirectoryEr
             timeout: DIRECTORY_TIMEOUT,
         },
     )?))
+}
+
+/// How usage event streams behave, as configured.
+fn stream_settings(config: &Config) -> StreamSettings {
+    StreamSettings {
+        max_streams: usize::try_from(config.max_streams).unwrap_or(usize::MAX),
+        max_duration: Duration::from_secs(config.stream_max_secs),
+        heartbeat: Duration::from_secs(config.stream_heartbeat_secs),
+        read_timeout: config.request_timeout(),
+    }
 }
 
 /// A service bound to its port, ready to run.
@@ -144,6 +154,7 @@ impl Application {
                 None => guarded.clone(),
             },
             today_gauges: Arc::new(TodayGauges::new(TODAY_GAUGES_INTERVAL)),
+            streams: Arc::new(Streams::new(stream_settings(&config))),
         };
         let edge = EdgeSettings {
             request_timeout: config.request_timeout(),

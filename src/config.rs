@@ -243,6 +243,19 @@ pub struct Config {
     /// `FIREBASE_AUTH_EMULATOR_HOST` set, lookups go there anyway).
     #[arg(skip)]
     pub auth_emulator_for_lookups: Option<String>,
+
+    /// Seconds a usage event stream lasts before it ends and the client reconnects: under the
+    /// proxy's request timeout (Cloud Run's is at most 3600 s).
+    #[arg(long, env = "STREAM_MAX_SECS", default_value_t = 3300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub stream_max_secs: u64,
+
+    /// Usage event streams open at once on an instance; more are refused 503.
+    #[arg(long, env = "MAX_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub max_streams: u64,
+
+    /// Seconds between the comment lines that keep an idle event stream open through proxies.
+    #[arg(long, env = "STREAM_HEARTBEAT_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stream_heartbeat_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -35,6 +35,8 @@ pub const FIRESTORE_CACHED_COMMITS: &str = "token_limits_firestore_cached_commit
 pub const KEY_FETCHES: &str = "token_limits_signing_key_fetches_total";
 pub const STALE_KEY_USES: &str = "token_limits_stale_signing_key_uses_total";
 pub const DIRECTORY_LOOKUPS: &str = "token_limits_user_directory_lookups_total";
+pub const STREAMS_OPEN: &str = "token_limits_streams_open";
+pub const STREAMS_REFUSED: &str = "token_limits_streams_refused_total";
 
 /// Latency buckets, in seconds: from a cached read to a request timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -114,10 +116,12 @@ fn start_at_zero() {
         FIRESTORE_READS,
         FIRESTORE_WRITES,
         STALE_KEY_USES,
+        STREAMS_REFUSED,
     ] {
         metrics::counter!(name).absolute(0);
     }
     metrics::gauge!(HTTP_REQUESTS_IN_FLIGHT).set(0.0);
+    metrics::gauge!(STREAMS_OPEN).set(0.0);
 }
 
 /// The series labelled by user type, at zero like those of [`start_at_zero`]. The user types
@@ -152,6 +156,11 @@ fn describe() {
         "Time to answer an HTTP request, by route and method"
     );
     describe_gauge!(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being answered now");
+    describe_gauge!(STREAMS_OPEN, "Usage event streams open on this instance");
+    describe_counter!(
+        STREAMS_REFUSED,
+        "Usage event streams refused because MAX_STREAMS were open"
+    );
     describe_counter!(
         HTTP_DEADLINE_OVERRUNS,
         "HTTP requests still running at their deadline, answered 503 by the backstop (a fault: every step keeps to the deadline)"

@@ -6,7 +6,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tower::ServiceExt;
 
 /// How the service treats its connections.
@@ -31,17 +30,30 @@ pub struct ConnectionSettings {
     pub shutdown_grace: Duration,
 }
 
-/// Set once the service is shutting down: readiness answers 503 from then on.
-#[derive(Debug, Default)]
-pub struct Draining(AtomicBool);
+/// Set once the service is shutting down: readiness answers 503 from then on, and the
+/// responses that would otherwise last (event streams) end, so that the drain can finish.
+#[derive(Debug)]
+pub struct Draining(watch::Sender<bool>);
+
+impl Default for Draining {
+    fn default() -> Self {
+        Self(watch::Sender::new(false))
+    }
+}
 
 impl Draining {
     pub fn start(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.send_replace(true);
     }
 
     pub fn is_draining(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        *self.0.borrow()
+    }
+
+    /// Resolves once the service is shutting down (at once if it already is).
+    pub async fn started(&self) {
+        // The sender lives in `self`, so the wait ends only with the drain.
+        let _ = self.0.subscribe().wait_for(|draining| *draining).await;
     }
 }
 

@@ -205,6 +205,43 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_0() {
     server.stop();
 }
 
+/// SIGTERM with a usage event stream open: the stream ends at once, so that the drain does not
+/// wait out its grace period for it, and the process exits 0.
+#[test]
+fn sigterm_ends_open_event_streams_within_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, &[("SHUTDOWN_GRACE_SECS", "60")]);
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).unwrap();
+    write!(
+        stream,
+        "GET /usage/stream HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
+        signed_token("streaming-user")
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buffer = [0; 1024];
+    while !String::from_utf8_lossy(&received).contains("event: usage") {
+        let read = stream.read(&mut buffer).unwrap();
+        assert!(read > 0, "the stream closed before its first event");
+        received.extend_from_slice(&buffer[..read]);
+    }
+
+    server.send_sigterm();
+    let rest = read_until_closed(&mut stream, Duration::from_secs(20));
+    assert!(rest.is_some(), "the stream was still open after SIGTERM");
+    let (status, took, logs) = server.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{logs:#?}");
+    assert!(
+        logs.iter()
+            .any(|line| line.contains("every request finished")),
+        "the drain waited out its grace period: {took:?} {logs:#?}"
+    );
+}
+
 /// Opens a connection and sends half a request head.
 fn half_a_request(address: &str) -> TcpStream {
     let mut stream = TcpStream::connect(address).unwrap();

@@ -13,12 +13,14 @@ mod page_token;
 mod params;
 mod rate_limit_fields;
 mod reservations;
+mod stream;
 mod today_gauges;
 mod usage;
 mod views;
 
 pub use dashboard::{DashboardSettings, FirebaseWebApp};
 pub use error::ApiError;
+pub use stream::{StreamSettings, Streams};
 pub use today_gauges::{TODAY_GAUGES_INTERVAL, TodayGauges};
 
 use std::sync::Arc;
@@ -51,6 +53,8 @@ pub struct AppState {
     pub metrics: MetricsAccess,
     /// Today's figures for `GET /metrics`, counted at most once per interval.
     pub today_gauges: Arc<TodayGauges>,
+    /// The usage event streams open on this instance.
+    pub streams: Arc<Streams>,
 }
 
 /// Who may read `GET /metrics` on a port.
@@ -86,6 +90,7 @@ pub fn routes(bounds: docs::ConfiguredBounds) -> (Router<AppState>, utoipa::open
     let (routes, mut document) = OpenApiRouter::with_openapi(docs::ApiDoc::openapi())
         .merge(usage::router())
         .merge(reservations::router())
+        .merge(stream::router())
         .merge(admin::router())
         .merge(limits::router())
         .merge(ops::router())

@@ -9,9 +9,9 @@ use chrono::NaiveDate;
 
 use crate::metrics::{STORE_OPERATION_DURATION, STORE_OPERATIONS};
 use crate::usage::{
-    AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, Deadline, LimitOverride,
-    MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest, RecordRequest, Recorded,
-    StoreError, UsageStore, UserId, UserType,
+    AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, DayChanges, Deadline,
+    LimitOverride, MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest, RecordRequest,
+    Recorded, StoreError, UsageStore, UserId, UserType,
 };
 
 pub struct Instrumented {
@@ -146,5 +146,9 @@ impl UsageStore for Instrumented {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.measure("ping", self.store.ping()).await
+    }
+
+    fn day_changes(&self, user_id: &UserId, date: NaiveDate) -> DayChanges {
+        self.store.day_changes(user_id, date)
     }
 }

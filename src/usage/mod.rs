@@ -2,6 +2,7 @@
 //! record plan, and the ports the adapters implement (the store, the user directory).
 
 mod audit;
+mod changes;
 mod clock;
 mod deadline;
 mod decision;
@@ -19,6 +20,7 @@ mod what_if;
 mod window;
 
 pub use audit::{AuditAction, AuditEntry, AuditQuery};
+pub use changes::{DayChangeHub, DayChanges, DayNotifier};
 pub use clock::{Clock, SystemClock};
 pub use deadline::Deadline;
 pub use decision::{Decision, DecisionError, DecisionInput, decide};

@@ -640,6 +640,13 @@ impl UsageService {
             days,
         })
     }
+
+    /// Today's date for the user, and notices that their day changed, on any instance, from
+    /// now on.
+    pub fn today_changes(&self, user_id: &UserId) -> (NaiveDate, super::DayChanges) {
+        let date = DayWindow::containing(self.now(), self.settings.zone).date;
+        (date, self.store.day_changes(user_id, date))
+    }
 }
 
 /// The day as it stands for a user on `user_type`, from its stored documents if any.

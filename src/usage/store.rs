@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 
 use super::{
-    AuditEntry, AuditQuery, DailyUsage, Deadline, DecisionError, LimitOverride, MonthlyUsage,
-    OverLimit, OverrideChange, RecordRequest, Recorded, StoredDay, UserId, UserType,
+    AuditEntry, AuditQuery, DailyUsage, DayChanges, Deadline, DecisionError, LimitOverride,
+    MonthlyUsage, OverLimit, OverrideChange, RecordRequest, Recorded, StoredDay, UserId, UserType,
 };
 
 /// Where a page of a report resumes: just after the item with this figure and user. Reports
@@ -244,4 +244,9 @@ pub trait UsageStore: Send + Sync {
 
     /// Answers when the store can serve requests.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Notices that the user's day `date` changed, by a record on any instance that shares
+    /// the store (SQLite: this process alone), from now on; a notice says only that the day
+    /// should be read again.
+    fn day_changes(&self, user_id: &UserId, date: NaiveDate) -> DayChanges;
 }

@@ -38,7 +38,8 @@ pub async fn firestore_app() -> TestApp {
     instances(1).await.remove(0)
 }
 
-async fn instances(count: usize) -> Vec<TestApp> {
+/// `count` instances of the service on the shared emulator, in one project of their own.
+pub async fn instances(count: usize) -> Vec<TestApp> {
     let emulator = emulator::shared().await;
     let project = emulator::unique_project("multi");
     emulator.clear(&project).await;

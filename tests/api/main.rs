@@ -21,5 +21,6 @@ mod openapi;
 mod overrides;
 mod reservations;
 mod steering;
+mod stream;
 mod usage;
 mod what_if;

@@ -1,5 +1,6 @@
-//! One small collection held whole in memory and kept current by Firestore's `Listen` stream,
-//! so that reading one of its documents costs no call at all; and how fresh that copy is.
+//! One small collection (or one document) held whole in memory and kept current by
+//! Firestore's `Listen` stream, so that reading one of its documents costs no call at all; and
+//! how fresh that copy is. Followed alone, a document can also say when it changed.
 //!
 //! The documents a stream sends are a consistent image of the collection only once a target
 //! change with a `read_time` says so: a `CURRENT` or `NO_CHANGE` for the whole stream or for
@@ -103,6 +104,48 @@ impl CollectionMirror {
         refresh_every: Duration,
         counters: Arc<FirestoreCounters>,
     ) -> Self {
+        Self::follow(
+            client,
+            database,
+            collection,
+            None,
+            refresh_every,
+            counters,
+            None,
+        )
+    }
+
+    /// [`Self::start`] on the one document `id` of `collection`, calling `on_change` at each
+    /// consistent point that changed it (the first included when it exists).
+    pub fn start_document(
+        client: FirestoreClient<GoogleAuthMiddleware>,
+        database: String,
+        (collection, id): (&'static str, &str),
+        refresh_every: Duration,
+        counters: Arc<FirestoreCounters>,
+        on_change: Box<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        let document = format!("{database}/documents/{collection}/{id}");
+        Self::follow(
+            client,
+            database,
+            collection,
+            Some(document),
+            refresh_every,
+            counters,
+            Some(on_change),
+        )
+    }
+
+    fn follow(
+        client: FirestoreClient<GoogleAuthMiddleware>,
+        database: String,
+        collection: &'static str,
+        document: Option<String>,
+        refresh_every: Duration,
+        counters: Arc<FirestoreCounters>,
+        on_change: Option<Box<dyn Fn() + Send + Sync>>,
+    ) -> Self {
         let view = Arc::new(RwLock::new(View::default()));
         let listener = Listener {
             client,
@@ -110,9 +153,11 @@ impl CollectionMirror {
             probe_document: format!("{database}/documents/{PROBE_DOCUMENT}"),
             database,
             collection,
+            document,
             refresh_every,
             view: Arc::clone(&view),
             counters,
+            on_change,
         };
         let task = tokio::spawn(listener.run());
         Self { view, task }
@@ -362,6 +407,10 @@ struct Listener {
     client: FirestoreClient<GoogleAuthMiddleware>,
     database: String,
     collection: &'static str,
+    /// The full name of the one document followed, when not the whole collection.
+    document: Option<String>,
+    /// Called at each consistent point that changed the copy.
+    on_change: Option<Box<dyn Fn() + Send + Sync>>,
     probe_document: String,
     refresh_every: Duration,
     changes: Changes,
@@ -454,9 +503,13 @@ impl Listener {
                     if let Err(reason) = self.on_probe_answer(&response, &mut stream) {
                         return stream.ended(reason);
                     }
+                    let changing = !self.changes.pending.is_empty();
                     match self.changes.handle(response, &self.view, &self.counters) {
                         Step::Continue => {}
                         Step::Consistent => {
+                            if let Some(on_change) = self.on_change.as_ref().filter(|_| changing) {
+                                on_change();
+                            }
                             stream.consistent = true;
                             stream.quiet_since = Instant::now();
                         }
@@ -475,20 +528,28 @@ impl Listener {
         }
     }
 
+    /// The target of what is followed: the collection's query, or its one document.
     fn add_collection_target(&self) -> ListenRequest {
-        let query = StructuredQuery {
-            from: vec![structured_query::CollectionSelector {
-                collection_id: self.collection.to_owned(),
-                all_descendants: false,
-            }],
-            ..Default::default()
+        let target_type = match &self.document {
+            Some(document) => target::TargetType::Documents(target::DocumentsTarget {
+                documents: vec![document.clone()],
+            }),
+            None => target::TargetType::Query(target::QueryTarget {
+                parent: format!("{}/documents", self.database),
+                query_type: Some(target::query_target::QueryType::StructuredQuery(
+                    StructuredQuery {
+                        from: vec![structured_query::CollectionSelector {
+                            collection_id: self.collection.to_owned(),
+                            all_descendants: false,
+                        }],
+                        ..Default::default()
+                    },
+                )),
+            }),
         };
         self.add_target(Target {
             target_id: COLLECTION_TARGET,
-            target_type: Some(target::TargetType::Query(target::QueryTarget {
-                parent: format!("{}/documents", self.database),
-                query_type: Some(target::query_target::QueryType::StructuredQuery(query)),
-            })),
+            target_type: Some(target_type),
             resume_type: self
                 .changes
                 .resume_token

@@ -24,6 +24,7 @@ pub use counters::{FirestoreCounters, OperationCounts};
 pub use record::{conditional_update, unchanged_since_read};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -32,12 +33,16 @@ use firestore::{FirestoreDb, FirestoreDbOptions};
 
 use self::cache::DocumentCache;
 use self::client::{AttemptError, MAX_RPC_TIMEOUT};
-use crate::store::queries::OVERRIDES_COLLECTION;
+use crate::store::queries::{DAILY_COLLECTION, OVERRIDES_COLLECTION};
 use crate::usage::{
-    AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, Deadline, LimitOverride,
-    MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest, RecordRequest, Recorded,
-    StoreError, UsageStore, UserId, UserType,
+    AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, DayChangeHub, DayChanges,
+    Deadline, LimitOverride, MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest,
+    RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
 };
+
+/// How often a quiet listener on a watched day checks that its stream still answers (one
+/// billed read each time).
+const DAY_WATCH_REFRESH: Duration = Duration::from_secs(300);
 
 /// Where the store connects.
 #[derive(Debug, Clone)]
@@ -62,6 +67,9 @@ pub struct FirestoreStore {
     /// Every limit override, kept current over a listener: a decision finds its user's with
     /// no call to Firestore.
     overrides: mirror::CollectionMirror,
+    /// The users whose day someone on this instance watches; told of this instance's own
+    /// records at once.
+    changes: DayChangeHub,
 }
 
 impl FirestoreStore {
@@ -100,6 +108,7 @@ impl FirestoreStore {
             counters: Arc::default(),
             queue: user_queue::UserQueue::default(),
             cache: DocumentCache::with_capacity(settings.cache_bytes),
+            changes: DayChangeHub::default(),
         })
     }
 
@@ -124,7 +133,12 @@ impl UsageStore for FirestoreStore {
         request: RecordRequest,
         deadline: Deadline,
     ) -> Result<Recorded, StoreError> {
-        self.record_within(request, deadline).await
+        let (user_id, date) = (request.user_id.clone(), request.window.date);
+        let recorded = self.record_within(request, deadline).await;
+        if recorded.is_ok() {
+            self.changes.notify(&user_id, date);
+        }
+        recorded
     }
 
     async fn day_and_month(
@@ -198,5 +212,22 @@ impl UsageStore for FirestoreStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.probe().await
+    }
+
+    /// One listener on the day's document per watched day, shared by its watchers; this
+    /// instance's own records are told at once, without the listener's round trip.
+    fn day_changes(&self, user_id: &UserId, date: NaiveDate) -> DayChanges {
+        self.changes.subscribe_fed(user_id, date, |notifier| {
+            let listener = mirror::CollectionMirror::start_document(
+                self.db.client().get(),
+                self.database.clone(),
+                (DAILY_COLLECTION, &DailyUsage::document_id(user_id, date)),
+                DAY_WATCH_REFRESH,
+                // Background reads, counted apart from the requests' own.
+                Arc::default(),
+                Box::new(move || notifier.notify()),
+            );
+            Some(Box::new(listener))
+        })
     }
 }

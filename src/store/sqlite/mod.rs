@@ -19,10 +19,10 @@ use self::checkpointer::Checkpointer;
 use self::time::{SqlDate, SqlTime};
 
 use crate::usage::{
-    AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, Deadline, Fingerprint,
-    IdempotencyKey, IdempotencyRecord, LimitOverride, MonthlyUsage, OverLimit, OverrideChange,
-    Page, PageRequest, RecordRequest, Recorded, Reservations, Snapshot, StoreError, StoredDay,
-    UsageStore, UsageTotals, UserId, UserType,
+    AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, DayChangeHub, DayChanges,
+    Deadline, Fingerprint, IdempotencyKey, IdempotencyRecord, LimitOverride, MonthlyUsage,
+    OverLimit, OverrideChange, Page, PageRequest, RecordRequest, Recorded, Reservations, Snapshot,
+    StoreError, StoredDay, UsageStore, UsageTotals, UserId, UserType,
 };
 
 const SCHEMA: &str = "
@@ -80,6 +80,8 @@ const READ_PATIENCE: Duration = Duration::from_secs(5);
 pub struct SqliteStore {
     reader: reader::Reader,
     writer: writer::Writer,
+    /// Told of each record this process commits: the file has no change feed of its own.
+    changes: DayChangeHub,
 }
 
 impl SqliteStore {
@@ -100,6 +102,7 @@ impl SqliteStore {
                 connect(path).map_err(store_error)?,
                 Checkpointer::start(connect(path).map_err(store_error)?, path)?,
             )?,
+            changes: DayChangeHub::default(),
         })
     }
 
@@ -149,7 +152,12 @@ impl UsageStore for SqliteStore {
         request: RecordRequest,
         deadline: Deadline,
     ) -> Result<Recorded, StoreError> {
-        self.writer.record(request, deadline).await
+        let (user_id, date) = (request.user_id.clone(), request.window.date);
+        let recorded = self.writer.record(request, deadline).await;
+        if recorded.is_ok() {
+            self.changes.notify(&user_id, date);
+        }
+        recorded
     }
 
     async fn day_and_month(
@@ -343,6 +351,10 @@ impl UsageStore for SqliteStore {
         self.writer.check()?;
         self.with_connection(|connection| connection.query_row("SELECT 1", [], |_| Ok(())))
             .await
+    }
+
+    fn day_changes(&self, user_id: &UserId, date: NaiveDate) -> DayChanges {
+        self.changes.subscribe(user_id, date)
     }
 }
 
