@@ -16,6 +16,13 @@ import { client, run, startService } from './support/service.mjs';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const ARTIFACTS = join(ROOT, 'target/browser-artifacts');
+// The audit trail's actions as the page names them.
+const AUDIT_ACTIONS = {
+  override_set: 'Override set',
+  override_removed: 'Override removed',
+  usage_reset: 'Day reset',
+  usage_recorded: 'Usage recorded',
+};
 const SCREENSHOT = join(ROOT, 'docs/dashboard.png');
 const PROJECT = 'demo-dashboard';
 const API_KEY = 'demo-api-key';
@@ -272,7 +279,7 @@ describe('the dashboard', () => {
     const trail = await admin.get('/admin/audit?limit=25');
     const shown = await rows('Changes, newest first, page 1');
     assert.deepEqual(shown.map(([, actor, action, user, , reason]) => [actor, action, user, reason]),
-      trail.items.map((entry) => [entry.actor, { override_set: 'Override set', override_removed: 'Override removed' }[entry.action], entry.userId, entry.reason]));
+      trail.items.map((entry) => [entry.actor, AUDIT_ACTIONS[entry.action], entry.userId ?? '–', entry.reason ?? '–']));
     assert.deepEqual(shown[0].slice(1, 4), [ADMIN.uid, 'Override removed', 'user-04']);
     await checkView('audit');
   });

@@ -8,6 +8,11 @@ const ACTIONS = {
   override_set: 'Override set',
   override_removed: 'Override removed',
   usage_reset: 'Day reset',
+  usage_recorded: 'Usage recorded',
+  history_rebuilt: 'History rebuilt',
+  days_deleted: 'Days deleted',
+  months_archived: 'Months archived',
+  documents_imported: 'Documents imported',
 };
 
 export default {
@@ -45,7 +50,8 @@ export default {
         { label: 'When', cell: (entry) => h('time', { datetime: entry.at }, formatInstant(entry.at)) },
         { label: 'Admin', cell: (entry) => entry.actor },
         { label: 'Action', cell: (entry) => ACTIONS[entry.action] ?? entry.action },
-        { label: 'User', cell: (entry) => userLink(entry.userId) },
+        // A lifecycle command's commit may touch several users: it names no one.
+        { label: 'User', cell: (entry) => (entry.userId ? userLink(entry.userId) : '–') },
         { label: 'Change', cell: (entry) => change(entry) },
         { label: 'Reason', cell: (entry) => entry.reason ?? '–' },
       ], items),
@@ -62,6 +68,7 @@ function change(entry) {
       return `daily ${formatNumber(state.dailyLimit)}${monthly}`;
     }
     if ('tokensUsed' in state) return `${formatNumber(state.tokensUsed)} tokens on ${state.date}`;
+    if ('documents' in state) return `${formatNumber(state.documents.length)} documents`;
     return JSON.stringify(state);
   };
   return `${describe(entry.before)} → ${describe(entry.after)}`;
