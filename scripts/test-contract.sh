@@ -21,8 +21,9 @@ work=$(mktemp -d)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 # The embedded store and the offline demo project, whose emulator tokens dev-token prints.
+# Event streams end after a second, so that each generated request to them is answered whole.
 HOST=127.0.0.1 PORT=$port SQLITE_PATH="$work/usage.db" LOG_FORMAT=text RUST_LOG=warn \
-  "$bin" serve >"$work/service.log" 2>&1 &
+  STREAM_MAX_SECS=1 "$bin" serve >"$work/service.log" 2>&1 &
 service=$!
 trap 'kill $service 2>/dev/null; wait $service 2>/dev/null || true; rm -rf "$work"' EXIT
 

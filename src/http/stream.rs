@@ -10,7 +10,6 @@ use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use chrono::{DateTime, NaiveDate, Utc};
-use futures_util::Stream;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -113,7 +112,7 @@ struct StreamQuery {
         ("Last-Event-ID" = Option<String>, Header, description = "The `id` of the last event received, on a reconnect"),
     ),
     responses(
-        (status = 200, description = "An event stream of the user's standing", content_type = "text/event-stream", body = StandingView),
+        (status = 200, description = "An event stream of the user's standing", content_type = "text/event-stream", body = UsageEvent),
         (status = 400, description = "Invalid user id", body = ErrorEnvelope),
         (status = 403, description = "Only an admin may watch another user's usage", body = ErrorEnvelope),
         (status = 503, description = "`MAX_STREAMS` streams are open on this instance, or the store is unavailable", body = ErrorEnvelope),
@@ -173,16 +172,7 @@ async fn stream(
         let event = watch.next_event().await?;
         Some((Ok::<_, Infallible>(event), watch))
     });
-    Ok(Sse::new(first_with_retry_hint(events))
-        .keep_alive(KeepAlive::new().interval(settings.heartbeat)))
-}
-
-/// The stream with a `retry:` hint before its first event.
-fn first_with_retry_hint(
-    events: impl Stream<Item = Result<Event, Infallible>>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let hint = Event::default().retry(RECONNECT_AFTER);
-    futures_util::StreamExt::chain(futures_util::stream::iter([Ok(hint)]), events)
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(settings.heartbeat)))
 }
 
 /// One stream's state: what it watches, until when, and the state it last sent.
@@ -258,7 +248,41 @@ impl Watch {
             return None;
         }
         self.last_id = Some(id.clone());
-        Some(Event::default().event("usage").id(id).data(data))
+        Some(
+            UsageEvent {
+                event: USAGE_EVENT,
+                id,
+                retry: RECONNECT_AFTER.as_millis() as u64,
+                data,
+            }
+            .into(),
+        )
+    }
+}
+
+const USAGE_EVENT: &str = "usage";
+
+/// One event of the stream. The reconnection hint rides on every event: an event of its own,
+/// without data, is one that clients drop.
+#[derive(utoipa::ToSchema)]
+struct UsageEvent {
+    /// Always `usage`.
+    event: &'static str,
+    /// Names the state the event carries: send it back as `Last-Event-ID` on a reconnect.
+    id: String,
+    /// Milliseconds to wait before reconnecting.
+    retry: u64,
+    /// The usage object (`StandingView`), as `GET /usage/today` answers it, as JSON text.
+    data: String,
+}
+
+impl From<UsageEvent> for Event {
+    fn from(event: UsageEvent) -> Self {
+        Event::default()
+            .event(event.event)
+            .id(event.id)
+            .retry(Duration::from_millis(event.retry))
+            .data(event.data)
     }
 }
 

@@ -136,7 +136,11 @@ async fn the_first_event_is_the_standing_now_then_one_per_change() {
     let (first_id, first) = stream.next_usage().await;
     same_usage(&first, &app.today(&token("stream-first")).await);
     assert_eq!(first["tokensUsed"], 120);
-    assert_eq!(stream.retry_hints, [1000], "a retry hint comes first");
+    assert_eq!(
+        stream.retry_hints,
+        [1000],
+        "the first event carries a retry hint"
+    );
 
     record(&app, "stream-first", 30).await;
     let (second_id, second) = stream.next_usage().await;
