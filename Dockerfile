@@ -18,6 +18,7 @@ RUN mkdir -p src benches \
 # The crate itself. COPY keeps the files' own mtimes, which may be older than the stub build:
 # touch them so that cargo really rebuilds the lib and the binary.
 COPY src ./src
+COPY dashboard ./dashboard
 RUN find src -type f -exec touch {} + \
  && cargo build --release --locked \
  && mkdir /data
