@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use chrono::NaiveDate;
 use tokio::sync::watch;
 
-use super::{DailyUsage, UserId};
+use super::{DailyUsage, Recorded, StoreError, UserId};
 
 /// The changes of one user's day, from the moment of subscribing.
 pub struct DayChanges {
@@ -105,6 +105,21 @@ impl DayChangeHub {
             receiver: watch.sender.subscribe(),
             _watch: watch,
         }
+    }
+
+    /// Awaits a store's `record` of `user_id`'s day `date` and, when it wrote the day, tells
+    /// the day's watchers: a refusal or a replay changes nothing worth reading again.
+    pub async fn after_record(
+        &self,
+        user_id: UserId,
+        date: NaiveDate,
+        record: impl Future<Output = Result<Recorded, StoreError>>,
+    ) -> Result<Recorded, StoreError> {
+        let recorded = record.await;
+        if recorded.as_ref().is_ok_and(Recorded::wrote_day) {
+            self.notify(&user_id, date);
+        }
+        recorded
     }
 
     /// Tells the watchers of `user_id`'s day `date`, if any, that it changed.

@@ -106,6 +106,23 @@ pub struct Recorded {
     pub expired_holds: Vec<ReservationEntry>,
 }
 
+impl Recorded {
+    /// Whether the record wrote the user's day: refusals, replays and uncounted admissions
+    /// write nothing.
+    pub fn wrote_day(&self) -> bool {
+        match &self.outcome {
+            RecordOutcome::Admitted(standing) => standing.enforcement != Enforcement::Off,
+            RecordOutcome::Reserved(..) | RecordOutcome::Reset { .. } => true,
+            RecordOutcome::Settled { replayed, .. } => !replayed,
+            RecordOutcome::Denied(_)
+            | RecordOutcome::Replayed(_)
+            | RecordOutcome::KeyReused
+            | RecordOutcome::Crowded(_)
+            | RecordOutcome::Refused(_) => false,
+        }
+    }
+}
+
 /// The documents a record reads, as they stood at one instant; absent when they do not exist.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {

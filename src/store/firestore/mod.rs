@@ -134,11 +134,9 @@ impl UsageStore for FirestoreStore {
         deadline: Deadline,
     ) -> Result<Recorded, StoreError> {
         let (user_id, date) = (request.user_id.clone(), request.window.date);
-        let recorded = self.record_within(request, deadline).await;
-        if recorded.is_ok() {
-            self.changes.notify(&user_id, date);
-        }
-        recorded
+        self.changes
+            .after_record(user_id, date, self.record_within(request, deadline))
+            .await
     }
 
     async fn day_and_month(

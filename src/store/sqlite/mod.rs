@@ -153,11 +153,9 @@ impl UsageStore for SqliteStore {
         deadline: Deadline,
     ) -> Result<Recorded, StoreError> {
         let (user_id, date) = (request.user_id.clone(), request.window.date);
-        let recorded = self.writer.record(request, deadline).await;
-        if recorded.is_ok() {
-            self.changes.notify(&user_id, date);
-        }
-        recorded
+        self.changes
+            .after_record(user_id, date, self.writer.record(request, deadline))
+            .await
     }
 
     async fn day_and_month(
