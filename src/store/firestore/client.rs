@@ -8,9 +8,9 @@ use firestore::gcloud_sdk::GoogleAuthMiddleware;
 use firestore::gcloud_sdk::google::firestore::v1::firestore_client::FirestoreClient;
 use firestore::gcloud_sdk::google::firestore::v1::{
     BatchGetDocumentsRequest, CommitRequest, Document, GetDocumentRequest, RunQueryRequest,
-    StructuredQuery, Write, WriteResult, batch_get_documents_response, run_query_request,
+    StructuredQuery, TransactionOptions, Write, WriteResult, batch_get_documents_request,
+    batch_get_documents_response, run_query_request, transaction_options,
 };
-use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::gcloud_sdk::tonic::{self, Code, Status};
 
 use super::FirestoreStore;
@@ -22,6 +22,41 @@ pub(super) const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The least time worth giving a call: with less left, the call is not made.
 pub(super) const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(5);
+
+/// Where a read looks. Several reads in one read-only transaction see one snapshot: the first
+/// begins it, the others name it.
+pub(super) enum Snapshot {
+    Begin,
+    Of(Vec<u8>),
+}
+
+impl Snapshot {
+    /// The request's consistency selector, made by its type's two variants for this choice.
+    pub(super) fn selector<S>(
+        &self,
+        begin: impl FnOnce(TransactionOptions) -> S,
+        of: impl FnOnce(Vec<u8>) -> S,
+    ) -> S {
+        match self {
+            Self::Begin => begin(TransactionOptions {
+                mode: Some(transaction_options::Mode::ReadOnly(
+                    transaction_options::ReadOnly::default(),
+                )),
+            }),
+            Self::Of(transaction) => of(transaction.clone()),
+        }
+    }
+
+    /// The transaction that holds this snapshot: the one named, or the one a read began.
+    pub(super) fn held(self, begun: Option<Vec<u8>>) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Self::Of(transaction) => Ok(transaction),
+            Self::Begin => begun.ok_or_else(|| {
+                StoreError::Internal("a read came without the transaction it began".to_owned())
+            }),
+        }
+    }
+}
 
 /// Why one attempt of a record did not finish.
 #[derive(Debug)]
@@ -134,29 +169,31 @@ impl FirestoreStore {
         request
     }
 
-    /// Reads the named documents at one consistent time, within `timeout`; missing ones are
-    /// absent.
+    /// Reads the named documents within `timeout`; missing ones are absent.
     pub(super) async fn batch_get(
         &self,
         names: &[&str],
         timeout: Duration,
     ) -> Result<HashMap<String, Document>, Status> {
-        self.batch_get_at(names, timeout)
-            .await
-            .map(|(found, _)| found)
+        self.batch_get_in(names, timeout, None).await
     }
 
-    /// [`Self::batch_get`], with the time the documents were read at.
-    pub(super) async fn batch_get_at(
+    /// [`Self::batch_get`] in the read-only `transaction`, when given, so that it sees that
+    /// transaction's snapshot.
+    pub(super) async fn batch_get_in(
         &self,
         names: &[&str],
         timeout: Duration,
-    ) -> Result<(HashMap<String, Document>, Option<Timestamp>), Status> {
+        transaction: Option<&[u8]>,
+    ) -> Result<HashMap<String, Document>, Status> {
         self.counters.rpc();
         self.counters.reads(names.len() as u64);
         let request = BatchGetDocumentsRequest {
             database: self.database.clone(),
             documents: names.iter().map(|name| name.to_string()).collect(),
+            consistency_selector: transaction.map(|transaction| {
+                batch_get_documents_request::ConsistencySelector::Transaction(transaction.to_vec())
+            }),
             ..Default::default()
         };
         let mut stream = self
@@ -164,14 +201,13 @@ impl FirestoreStore {
             .batch_get_documents(Self::request(request, timeout))
             .await?
             .into_inner();
-        let (mut found, mut read_time) = (HashMap::new(), None);
+        let mut found = HashMap::new();
         while let Some(response) = stream.message().await? {
-            read_time = response.read_time.or(read_time);
             if let Some(batch_get_documents_response::Result::Found(document)) = response.result {
                 found.insert(document.name.clone(), document);
             }
         }
-        Ok((found, read_time))
+        Ok(found)
     }
 
     /// Applies all `writes` or none, within `timeout`; the results are in the order of the
@@ -226,17 +262,41 @@ impl FirestoreStore {
         }
     }
 
-    /// Runs one query, at `read_time` when given, else now.
+    /// Runs one query, now.
     pub(super) async fn run_query(
         &self,
         query: StructuredQuery,
-        read_time: Option<Timestamp>,
     ) -> Result<Vec<Document>, StoreError> {
+        self.query_at(query, None)
+            .await
+            .map(|(documents, _)| documents)
+    }
+
+    /// Runs one query in the read-only `snapshot`; returns the transaction that holds it,
+    /// for the reads that must see the same snapshot.
+    pub(super) async fn run_query_in(
+        &self,
+        query: StructuredQuery,
+        snapshot: Snapshot,
+    ) -> Result<(Vec<Document>, Vec<u8>), StoreError> {
+        let selector = snapshot.selector(
+            run_query_request::ConsistencySelector::NewTransaction,
+            run_query_request::ConsistencySelector::Transaction,
+        );
+        let (documents, begun) = self.query_at(query, Some(selector)).await?;
+        Ok((documents, snapshot.held(begun)?))
+    }
+
+    async fn query_at(
+        &self,
+        query: StructuredQuery,
+        consistency_selector: Option<run_query_request::ConsistencySelector>,
+    ) -> Result<(Vec<Document>, Option<Vec<u8>>), StoreError> {
         self.counters.rpc();
         let request = RunQueryRequest {
             parent: format!("{}/documents", self.database),
             query_type: Some(run_query_request::QueryType::StructuredQuery(query)),
-            consistency_selector: read_time.map(run_query_request::ConsistencySelector::ReadTime),
+            consistency_selector,
             ..Default::default()
         };
         let read = async {
@@ -245,17 +305,20 @@ impl FirestoreStore {
                 .run_query(Self::request(request, MAX_RPC_TIMEOUT))
                 .await?
                 .into_inner();
-            let mut documents = Vec::new();
+            let (mut documents, mut begun) = (Vec::new(), None);
             while let Some(response) = stream.message().await? {
+                if !response.transaction.is_empty() {
+                    begun = Some(response.transaction);
+                }
                 documents.extend(response.document);
             }
-            Ok::<_, Status>(documents)
+            Ok::<_, Status>((documents, begun))
         };
-        let documents = read
+        let (documents, begun) = read
             .await
             .map_err(|status| read_failure(status).into_store_error())?;
         // A query is billed one read per document, and at least one.
         self.counters.reads(documents.len().max(1) as u64);
-        Ok(documents)
+        Ok((documents, begun))
     }
 }

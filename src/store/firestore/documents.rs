@@ -19,7 +19,7 @@ use firestore::gcloud_sdk::google::firestore::v1::{
 use firestore::gcloud_sdk::prost_types::Timestamp;
 use firestore::gcloud_sdk::tonic::Code;
 
-use super::client::{AttemptError, MAX_RPC_TIMEOUT, read_failure};
+use super::client::{AttemptError, MAX_RPC_TIMEOUT, Snapshot, read_failure};
 use super::reports::{all_of, field_condition, structured_query};
 use super::{FirestoreStore, codec, steering};
 use crate::lifecycle::{
@@ -119,24 +119,37 @@ impl FirestoreStore {
     async fn query_retrying(
         &self,
         query: StructuredQuery,
-        read_time: Option<Timestamp>,
     ) -> Result<Vec<FirestoreDocument>, StoreError> {
-        (|| self.run_query(query.clone(), read_time))
+        (|| self.run_query(query.clone()))
             .retry(read_retries())
             .sleep(tokio::time::sleep)
             .when(|error| matches!(error, StoreError::Unavailable(_)))
             .await
     }
 
-    /// The named documents that exist and the time they were read at, retried while
-    /// Firestore is unavailable.
-    async fn read_at_once(
+    /// A query in a new read-only snapshot, retried while Firestore is unavailable; returns
+    /// the transaction that holds the snapshot.
+    async fn query_in_new_snapshot(
+        &self,
+        query: StructuredQuery,
+    ) -> Result<(Vec<FirestoreDocument>, Vec<u8>), StoreError> {
+        (|| self.run_query_in(query.clone(), Snapshot::Begin))
+            .retry(read_retries())
+            .sleep(tokio::time::sleep)
+            .when(|error| matches!(error, StoreError::Unavailable(_)))
+            .await
+    }
+
+    /// The named documents that exist, in the read-only `transaction`'s snapshot when given,
+    /// retried while Firestore is unavailable.
+    async fn read_all(
         &self,
         names: &[String],
-    ) -> Result<(Vec<FirestoreDocument>, Option<Timestamp>), StoreError> {
+        transaction: Option<&[u8]>,
+    ) -> Result<Vec<FirestoreDocument>, StoreError> {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let (found, read_time) = (|| async {
-            self.batch_get_at(&names, MAX_RPC_TIMEOUT)
+        let found = (|| async {
+            self.batch_get_in(&names, MAX_RPC_TIMEOUT, transaction)
                 .await
                 .map_err(read_failure)
         })
@@ -145,7 +158,7 @@ impl FirestoreStore {
         .when(AttemptError::retryable)
         .await
         .map_err(AttemptError::into_store_error)?;
-        Ok((found.into_values().collect(), read_time))
+        Ok(found.into_values().collect())
     }
 
     /// The query a scan runs, and the collection it reads. Every scan's order ends with the
@@ -262,7 +275,7 @@ impl DocumentStore for FirestoreStore {
     ) -> Result<Vec<Stored>, StoreError> {
         let (collection, mut query) = self.scan_query(scan, after);
         query.limit = Some(i32::try_from(limit).unwrap_or(i32::MAX));
-        let documents = self.query_retrying(query, None).await?;
+        let documents = self.query_retrying(query).await?;
         Ok(documents
             .iter()
             .map(|document| stored_from(collection, document))
@@ -277,17 +290,17 @@ impl DocumentStore for FirestoreStore {
             .iter()
             .map(|id| self.document_name(collection.name(), id))
             .collect();
-        let (found, _) = self.read_at_once(&names).await?;
+        let found = self.read_all(&names, None).await?;
         Ok(found
             .iter()
             .map(|document| stored_from(collection, document))
             .collect())
     }
 
-    /// The days are found by a query, then read again together with the month in one
-    /// `BatchGetDocuments`, which is one consistent snapshot (the emulator does not honour a
-    /// query's read time). A day created between the two is missed, but such a write changed
-    /// the month too, so a write conditioned on the month's version is refused.
+    /// The days are found by a query, then read again together with the month, both in one
+    /// read-only transaction, which sees one snapshot: a `BatchGetDocuments` alone may read
+    /// its documents at different times (the emulator does), and a month read after a day it
+    /// no longer agrees with would pass a write conditioned on the month's version.
     async fn month_with_days(
         &self,
         user_id: &UserId,
@@ -315,13 +328,13 @@ impl DocumentStore for FirestoreStore {
                 ),
             ],
         );
-        let listed = self.query_retrying(query, None).await?;
+        let (listed, transaction) = self.query_in_new_snapshot(query).await?;
         let month_id = MonthlyUsage::document_id(user_id, year, month);
         let month_name = self.document_name(Collection::History.name(), &month_id);
         let names: Vec<String> = std::iter::once(month_name.clone())
             .chain(listed.into_iter().map(|document| document.name))
             .collect();
-        let (mut found, _) = self.read_at_once(&names).await?;
+        let mut found = self.read_all(&names, Some(&transaction)).await?;
         found.sort_by(|a, b| a.name.cmp(&b.name));
         let (months, days): (Vec<_>, Vec<_>) = found
             .iter()

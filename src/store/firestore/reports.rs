@@ -14,13 +14,12 @@ use firestore::gcloud_sdk::google::firestore::v1::structured_query::{
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
 use firestore::gcloud_sdk::google::firestore::v1::{
     Cursor, Document, RunAggregationQueryRequest, StructuredAggregationQuery, StructuredQuery,
-    TransactionOptions, Value, run_aggregation_query_request, structured_aggregation_query,
-    transaction_options,
+    Value, run_aggregation_query_request, structured_aggregation_query,
 };
 use firestore::gcloud_sdk::tonic::Status;
 
 use super::FirestoreStore;
-use super::client::{MAX_RPC_TIMEOUT, read_failure};
+use super::client::{MAX_RPC_TIMEOUT, Snapshot, read_failure};
 use super::codec;
 use crate::store::queries::{
     self, Bound, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape,
@@ -29,27 +28,6 @@ use crate::usage::{
     DailySummary, DailyUsage, DayAndMonth, MonthlyUsage, OverLimit, Page, PageCursor, PageRequest,
     StoreError, UsageTotals, UserId, UserType,
 };
-
-/// Where an aggregation reads. Several counts of one answer read in one read-only transaction,
-/// which sees one snapshot: the first begins it, the others name it.
-enum Snapshot {
-    Begin,
-    Of(Vec<u8>),
-}
-
-impl Snapshot {
-    fn selector(&self) -> run_aggregation_query_request::ConsistencySelector {
-        use run_aggregation_query_request::ConsistencySelector;
-        match self {
-            Self::Begin => ConsistencySelector::NewTransaction(TransactionOptions {
-                mode: Some(transaction_options::Mode::ReadOnly(
-                    transaction_options::ReadOnly::default(),
-                )),
-            }),
-            Self::Of(transaction) => ConsistencySelector::Transaction(transaction.clone()),
-        }
-    }
-}
 
 impl FirestoreStore {
     /// Counts the documents of a query and sums their `tokensUsed`, in Firestore, in the
@@ -89,7 +67,10 @@ impl FirestoreStore {
                     },
                 ),
             ),
-            consistency_selector: Some(snapshot.selector()),
+            consistency_selector: Some(snapshot.selector(
+                run_aggregation_query_request::ConsistencySelector::NewTransaction,
+                run_aggregation_query_request::ConsistencySelector::Transaction,
+            )),
             ..Default::default()
         };
         self.counters.rpc();
@@ -117,12 +98,7 @@ impl FirestoreStore {
         let (fields, begun) = read
             .await
             .map_err(|status| read_failure(status).into_store_error())?;
-        let transaction = match snapshot {
-            Snapshot::Of(transaction) => transaction,
-            Snapshot::Begin => begun.ok_or_else(|| {
-                StoreError::Internal("an aggregation came without its transaction".to_owned())
-            })?,
-        };
+        let transaction = snapshot.held(begun)?;
         // An aggregation is billed one read per 1,000 index entries it scans, and at least one.
         self.counters.reads(1);
         let number = |alias: &str| match fields
@@ -160,7 +136,7 @@ impl FirestoreStore {
             ],
             before: false,
         });
-        self.run_query(query, None).await
+        self.run_query(query).await
     }
 
     /// Both documents in one read, at one time.

@@ -160,7 +160,7 @@ impl FirestoreStore {
             values: vec![codec::string(after.as_str())],
             before: false,
         });
-        let documents = self.run_query(query, None).await?;
+        let documents = self.run_query(query).await?;
         documents
             .iter()
             .map(|document| codec::override_from(document).map_err(StoreError::from))
@@ -216,7 +216,7 @@ impl FirestoreStore {
                 before: false,
             });
         }
-        let documents = self.run_query(structured, None).await?;
+        let documents = self.run_query(structured).await?;
         documents
             .iter()
             .map(|document| codec::audit_from(document).map_err(StoreError::from))
