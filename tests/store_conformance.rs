@@ -361,6 +361,27 @@ async fn observe_while_users_upgrade<T>(
     answers
 }
 
+/// Totals taken while every user upgrades from 100 trial tokens to 200 subscribed ones (see
+/// [`observe_while_users_upgrade`]): each user counted once, with the tokens of their side.
+fn assert_each_user_once_on_one_side(
+    by_type: &BTreeMap<UserType, UsageTotals>,
+    answer: &impl std::fmt::Debug,
+) {
+    let trial = by_type[&UserType::Trial];
+    let subscribed = by_type[&UserType::Subscribed];
+    assert_eq!(
+        trial.active_users + subscribed.active_users,
+        UPGRADING,
+        "{answer:?}"
+    );
+    assert_eq!(trial.total_tokens, 100 * trial.active_users, "{answer:?}");
+    assert_eq!(
+        subscribed.total_tokens,
+        200 * subscribed.active_users,
+        "{answer:?}"
+    );
+}
+
 /// Every figure of a summary is of one instant: while users upgrade, each summary shows each
 /// user once, on one side, with the tokens of that side.
 async fn a_summary_is_one_instant_while_users_upgrade(h: &impl Harness) {
@@ -370,23 +391,86 @@ async fn a_summary_is_one_instant_while_users_upgrade(h: &impl Harness) {
     })
     .await;
     for summary in &summaries {
-        let trial = summary.by_type[&UserType::Trial];
-        let subscribed = summary.by_type[&UserType::Subscribed];
-        assert_eq!(
-            trial.active_users + subscribed.active_users,
-            UPGRADING,
-            "{summary:?}"
-        );
-        assert_eq!(trial.total_tokens, 100 * trial.active_users, "{summary:?}");
-        assert_eq!(
-            subscribed.total_tokens,
-            200 * subscribed.active_users,
-            "{summary:?}"
-        );
+        assert_each_user_once_on_one_side(&summary.by_type, summary);
     }
     let last = summaries.last().unwrap();
     assert_eq!(last.by_type[&UserType::Subscribed].active_users, UPGRADING);
     assert_eq!(last.all().total_tokens, 200 * UPGRADING);
+}
+
+/// A month's summary counts its month documents per type and its days across all types; a
+/// user only in the month before or after is not in it, and each month has every day.
+async fn a_month_summary_counts_the_month_by_type_and_by_day(h: &impl Harness) {
+    let store = h.store();
+    let records = [
+        ("alice", 100, UserType::Trial, "2024-01-15T09:00:00Z"),
+        ("alice", 50, UserType::Trial, "2024-01-20T09:00:00Z"),
+        ("bob", 200, UserType::Subscribed, "2024-01-15T10:00:00Z"),
+        ("carol", 25, UserType::Trial, "2024-01-31T23:59:00Z"),
+        ("dave", 500, UserType::Trial, "2023-12-31T23:59:00Z"),
+        ("erin", 400, UserType::Subscribed, "2024-02-01T00:00:00Z"),
+    ];
+    for (uid, tokens, user_type, now) in records {
+        admitted(record(&*store, request(uid, tokens, user_type, now)).await);
+    }
+    let totals = |active_users, total_tokens| UsageTotals {
+        active_users,
+        total_tokens,
+    };
+    let date = |text: &str| text.parse::<chrono::NaiveDate>().unwrap();
+
+    let january = store.monthly_summary(2024, 1).await.unwrap();
+    assert_eq!(january.by_type[&UserType::Trial], totals(2, 175));
+    assert_eq!(january.by_type[&UserType::Subscribed], totals(1, 200));
+    assert_eq!(january.all(), totals(3, 375));
+    assert_eq!(january.days.len(), 31);
+    let used: Vec<_> = january
+        .days
+        .iter()
+        .filter(|(_, day)| day.active_users > 0)
+        .map(|(date, day)| (date.to_string(), *day))
+        .collect();
+    assert_eq!(
+        used,
+        [
+            ("2024-01-15".to_owned(), totals(2, 300)),
+            ("2024-01-20".to_owned(), totals(1, 50)),
+            ("2024-01-31".to_owned(), totals(1, 25)),
+        ]
+    );
+    assert_eq!(january.days[&date("2024-01-01")], totals(0, 0));
+
+    let december = store.monthly_summary(2023, 12).await.unwrap();
+    assert_eq!(december.by_type[&UserType::Trial], totals(1, 500));
+    assert_eq!(december.by_type[&UserType::Subscribed], totals(0, 0));
+    assert_eq!(december.days[&date("2023-12-31")], totals(1, 500));
+
+    let february = store.monthly_summary(2024, 2).await.unwrap();
+    assert_eq!(february.all(), totals(1, 400));
+    assert_eq!(february.by_type[&UserType::Subscribed], totals(1, 400));
+    assert_eq!(february.days.len(), 29, "2024 is a leap year");
+    assert_eq!(february.days[&date("2024-02-01")], totals(1, 400));
+
+    let empty = store.monthly_summary(2001, 1).await.unwrap();
+    assert_eq!(empty.all(), totals(0, 0));
+    assert!(empty.days.values().all(|day| *day == totals(0, 0)));
+}
+
+/// Every figure of a month's summary is of one instant: while users upgrade, its types count
+/// each user once, with the tokens of that side, and its day counts the same tokens.
+async fn a_month_summary_is_one_instant_while_users_upgrade(h: &impl Harness) {
+    let store = h.store();
+    let summaries = observe_while_users_upgrade(&store, async |date| {
+        let summary = store.monthly_summary(2024, 1).await.unwrap();
+        (summary.days[&date], summary)
+    })
+    .await;
+    for (day, summary) in &summaries {
+        assert_each_user_once_on_one_side(&summary.by_type, summary);
+        assert_eq!(*day, summary.all(), "{summary:?}");
+    }
+    let (_, last) = summaries.last().unwrap();
+    assert_eq!(last.by_type[&UserType::Subscribed].active_users, UPGRADING);
 }
 
 async fn it_answers_ping(h: &impl Harness) {
@@ -770,6 +854,8 @@ macro_rules! conformance_suite {
                 only_days_and_months_with_tokens_are_reported,
                 a_limit_tried_counts_the_days_documents_above_it,
                 a_limit_tried_is_one_instant_while_users_upgrade,
+                a_month_summary_counts_the_month_by_type_and_by_day,
+                a_month_summary_is_one_instant_while_users_upgrade,
                 it_answers_ping,
             );
         }

@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(monthly))
         .routes(routes!(user_usage))
         .routes(routes!(summary))
+        .routes(routes!(month_summary))
         .routes(routes!(what_if))
 }
 
@@ -233,6 +234,13 @@ impl From<UsageTotals> for Totals {
     }
 }
 
+fn views_by_type(by_type: BTreeMap<UserType, UsageTotals>) -> BTreeMap<UserType, Totals> {
+    by_type
+        .into_iter()
+        .map(|(user_type, totals)| (user_type, totals.into()))
+        .collect()
+}
+
 /// One day across all users, and per user type.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -266,10 +274,76 @@ async fn summary(
     Ok(Json(Summary {
         date,
         all: summary.all().into(),
-        by_user_type: summary
-            .by_type
+        by_user_type: views_by_type(summary.by_type),
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct MonthSummaryQuery {
+    #[param(inline)]
+    year: Year,
+    #[param(inline)]
+    month: Month,
+}
+
+/// One day of a month across all users.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct DayTotals {
+    date: NaiveDate,
+    #[serde(flatten)]
+    totals: Totals,
+}
+
+/// One month across all users, and per user type, and each of its days across all users.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct MonthSummary {
+    year: i32,
+    month: u32,
+    /// Users with tokens in the month (a month document's total above 0), each once.
+    #[serde(flatten)]
+    all: Totals,
+    /// Every user type, by name: the type each month document was last written with.
+    by_user_type: BTreeMap<UserType, Totals>,
+    /// Every day of the month, in order, from the day documents; a day without usage counts
+    /// zeros.
+    days: Vec<DayTotals>,
+}
+
+/// One month's active users and tokens, in all and per user type, and its days' tokens across
+/// all users, counted by the store at one instant.
+#[utoipa::path(
+    get,
+    path = "/admin/reports/month",
+    tag = "admin",
+    params(MonthSummaryQuery),
+    responses(
+        (status = 200, description = "The month's summary", body = MonthSummary),
+        (status = 400, description = "An invalid year or month, named in the message", body = ErrorEnvelope),
+    ),
+    security(("bearer" = []))
+)]
+async fn month_summary(
+    State(state): State<AppState>,
+    _: Admin,
+    AppQuery(query): AppQuery<MonthSummaryQuery>,
+) -> Result<Json<MonthSummary>, ApiError> {
+    let (Year(year), Month(month)) = (query.year, query.month);
+    let summary = state.usage.monthly_summary(year, month).await?;
+    Ok(Json(MonthSummary {
+        year,
+        month,
+        all: summary.all().into(),
+        by_user_type: views_by_type(summary.by_type),
+        days: summary
+            .days
             .into_iter()
-            .map(|(user_type, totals)| (user_type, totals.into()))
+            .map(|(date, totals)| DayTotals {
+                date,
+                totals: totals.into(),
+            })
             .collect(),
     }))
 }

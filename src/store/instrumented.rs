@@ -10,8 +10,8 @@ use chrono::NaiveDate;
 use crate::metrics::{STORE_OPERATION_DURATION, STORE_OPERATIONS};
 use crate::usage::{
     AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, DayChanges, Deadline,
-    LimitOverride, MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest, RecordRequest,
-    Recorded, StoreError, UsageStore, UserId, UserType,
+    LimitOverride, MonthlySummary, MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest,
+    RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
 };
 
 pub struct Instrumented {
@@ -101,6 +101,11 @@ impl UsageStore for Instrumented {
 
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
         self.measure("daily_summary", self.store.daily_summary(date))
+            .await
+    }
+
+    async fn monthly_summary(&self, year: i32, month: u32) -> Result<MonthlySummary, StoreError> {
+        self.measure("monthly_summary", self.store.monthly_summary(year, month))
             .await
     }
 

@@ -194,6 +194,28 @@ pub const DAILY_OVER_LIMIT_BY_TYPE: QueryShape = QueryShape {
     order: &[("tokensUsed", Descending)],
 };
 
+/// The month documents of one month and user type with tokens used (its active users), counted
+/// and their `totalMonthlyTokens` summed by an aggregation query (`GET /admin/reports/month`).
+/// Ordered by the summed field so that the index serving it holds that field.
+pub const MONTHLY_SUMMARY_BY_TYPE: QueryShape = QueryShape {
+    name: "monthly summary by user type",
+    collection: HISTORY_COLLECTION,
+    equality: &["year", "month", "userType"],
+    above: Above::zero("totalMonthlyTokens"),
+    order: &[("totalMonthlyTokens", Descending)],
+};
+
+/// The documents of one day with tokens used, counted and their `tokensUsed` summed by an
+/// aggregation query, once per day of a month (`GET /admin/reports/month`). The schema's index
+/// on `date` and `tokensUsed` serves it.
+pub const DAILY_TOTALS: QueryShape = QueryShape {
+    name: "daily totals",
+    collection: DAILY_COLLECTION,
+    equality: &["date"],
+    above: Above::zero("tokensUsed"),
+    order: &[("tokensUsed", Descending)],
+};
+
 /// The schema's admin query: all users' usage for one date, most tokens first.
 pub const SCHEMA_DAILY_BY_TOKENS: QueryShape = QueryShape {
     name: "schema: one date by tokensUsed",
@@ -276,6 +298,8 @@ pub const SERVICE: &[QueryShape] = &[
     MONTHLY_REPORT_BY_TYPE,
     DAILY_SUMMARY_BY_TYPE,
     DAILY_OVER_LIMIT_BY_TYPE,
+    MONTHLY_SUMMARY_BY_TYPE,
+    DAILY_TOTALS,
     OVERRIDES_BY_USER,
     AUDIT_NEWEST,
     AUDIT_BY_USER,
@@ -296,6 +320,8 @@ pub const ALL: &[QueryShape] = &[
     MONTHLY_REPORT_BY_TYPE,
     DAILY_SUMMARY_BY_TYPE,
     DAILY_OVER_LIMIT_BY_TYPE,
+    MONTHLY_SUMMARY_BY_TYPE,
+    DAILY_TOTALS,
     OVERRIDES_BY_USER,
     AUDIT_NEWEST,
     AUDIT_BY_USER,

@@ -49,8 +49,8 @@ pub use service::{
     UsageSettings, UserReport,
 };
 pub use store::{
-    DailySummary, DayAndMonth, Page, PageCursor, PageRequest, ReportItem, StoreError, UsageStore,
-    UsageTotals, split_overfetch,
+    DailySummary, DayAndMonth, MonthlySummary, Page, PageCursor, PageRequest, ReportItem,
+    StoreError, UsageStore, UsageTotals, days_of_month, split_overfetch,
 };
 pub use user_type::UserType;
 pub use what_if::{DayRange, InvalidDayRange, OverLimit, WhatIf};

@@ -481,6 +481,14 @@ impl UsageService {
         Ok(self.store.daily_summary(date).await?)
     }
 
+    pub async fn monthly_summary(
+        &self,
+        year: i32,
+        month: u32,
+    ) -> Result<super::MonthlySummary, UsageError> {
+        Ok(self.store.monthly_summary(year, month).await?)
+    }
+
     /// The user's override, active or expired, if one is stored.
     pub async fn limit_override(
         &self,

@@ -9,6 +9,7 @@ use chrono::NaiveDate;
 use super::{
     AuditEntry, AuditQuery, DailyUsage, DayChanges, Deadline, DecisionError, LimitOverride,
     MonthlyUsage, OverLimit, OverrideChange, RecordRequest, Recorded, StoredDay, UserId, UserType,
+    month_dates,
 };
 
 /// Where a page of a report resumes: just after the item with this figure and user. Reports
@@ -108,22 +109,76 @@ pub struct DailySummary {
 impl DailySummary {
     /// A summary from the totals a store counted; types it did not see count zero.
     pub fn from_counts(counts: impl IntoIterator<Item = (UserType, UsageTotals)>) -> Self {
-        let mut by_type: BTreeMap<UserType, UsageTotals> = UserType::ALL
-            .into_iter()
-            .map(|user_type| (user_type, UsageTotals::default()))
-            .collect();
-        for (user_type, totals) in counts {
-            let entry = by_type.entry(user_type).or_default();
-            *entry = *entry + totals;
+        Self {
+            by_type: every_type(counts),
         }
-        Self { by_type }
     }
 
     pub fn all(&self) -> UsageTotals {
-        self.by_type
-            .values()
-            .fold(UsageTotals::default(), |sum, totals| sum + *totals)
+        sum_of(self.by_type.values())
     }
+}
+
+/// One month's totals per user type from its month documents (active: a total above 0), every
+/// type present, and per day the totals of its day documents across all users, every day of
+/// the month present; all read at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonthlySummary {
+    pub by_type: BTreeMap<UserType, UsageTotals>,
+    pub days: BTreeMap<NaiveDate, UsageTotals>,
+}
+
+impl MonthlySummary {
+    /// A summary from the totals a store counted over `days` (the month's, in order); types
+    /// and days it did not see count zero.
+    pub fn from_counts(
+        days: &[NaiveDate],
+        type_counts: impl IntoIterator<Item = (UserType, UsageTotals)>,
+        day_counts: impl IntoIterator<Item = (NaiveDate, UsageTotals)>,
+    ) -> Self {
+        let mut by_day: BTreeMap<NaiveDate, UsageTotals> = days
+            .iter()
+            .map(|date| (*date, UsageTotals::default()))
+            .collect();
+        for (date, totals) in day_counts {
+            let entry = by_day.entry(date).or_default();
+            *entry = *entry + totals;
+        }
+        Self {
+            by_type: every_type(type_counts),
+            days: by_day,
+        }
+    }
+
+    pub fn all(&self) -> UsageTotals {
+        sum_of(self.by_type.values())
+    }
+}
+
+/// Every day of a month, in order; a month that is none is a fault of the caller's.
+pub fn days_of_month(year: i32, month: u32) -> Result<Vec<NaiveDate>, StoreError> {
+    let (first, last) = month_dates(year, month)
+        .ok_or_else(|| StoreError::Internal(format!("{year}-{month} is no month")))?;
+    Ok(first.iter_days().take_while(|date| *date <= last).collect())
+}
+
+/// Totals per type, summed, every type present.
+fn every_type(
+    counts: impl IntoIterator<Item = (UserType, UsageTotals)>,
+) -> BTreeMap<UserType, UsageTotals> {
+    let mut by_type: BTreeMap<UserType, UsageTotals> = UserType::ALL
+        .into_iter()
+        .map(|user_type| (user_type, UsageTotals::default()))
+        .collect();
+    for (user_type, totals) in counts {
+        let entry = by_type.entry(user_type).or_default();
+        *entry = *entry + totals;
+    }
+    by_type
+}
+
+fn sum_of<'a>(totals: impl Iterator<Item = &'a UsageTotals>) -> UsageTotals {
+    totals.fold(UsageTotals::default(), |sum, totals| sum + *totals)
 }
 
 /// A user's day and the month it counts in, as read together; absent when they do not exist.
@@ -209,6 +264,12 @@ pub trait UsageStore: Send + Sync {
     /// counted by the store (aggregation queries), never by reading every document, and every
     /// figure as of one instant.
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError>;
+
+    /// One month's active users (month documents with a total above 0) and tokens per user
+    /// type, and each of its days' active users and tokens across all users (day documents
+    /// with tokens used above 0), counted by the store (aggregation queries), never by reading
+    /// every document, and every figure as of one instant.
+    async fn monthly_summary(&self, year: i32, month: u32) -> Result<MonthlySummary, StoreError>;
 
     /// One day's documents of `user_type` against `limit`: those with tokens used above 0,
     /// and the number and tokens above it of those with tokens used above `limit`. Counted by

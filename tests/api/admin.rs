@@ -235,6 +235,75 @@ async fn the_summary_matches_the_pages(app: TestApp) {
     assert_eq!(empty["averageTokensPerUser"], 0.0);
 }
 
+/// The month's summary agrees with the monthly report's pages, in all and per type, and its
+/// days with the day's summary: today has the month's tokens (all recorded today), every other
+/// day none.
+async fn the_month_summary_matches_the_pages(app: TestApp) {
+    seed(&app).await;
+    let now = Utc::now();
+    let (year, month) = (now.year(), now.month());
+    let response = app
+        .get(
+            &admin(),
+            &format!("/admin/reports/month?year={year}&month={month}"),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let summary: Value = response.json().await.unwrap();
+    let items = walk(
+        &app,
+        &format!("/admin/usage/monthly?year={year}&month={month}&limit=500"),
+    )
+    .await
+    .concat();
+    let tokens = |items: &[&Value]| -> i64 {
+        items
+            .iter()
+            .map(|item| item["totalMonthlyTokens"].as_i64().unwrap())
+            .sum()
+    };
+    let all: Vec<&Value> = items.iter().collect();
+    assert_eq!(
+        (summary["year"].clone(), summary["month"].clone()),
+        (json!(year), json!(month))
+    );
+    assert_eq!(summary["activeUsers"], USERS.len());
+    assert_eq!(summary["totalTokens"], tokens(&all));
+    for user_type in ["trial", "subscribed"] {
+        let of_type: Vec<&Value> = all
+            .iter()
+            .copied()
+            .filter(|item| item["userType"] == user_type)
+            .collect();
+        let totals = &summary["byUserType"][user_type];
+        assert_eq!(totals["activeUsers"], of_type.len(), "{user_type}");
+        assert_eq!(totals["totalTokens"], tokens(&of_type), "{user_type}");
+    }
+    let day_summary: Value = app
+        .get(
+            &admin(),
+            &format!("/admin/reports/summary?date={}", today()),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let days = summary["days"].as_array().unwrap();
+    assert_eq!(
+        days.first().unwrap()["date"],
+        format!("{year}-{month:02}-01")
+    );
+    for day in days {
+        if day["date"] == today() {
+            assert_eq!(day["activeUsers"], day_summary["activeUsers"]);
+            assert_eq!(day["totalTokens"], day_summary["totalTokens"]);
+        } else {
+            assert_eq!(day["totalTokens"], 0, "{day}");
+        }
+    }
+    assert!(days.iter().any(|day| day["date"] == today()));
+}
+
 /// A reservation released unused leaves a day document with no tokens: no activity, so the
 /// summary and the daily report stay as they were.
 async fn a_released_reservation_is_no_activity(app: TestApp) {
@@ -289,14 +358,16 @@ on_both_stores!(
     the_monthly_report_is_ordered_by_total,
     the_drill_down_matches_what_the_user_sees,
     the_summary_matches_the_pages,
+    the_month_summary_matches_the_pages,
     a_released_reservation_is_no_activity,
 );
 
-const ADMIN_ROUTES: [&str; 7] = [
+const ADMIN_ROUTES: [&str; 8] = [
     "/admin/usage/daily?date=2024-01-15",
     "/admin/usage/monthly?year=2024&month=1",
     "/admin/users/alice/usage",
     "/admin/reports/summary?date=2024-01-15",
+    "/admin/reports/month?year=2024&month=1",
     "/admin/reports/what-if?userType=trial&dailyLimit=100&from=2024-01-01&to=2024-01-31",
     "/admin/limits",
     "/admin/audit",
@@ -366,6 +437,12 @@ async fn bad_report_parameters_are_400_naming_them() {
         ("/admin/usage/monthly?year=2024", "month"),
         ("/admin/users/alice/usage?months=25", "months"),
         ("/admin/reports/summary?date=yesterday", "date"),
+        ("/admin/reports/month?month=1", "year"),
+        ("/admin/reports/month?year=1969&month=1", "year"),
+        ("/admin/reports/month?year=2024", "month"),
+        ("/admin/reports/month?year=2024&month=13", "month"),
+        ("/admin/reports/month?year=2024&month=0", "month"),
+        ("/admin/reports/month?year=2024&month=may", "month"),
     ];
     for (path, parameter) in cases {
         let body = assert_error(app.get(&admin(), path).await, 400, "invalid_request").await;

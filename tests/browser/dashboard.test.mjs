@@ -204,7 +204,7 @@ describe('the dashboard', () => {
       assert.ok(Math.abs(filled - day.tokensUsed / day.tokenLimit) < 0.02, `${day.userId}'s bar is ${filled} filled`);
     }
 
-    await page.getByLabel('User type').selectOption('subscribed');
+    await page.getByLabel('User type', { exact: true }).selectOption('subscribed');
     await page.getByRole('button', { name: 'Apply' }).click();
     const subscribed = await admin.get(`/admin/usage/daily?date=${today}&userType=subscribed&limit=25`);
     assert.deepEqual((await rows(`Users of ${today} (subscribed), most tokens first, page 1`)).map((cells) => cells.slice(0, 4)),
@@ -238,10 +238,23 @@ describe('the dashboard', () => {
     await checkView('user');
   });
 
-  it('lists the month’s top users as the API does', async () => {
+  it('shows the month’s totals by user type, its days and its top users as the API does', async () => {
     await page.getByRole('link', { name: 'Month', exact: true }).click();
     const label = today.slice(0, 7);
     const [year, month] = label.split('-').map(Number);
+    const report = await admin.get(`/admin/reports/month?year=${year}&month=${month}`);
+    assert.ok(report.activeUsers > 0, 'the seeded month has usage');
+    for (const [name, expected] of [['Active users', report.activeUsers], ['Tokens used', report.totalTokens]]) {
+      const shown = await figureOf(label, name);
+      assert.equal(shown.value, expected, name);
+      assert.equal(shown.text, number.format(expected), name);
+    }
+    assert.equal((await figureOf(label, 'Average per active user')).value, report.averageTokensPerUser);
+    assert.deepEqual((await rows(`By user type, ${label}`)).map(([type, users, tokens]) => [type, users, tokens]),
+      Object.entries(report.byUserType).map(([type, totals]) => [type, number.format(totals.activeUsers), number.format(totals.totalTokens)]));
+    // The days' chart read as a table gives the API's tokens per day, across all users.
+    assert.deepEqual(await rows(`Tokens per day of ${label}, all users: Tokens`),
+      report.days.map((day) => [day.date.slice(8), number.format(day.totalTokens)]));
     const answer = await admin.get(`/admin/usage/monthly?year=${year}&month=${month}&limit=25`);
     const shown = await rows(`Top users of ${label}, page 1`);
     assert.deepEqual(shown.map(([user, , total]) => [user, total]),
@@ -249,6 +262,14 @@ describe('the dashboard', () => {
     const [perDay] = await pixelsOf(page, PRIMARY);
     assert.ok(perDay > 200, `the days' bars are drawn (${perDay} pixels)`);
     await checkView('month');
+
+    // Filtered by a type: the type's row says so, and the totals stay the whole month's.
+    await page.getByLabel('User type', { exact: true }).selectOption('subscribed');
+    await page.getByRole('button', { name: 'Apply' }).click();
+    await page.getByRole('table', { name: `Top users of ${label} (subscribed), page 1`, exact: true }).waitFor();
+    const byType = await rows(`By user type, ${label}`);
+    assert.deepEqual(byType.map(([type]) => type), ['trial', 'subscribed (filtered below)']);
+    assert.equal((await figureOf(label, 'Tokens used')).value, report.totalTokens);
   });
 
   it('sets and removes overrides with a reason, and shows each change in the audit trail', async () => {

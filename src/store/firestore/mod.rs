@@ -36,8 +36,8 @@ use self::client::{AttemptError, MAX_RPC_TIMEOUT};
 use crate::store::queries::{DAILY_COLLECTION, OVERRIDES_COLLECTION};
 use crate::usage::{
     AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, DayChangeHub, DayChanges,
-    Deadline, LimitOverride, MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest,
-    RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
+    Deadline, LimitOverride, MonthlySummary, MonthlyUsage, OverLimit, OverrideChange, Page,
+    PageRequest, RecordRequest, Recorded, StoreError, UsageStore, UserId, UserType,
 };
 
 /// How often a quiet listener on a watched day checks that its stream still answers (one
@@ -172,6 +172,10 @@ impl UsageStore for FirestoreStore {
 
     async fn daily_summary(&self, date: NaiveDate) -> Result<DailySummary, StoreError> {
         self.count_daily_summary(date).await
+    }
+
+    async fn monthly_summary(&self, year: i32, month: u32) -> Result<MonthlySummary, StoreError> {
+        self.count_monthly_summary(year, month).await
     }
 
     async fn over_limit(

@@ -17,6 +17,7 @@ use firestore::gcloud_sdk::google::firestore::v1::{
     Value, run_aggregation_query_request, structured_aggregation_query,
 };
 use firestore::gcloud_sdk::tonic::Status;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::FirestoreStore;
 use super::client::{MAX_RPC_TIMEOUT, Snapshot, read_failure};
@@ -25,21 +26,25 @@ use crate::store::queries::{
     self, Bound, DAILY_COLLECTION, Direction, HISTORY_COLLECTION, QueryShape,
 };
 use crate::usage::{
-    DailySummary, DailyUsage, DayAndMonth, MonthlyUsage, OverLimit, Page, PageCursor, PageRequest,
-    StoreError, UsageTotals, UserId, UserType,
+    DailySummary, DailyUsage, DayAndMonth, MonthlySummary, MonthlyUsage, OverLimit, Page,
+    PageCursor, PageRequest, StoreError, UsageTotals, UserId, UserType, days_of_month,
 };
 
+/// The days of a month counted at once: a few round trips, not a burst of one per day.
+const DAYS_AT_ONCE: usize = 8;
+
 impl FirestoreStore {
-    /// Counts the documents of a query and sums their `tokensUsed`, in Firestore, in the
+    /// Counts the documents of a query and sums their field `summed`, in Firestore, in the
     /// `snapshot`; returns the transaction that holds it.
     async fn totals(
         &self,
         shape: &QueryShape,
+        summed: &str,
         values: &[Value],
         snapshot: Snapshot,
     ) -> Result<(UsageTotals, Vec<u8>), StoreError> {
         let field = FieldReference {
-            field_path: "tokensUsed".to_owned(),
+            field_path: summed.to_owned(),
         };
         let aggregations = vec![
             Aggregation {
@@ -218,37 +223,94 @@ impl FirestoreStore {
         Ok(Page::from_overfetch(items, page.limit))
     }
 
-    /// One aggregation query per user type, each counting its own type; the first one's read
-    /// time is every other one's, so that the answer is one instant even while users upgrade.
-    pub(super) async fn count_daily_summary(
+    /// The totals of `shape` (summing `summed`) for each user type, with the values
+    /// `of_type` gives it: one aggregation query per type, the first beginning the read-only
+    /// transaction that the others read in, so that every figure is of one instant even while
+    /// users upgrade. Returns the transaction, for more figures of that instant.
+    async fn totals_by_type(
         &self,
-        date: NaiveDate,
-    ) -> Result<DailySummary, StoreError> {
-        let day = codec::string(&date.format("%Y-%m-%d").to_string());
-        let of_type = |user_type: UserType| [day.clone(), codec::string(user_type.as_str())];
+        shape: &QueryShape,
+        summed: &str,
+        of_type: impl Fn(UserType) -> Vec<Value>,
+    ) -> Result<(Vec<(UserType, UsageTotals)>, Vec<u8>), StoreError> {
         let [first, rest @ ..] = UserType::ALL;
         let (first_totals, transaction) = self
-            .totals(
-                &queries::DAILY_SUMMARY_BY_TYPE,
-                &of_type(first),
-                Snapshot::Begin,
-            )
+            .totals(shape, summed, &of_type(first), Snapshot::Begin)
             .await?;
-        let transaction = &transaction;
+        let in_snapshot = &transaction;
+        let of_type = &of_type;
         let rest = futures_util::future::try_join_all(rest.map(|user_type| async move {
             let (totals, _) = self
                 .totals(
-                    &queries::DAILY_SUMMARY_BY_TYPE,
+                    shape,
+                    summed,
                     &of_type(user_type),
-                    Snapshot::Of(transaction.clone()),
+                    Snapshot::Of(in_snapshot.clone()),
                 )
                 .await?;
             Ok::<_, StoreError>((user_type, totals))
         }))
         .await?;
-        Ok(DailySummary::from_counts(
-            std::iter::once((first, first_totals)).chain(rest),
-        ))
+        let by_type = std::iter::once((first, first_totals)).chain(rest).collect();
+        Ok((by_type, transaction))
+    }
+
+    pub(super) async fn count_daily_summary(
+        &self,
+        date: NaiveDate,
+    ) -> Result<DailySummary, StoreError> {
+        let day = codec::string(&date.format("%Y-%m-%d").to_string());
+        let (by_type, _) = self
+            .totals_by_type(&queries::DAILY_SUMMARY_BY_TYPE, "tokensUsed", |user_type| {
+                vec![day.clone(), codec::string(user_type.as_str())]
+            })
+            .await?;
+        Ok(DailySummary::from_counts(by_type))
+    }
+
+    /// The month documents' totals per user type, then one aggregation per day of the month
+    /// over the day documents, a few days at a time, all in one read-only transaction. Each
+    /// aggregation is billed one read per 1,000 index entries it scans, and at least one: a
+    /// report costs the number of user types plus the month's days (33 for 31 days) while
+    /// fewer than 1,000 users of a type are active in the month and a day, the cost of
+    /// reading 33 documents.
+    pub(super) async fn count_monthly_summary(
+        &self,
+        year: i32,
+        month: u32,
+    ) -> Result<MonthlySummary, StoreError> {
+        let days = days_of_month(year, month)?;
+        let (by_type, transaction) = self
+            .totals_by_type(
+                &queries::MONTHLY_SUMMARY_BY_TYPE,
+                "totalMonthlyTokens",
+                |user_type| {
+                    vec![
+                        codec::integer(i64::from(year)),
+                        codec::integer(i64::from(month)),
+                        codec::string(user_type.as_str()),
+                    ]
+                },
+            )
+            .await?;
+        let transaction = &transaction;
+        let by_day: Vec<_> = futures_util::stream::iter(days.clone())
+            .map(|date: NaiveDate| async move {
+                let day = [codec::string(&date.format("%Y-%m-%d").to_string())];
+                let (totals, _) = self
+                    .totals(
+                        &queries::DAILY_TOTALS,
+                        "tokensUsed",
+                        &day,
+                        Snapshot::Of(transaction.clone()),
+                    )
+                    .await?;
+                Ok::<_, StoreError>((date, totals))
+            })
+            .buffered(DAYS_AT_ONCE)
+            .try_collect()
+            .await?;
+        Ok(MonthlySummary::from_counts(&days, by_type, by_day))
     }
 
     /// Two aggregation queries at one read time: the day's active users of the type (the
@@ -264,13 +326,19 @@ impl FirestoreStore {
             codec::string(user_type.as_str()),
         ];
         let (active, transaction) = self
-            .totals(&queries::DAILY_SUMMARY_BY_TYPE, &of_type, Snapshot::Begin)
+            .totals(
+                &queries::DAILY_SUMMARY_BY_TYPE,
+                "tokensUsed",
+                &of_type,
+                Snapshot::Begin,
+            )
             .await?;
         let mut above_limit = of_type.to_vec();
         above_limit.push(codec::integer(limit));
         let (above, _) = self
             .totals(
                 &queries::DAILY_OVER_LIMIT_BY_TYPE,
+                "tokensUsed",
                 &above_limit,
                 Snapshot::Of(transaction),
             )

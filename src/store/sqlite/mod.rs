@@ -20,9 +20,10 @@ use self::time::{SqlDate, SqlTime};
 
 use crate::usage::{
     AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, DayChangeHub, DayChanges,
-    Deadline, Fingerprint, IdempotencyKey, IdempotencyRecord, LimitOverride, MonthlyUsage,
-    OverLimit, OverrideChange, Page, PageRequest, RecordRequest, Recorded, Reservations, Snapshot,
-    StoreError, StoredDay, UsageStore, UsageTotals, UserId, UserType,
+    Deadline, Fingerprint, IdempotencyKey, IdempotencyRecord, LimitOverride, MonthlySummary,
+    MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest, RecordRequest, Recorded,
+    Reservations, Snapshot, StoreError, StoredDay, UsageStore, UsageTotals, UserId, UserType,
+    days_of_month,
 };
 
 const SCHEMA: &str = "
@@ -268,17 +269,47 @@ impl UsageStore for SqliteStore {
                  FROM daily_token_usage WHERE date = ?1 AND tokens_used > 0 GROUP BY user_type",
             )?;
             let rows = statement.query_map([date], |row| {
-                Ok((
-                    user_type_from(row, 0)?,
-                    UsageTotals {
-                        active_users: row.get(1)?,
-                        total_tokens: row.get(2)?,
-                    },
-                ))
+                Ok((user_type_from(row, 0)?, totals_from(row, 1)?))
             })?;
             Ok(DailySummary::from_counts(
                 rows.collect::<rusqlite::Result<Vec<_>>>()?,
             ))
+        })
+        .await
+    }
+
+    /// Both statements in one read transaction, so every figure is of one instant.
+    async fn monthly_summary(&self, year: i32, month: u32) -> Result<MonthlySummary, StoreError> {
+        let days = days_of_month(year, month)?;
+        let (Some(&first), Some(&last)) = (days.first(), days.last()) else {
+            return Err(StoreError::Internal(format!("{year}-{month} has no days")));
+        };
+        self.with_connection(move |connection| {
+            let transaction = connection.transaction()?;
+            let by_type = transaction
+                .prepare_cached(
+                    "SELECT user_type, COUNT(*), COALESCE(SUM(total_monthly_tokens), 0)
+                     FROM token_usage_history
+                     WHERE year = ?1 AND month = ?2 AND total_monthly_tokens > 0
+                     GROUP BY user_type",
+                )?
+                .query_map(params![year, month], |row| {
+                    Ok((user_type_from(row, 0)?, totals_from(row, 1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let by_day = transaction
+                .prepare_cached(
+                    "SELECT date, COUNT(*), COALESCE(SUM(tokens_used), 0)
+                     FROM daily_token_usage
+                     WHERE date BETWEEN ?1 AND ?2 AND tokens_used > 0
+                     GROUP BY date",
+                )?
+                .query_map(params![SqlDate(first), SqlDate(last)], |row| {
+                    Ok((row.get::<_, SqlDate>(0)?.0, totals_from(row, 1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            transaction.finish()?;
+            Ok(MonthlySummary::from_counts(&days, by_type, by_day))
         })
         .await
     }
@@ -698,6 +729,14 @@ fn user_id_from<I: rusqlite::RowIndex>(row: &Row<'_>, index: I) -> rusqlite::Res
 fn user_type_from<I: rusqlite::RowIndex>(row: &Row<'_>, index: I) -> rusqlite::Result<UserType> {
     let raw: String = row.get(index)?;
     Ok(UserType::from_claim(Some(&raw)))
+}
+
+/// A count at `index` and the tokens summed beside it.
+fn totals_from(row: &Row<'_>, index: usize) -> rusqlite::Result<UsageTotals> {
+    Ok(UsageTotals {
+        active_users: row.get(index)?,
+        total_tokens: row.get(index + 1)?,
+    })
 }
 
 fn store_error(error: rusqlite::Error) -> StoreError {
