@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every endpoint of the service and its methods.
-const ENDPOINTS: [(&str, &str); 22] = [
+const ENDPOINTS: [(&str, &str); 23] = [
     ("/usage", "post"),
     ("/usage/reservations", "post"),
     ("/usage/reservations/{id}/commit", "post"),
@@ -20,6 +20,7 @@ const ENDPOINTS: [(&str, &str); 22] = [
     ("/admin/users/{user_id}/usage", "get"),
     ("/admin/reports/summary", "get"),
     ("/admin/reports/what-if", "get"),
+    ("/admin/reports/activity", "get"),
     ("/admin/users/{user_id}/limit", "put"),
     ("/admin/users/{user_id}/limit", "get"),
     ("/admin/users/{user_id}/limit", "delete"),
