@@ -155,6 +155,7 @@ impl Application {
             },
             today_gauges: Arc::new(TodayGauges::new(TODAY_GAUGES_INTERVAL)),
             streams: Arc::new(Streams::new(stream_settings(&config))),
+            reset_zone: config.reset_timezone,
         };
         let edge = EdgeSettings {
             request_timeout: config.request_timeout(),

@@ -1,11 +1,16 @@
 //! Prometheus metrics: the process-wide registry, every metric's name and meaning, and the
-//! text that `GET /metrics` serves.
+//! text that `GET /metrics` serves, and this instance's activity read from the same counters.
 
-use std::sync::OnceLock;
+mod activity;
+
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub use self::activity::{Activity, HOURS};
+use self::activity::{Tally, WithTally};
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -50,24 +55,45 @@ const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// The name of the thread that does that upkeep.
 const UPKEEP_THREAD: &str = "metrics-upkeep";
 
-static REGISTRY: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+/// The installed registry: the Prometheus text's source, and the tally beside it.
+struct Installed {
+    prometheus: PrometheusHandle,
+    tally: Arc<Tally>,
+}
+
+static REGISTRY: OnceLock<Option<Installed>> = OnceLock::new();
 
 /// The registry, installed on first use; `None` if another recorder was installed first.
 pub fn registry() -> Option<&'static PrometheusHandle> {
+    installed().map(|installed| &installed.prometheus)
+}
+
+/// This instance's activity since the registry was installed; `None` if another recorder was
+/// installed first.
+pub fn activity() -> Option<Activity> {
+    installed().map(|installed| installed.tally.read())
+}
+
+fn installed() -> Option<&'static Installed> {
     REGISTRY.get_or_init(install).as_ref()
 }
 
-fn install() -> Option<PrometheusHandle> {
+fn install() -> Option<Installed> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
         .ok()?
         .build_recorder();
-    let handle = recorder.handle();
-    metrics::set_global_recorder(recorder).ok()?;
-    keep_up(handle.clone());
+    let prometheus = recorder.handle();
+    let tally = Tally::new();
+    metrics::set_global_recorder(WithTally {
+        inner: recorder,
+        tally: tally.clone(),
+    })
+    .ok()?;
+    keep_up(prometheus.clone());
     describe();
     start_at_zero();
-    Some(handle)
+    Some(Installed { prometheus, tally })
 }
 
 fn keep_up(handle: PrometheusHandle) {

@@ -1,14 +1,17 @@
 // The page's frame: its settings, who is signed in, and which view shows.
 //
 // A view is a module under views/ with { route, title, render(context, params, container,
-// ...path) }. Adding a panel is adding a module to VIEWS (and a link to the nav in
-// index.html).
+// ...path) }; render may return a function that ends what the view left running (a stream),
+// called when another screen replaces it. Adding a panel is adding a module to VIEWS (and a
+// link to the nav in index.html).
 
 import { createApi } from './api.js';
 import { destroyCharts } from './charts.js';
 import { today } from './dates.js';
 import { h, show } from './dom.js';
+import { watchUsage } from './live.js';
 import { devTokenSession, firebaseSignIn, restoreDevToken, signInFailure } from './session.js';
+import activity from './views/activity.js';
 import audit from './views/audit.js';
 import month from './views/month.js';
 import overrides from './views/overrides.js';
@@ -17,7 +20,7 @@ import user from './views/user.js';
 import users from './views/users.js';
 import whatIf from './views/what-if.js';
 
-const VIEWS = new Map([summary, users, month, user, overrides, audit, whatIf].map((view) => [view.route, view]));
+const VIEWS = new Map([summary, users, month, user, overrides, audit, whatIf, activity].map((view) => [view.route, view]));
 const $ = (id) => document.getElementById(id);
 
 let config;
@@ -25,6 +28,8 @@ let firebase = null;
 let session = null;
 /** Whether the first screen is up: from then on, a new screen takes the keyboard's focus. */
 let started = false;
+/** Ends what the view on screen left running; null when nothing runs. */
+let leaveView = null;
 
 const api = createApi({
   session: () => session,
@@ -35,6 +40,18 @@ const api = createApi({
 const context = {
   api,
   today: () => today(config.timeZone),
+  /** Watches a user's usage until the returned watch is stopped (see live.js). */
+  watchUsage(userId, { onUsage, onState }) {
+    return watchUsage({
+      session: () => session,
+      userId,
+      onUsage,
+      onState(state, detail) {
+        onState(state, detail);
+        if (state === 'expired' && session) signOut('Your sign-in has expired. Sign in again.');
+      },
+    });
+  },
   /** Shows `route` with `params`, as a link would. */
   navigate(route, params = {}) {
     const search = new URLSearchParams(Object.entries(params).filter(([, value]) => value !== '' && value != null));
@@ -76,9 +93,16 @@ function focusHeading(heading) {
   if (started) heading?.focus();
 }
 
+/** Ends the view on screen: its charts and whatever it left running. */
+function leave(container) {
+  leaveView?.();
+  leaveView = null;
+  destroyCharts(container);
+}
+
 function showSignIn(note) {
   session = null;
-  destroyCharts($('view'));
+  leave($('view'));
   show($('view'));
   $('nav').hidden = true;
   $('account').hidden = true;
@@ -114,7 +138,7 @@ async function signOut(note) {
 /** The API's 403: this account is not an admin. Nothing else is shown. */
 function refuse(error) {
   $('nav').hidden = true;
-  destroyCharts($('view'));
+  leave($('view'));
   show($('view'), h('section', { class: 'panel refusal', 'aria-labelledby': 'refusal-title' },
     h('h1', { id: 'refusal-title', tabindex: '-1' }, 'Not an admin'),
     h('p', {}, `The admin API refused ${session?.label ?? 'this account'}: ${error.message} (${error.status} ${error.code}).`),
@@ -158,13 +182,13 @@ function route() {
   const [name, ...rest] = path.split('/');
   const view = VIEWS.get(name) ?? summary;
   const container = $('view');
-  destroyCharts(container);
+  leave(container);
   const args = rest.map(decoded);
   if (view === user && !args[0]) {
     context.navigate('users');
     return;
   }
-  view.render(context, new URLSearchParams(query), container, ...args);
+  leaveView = view.render(context, new URLSearchParams(query), container, ...args) ?? null;
   for (const link of $('nav').querySelectorAll('a')) {
     const active = link.getAttribute('href') === `#/${view === user ? 'users' : view.route}`;
     if (active) link.setAttribute('aria-current', 'page');

@@ -42,14 +42,41 @@ export function chart({ title, labels, series, summary, valueLabel = 'Tokens' })
 
   const observer = new ResizeObserver(([entry]) => {
     const width = Math.floor(entry.contentRect.width);
-    if (width <= 0) return;
-    const plot = drawn.get(figure)?.plot;
-    if (plot) plot.setSize({ width, height: HEIGHT });
-    else drawn.set(figure, { observer, plot: draw(canvas, width, labels, series) });
+    const state = drawn.get(figure);
+    if (width <= 0 || !state) return;
+    if (state.plot) state.plot.setSize({ width, height: HEIGHT });
+    else state.plot = draw(canvas, width, labels, state.series);
   });
-  drawn.set(figure, { observer, plot: null });
+  drawn.set(figure, { observer, plot: null, series, title });
   observer.observe(canvas);
   return figure;
+}
+
+/**
+ * Shows new values in a chart made by `chart()`, in place: the bars, the words and the table
+ * change, and nothing is rebuilt, so that focus and an open table stay as they were. `series`
+ * has the chart's series in the same order, each with its (possibly new) label and values.
+ */
+export function updateChart(figure, { series, summary }) {
+  const state = drawn.get(figure);
+  if (!state) return;
+  state.series = series;
+  state.plot?.setData([state.plot.data[0], ...series.map((one) => one.values)]);
+  figure.querySelector('.chart-canvas').setAttribute('aria-label', `${state.title}. ${summary}`);
+  figure.querySelectorAll('.legend li').forEach((item, index) => {
+    item.lastChild.textContent = series[index].label;
+  });
+  figure.querySelectorAll('thead th').forEach((cell, index) => {
+    if (index > 0) cell.textContent = series[index - 1].label;
+  });
+  figure.querySelectorAll('tbody tr').forEach((row, rowIndex) => {
+    series.forEach((one, index) => {
+      const value = one.values[rowIndex];
+      const text = value === null ? '–' : formatNumber(value);
+      const cell = row.cells[index + 1];
+      if (cell.textContent !== text) cell.textContent = text;
+    });
+  });
 }
 
 /** Stops and frees every chart inside `container`, before it is emptied. */

@@ -75,16 +75,38 @@ export function table(caption, columns, rows) {
 
 /** Tokens used against a limit, as a bar and in words. */
 export function meter(used, limit) {
+  const element = h('span', { class: 'meter' },
+    h('span', { class: 'meter-track', role: 'img' }, h('span', { class: 'meter-fill' })),
+    h('span', { class: 'meter-text', 'aria-hidden': 'true' }));
+  setMeter(element, used, limit);
+  return element;
+}
+
+/** Sets a `meter()`'s bar and words to new figures, in place. */
+export function setMeter(element, used, limit) {
   const share = limit > 0 ? used / limit : used > 0 ? 1 : 0;
   const percent = Math.round(share * 100);
   const level = share >= 1 ? 'over' : share >= 0.8 ? 'warn' : 'ok';
-  const fill = h('span', { class: `meter-fill ${level}` });
+  const fill = element.querySelector('.meter-fill');
+  fill.className = `meter-fill ${level}`;
   // Set through the CSSOM: the page's policy refuses style attributes.
   fill.style.width = `${Math.min(100, share * 100)}%`;
   const words = limit > 0 ? `${percent}% of ${formatNumber(limit)}` : 'no limit';
-  return h('span', { class: 'meter' },
-    h('span', { class: 'meter-track', role: 'img', 'aria-label': `${formatNumber(used)} tokens, ${words}` }, fill),
-    h('span', { class: 'meter-text', 'aria-hidden': 'true' }, `${percent}%`));
+  element.querySelector('.meter-track').setAttribute('aria-label', `${formatNumber(used)} tokens, ${words}`);
+  element.querySelector('.meter-text').textContent = `${percent}%`;
+}
+
+/** Sets a `figure()`'s value, in place; whether it changed. */
+export function setFigure(value, raw, format = formatNumber) {
+  if (value.dataset.value === String(raw)) return false;
+  value.dataset.value = String(raw);
+  value.textContent = format(raw);
+  return true;
+}
+
+/** Sets an element's text, touching it only when it changed. */
+export function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
 }
 
 /** A labelled form control. */

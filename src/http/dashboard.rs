@@ -41,7 +41,7 @@ macro_rules! embedded {
 }
 
 /// Every file but `index.html`; the vendored files' licences are served beside them.
-const FILES: [(&str, &[u8]); 22] = embedded![
+const FILES: [(&str, &[u8]); 24] = embedded![
     "app.css",
     "icon.svg",
     "js/app.js",
@@ -49,8 +49,10 @@ const FILES: [(&str, &[u8]); 22] = embedded![
     "js/charts.js",
     "js/dates.js",
     "js/dom.js",
+    "js/live.js",
     "js/pager.js",
     "js/session.js",
+    "js/views/activity.js",
     "js/views/audit.js",
     "js/views/month.js",
     "js/views/overrides.js",

@@ -1,5 +1,6 @@
 //! The HTTP edge: the router, its layers, and one module per resource.
 
+mod activity;
 mod admin;
 mod dashboard;
 mod deadline;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub today_gauges: Arc<TodayGauges>,
     /// The usage event streams open on this instance.
     pub streams: Arc<Streams>,
+    /// RESET_TIMEZONE: the zone of days and of the hours that usage is counted by.
+    pub reset_zone: chrono_tz::Tz,
 }
 
 /// Who may read `GET /metrics` on a port.
@@ -92,6 +95,7 @@ pub fn routes(bounds: docs::ConfiguredBounds) -> (Router<AppState>, utoipa::open
         .merge(reservations::router())
         .merge(stream::router())
         .merge(admin::router())
+        .merge(activity::router())
         .merge(limits::router())
         .merge(ops::router())
         .split_for_parts();

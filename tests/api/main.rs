@@ -7,6 +7,7 @@ mod auth_emulator;
 #[path = "../support/emulator.rs"]
 mod emulator;
 
+mod activity;
 mod admin;
 mod auth;
 mod bodies;

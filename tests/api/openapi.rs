@@ -21,6 +21,7 @@ const ENDPOINTS: [(&str, &str); 23] = [
     ("/admin/reports/summary", "get"),
     ("/admin/reports/month", "get"),
     ("/admin/reports/what-if", "get"),
+    ("/admin/reports/activity", "get"),
     ("/admin/users/{user_id}/limit", "put"),
     ("/admin/users/{user_id}/limit", "get"),
     ("/admin/users/{user_id}/limit", "delete"),

@@ -49,6 +49,10 @@ before(async () => {
     FIREBASE_AUTH_EMULATOR_HOST: emulator.host,
     FIREBASE_WEB_API_KEY: API_KEY,
     FIREBASE_AUTH_DOMAIN: `${PROJECT}.firebaseapp.com`,
+    // Streams end every few seconds, as Cloud Run's timeout ends them, so that the page's
+    // resumption is exercised; heartbeats find a closed stream within a second.
+    STREAM_MAX_SECS: '2',
+    STREAM_HEARTBEAT_SECS: '1',
   };
   const history = join(work, 'history.ndjson');
   writeHistory(history, today);
@@ -103,6 +107,24 @@ async function rows(caption) {
   await table.waitFor({ state: 'attached' });
   // textContent: a table of a chart is in a closed <details>, where innerText is empty.
   return table.locator('tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((td) => td.textContent.trim())));
+}
+
+/** The usage event streams open on the service, from its metrics. */
+async function openStreams() {
+  const text = await (await fetch(`${service.base}/metrics`)).text();
+  const line = text.split('\n').find((row) => row.startsWith('token_limits_streams_open '));
+  return Number(line.split(' ')[1]);
+}
+
+/** Waits until `read()` gives `expected`, for up to ten seconds; the last value read. */
+async function eventually(read, expected) {
+  const deadline = Date.now() + 10_000;
+  let value = await read();
+  while (value !== expected && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    value = await read();
+  }
+  return value;
 }
 
 /** The figure labelled `label` among the figures `group`: its raw value and its text. */
@@ -238,6 +260,61 @@ describe('the dashboard', () => {
     await checkView('user');
   });
 
+  it('moves the drill-down live as the user’s usage is recorded, and closes its stream when left', async () => {
+    const { userId, userType } = WITH_HISTORY[1];
+    const day = today.slice(8, 10);
+    const daysTable = `Tokens per day, ${today.slice(0, 7)}: Tokens`;
+    await page.locator('.live-status[data-live="live"]').waitFor();
+    // Between a stream's end and its resumption none is open for a moment.
+    assert.equal(await eventually(openStreams, 1), 1);
+    // The stream ends every two seconds: the page resumes it from the last event's id.
+    const resumed = await page.waitForRequest((request) => request.url().includes(`/usage/stream?userId=${userId}`)
+      && request.headers()['last-event-id'] !== undefined);
+    assert.match(resumed.headers().authorization, /^Bearer ./);
+
+    const before = (await figureOf('today', 'Tokens used')).value;
+    const [, daysBefore] = await pixelsOf(page, PRIMARY);
+    // The reader is on the days' table: an update keeps it there.
+    const tableToggle = page.locator('figure.chart').nth(1).locator('summary');
+    await tableToggle.focus();
+    await page.evaluate(() => { window.sameDocument = true; });
+
+    await admin.post('/usage', { tokens: 1500, userId, userType });
+    const after = before + 1500;
+    await page.locator(`dl[data-figures="today"] dd[data-value="${after}"]`).waitFor();
+    assert.equal((await figureOf('today', 'Tokens used')).text, number.format(after));
+    assert.equal(await page.locator('[data-announce]').textContent(), `${userId} has used ${number.format(after)} tokens today.`);
+    const report = await admin.get(`/admin/users/${userId}/usage?months=1`);
+    assert.equal(report.history[0].dailyUsage[day], after);
+    // Today is the month's peak: its bar grew, and the chart's scale with it.
+    assert.equal(report.history[0].peakUsageDate, day);
+    assert.equal(await page.locator('[data-peak]').getAttribute('data-peak'), day);
+    assert.equal(await page.locator('[data-peak]').innerText(), `Peak: day ${day}, ${number.format(after)} tokens.`);
+    const todayRow = (await rows(daysTable)).find(([label]) => label === day);
+    assert.deepEqual(todayRow.slice(1), ['–', number.format(after)]);
+    await page.evaluate(() => new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve))));
+    // The peak stays the chart's tallest bar, so the other days' bars shrink.
+    const [, daysAfter] = await pixelsOf(page, PRIMARY);
+    assert.ok(daysAfter < daysBefore, `the days were drawn to the new scale (${daysBefore} -> ${daysAfter} pixels)`);
+    assert.ok(await page.evaluate(() => window.sameDocument), 'the page was not reloaded');
+    assert.ok(await tableToggle.evaluate((element) => element === document.activeElement), 'focus stayed');
+    await checkView('user-live');
+
+    const streamsAfterLeaving = [];
+    const watchStreams = (request) => {
+      if (request.url().includes('/usage/stream')) streamsAfterLeaving.push(request.url());
+    };
+    await page.getByRole('link', { name: 'Users', exact: true }).click();
+    await page.getByRole('heading', { name: `Users by tokens used, ${today}` }).waitFor();
+    page.on('request', watchStreams);
+    assert.equal(await eventually(openStreams, 0), 0, 'the stream closed when the view was left');
+    // Longer than a stream lasts and its resumption waits: a watch left running would be back.
+    await new Promise((resolve) => setTimeout(resolve, 4000));
+    page.off('request', watchStreams);
+    assert.deepEqual(streamsAfterLeaving, [], 'the page opened no stream after the view was left');
+    assert.equal(await openStreams(), 0);
+  });
+
   it('shows the month’s totals by user type, its days and its top users as the API does', async () => {
     await page.getByRole('link', { name: 'Month', exact: true }).click();
     const label = today.slice(0, 7);
@@ -326,6 +403,25 @@ describe('the dashboard', () => {
     const alert = page.getByRole('alert').filter({ hasText: 'Could not load this' });
     assert.equal(await alert.innerText(),
       `Could not load this: ${refused.body.error.message} (400 ${refused.body.error.code})`);
+  });
+
+  it('charts this instance’s tokens by hour and its error rate, saying whose counts they are', async () => {
+    await page.getByRole('link', { name: 'Activity' }).click();
+    await page.getByRole('heading', { name: 'Activity' }).waitFor();
+    await page.locator('[data-scope="instance"]').waitFor();
+    const activity = await admin.get('/admin/reports/activity');
+    assert.match(await page.locator('[data-scope]').innerText(), /One instance’s counts/);
+    const hours = await rows(`Tokens by hour of day (${activity.timeZone}): Tokens`);
+    assert.equal(hours.length, 24);
+    const shownTotal = hours.reduce((sum, [, tokens]) => sum + Number(tokens.replace(/,/g, '')), 0);
+    // Counted since the instance started: the seeded usage, and what the tests recorded since.
+    assert.ok(shownTotal > 0);
+    assert.ok(shownTotal <= activity.tokensByHour.reduce((sum, entry) => sum + entry.tokens, 0));
+    const requests = await figureOf('requests', 'Requests answered');
+    assert.ok(requests.value > 0 && requests.value <= activity.requests.total);
+    const [byHour] = await pixelsOf(page, PRIMARY);
+    assert.ok(byHour > 50, `the hours' bars are drawn (${byHour} pixels)`);
+    await checkView('activity');
   });
 
   it('refreshes a refused ID token once and retries, then asks to sign in again', async () => {
