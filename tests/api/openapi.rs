@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every endpoint of the service and its methods.
-const ENDPOINTS: [(&str, &str); 23] = [
+const ENDPOINTS: [(&str, &str); 24] = [
     ("/usage", "post"),
     ("/usage/reservations", "post"),
     ("/usage/reservations/{id}/commit", "post"),
