@@ -137,6 +137,7 @@ impl Moment {
             now: self.now,
             idempotency: None,
             audit_actor: None,
+            thresholds: Default::default(),
         }
     }
 

@@ -6,12 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/contract-venv
-requirements=scripts/contract-requirements.txt
-if ! cmp -s "$requirements" "$venv/installed.txt" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$venv/installed.txt"
-fi
+bash scripts/python-venv.sh "$venv" scripts/contract-requirements.txt
 
 # Built as `cargo test` builds it, dev-dependencies' features and all: after the Rust suites
 # nothing is compiled again (`cargo build` would compile six crates a second time).

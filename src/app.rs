@@ -9,20 +9,24 @@ use tokio::net::TcpListener;
 use crate::auth::{DirectorySettings, IdentityToolkitDirectory, TokenVerifier, VerifierSettings};
 use crate::config::Config;
 use crate::http::{
-    AppState, DashboardSettings, EdgeSettings, FirebaseWebApp, MetricsAccess, StreamSettings,
-    Streams, TODAY_GAUGES_INTERVAL, TodayGauges, metrics_router, router,
+    AppState, DashboardSettings, EdgeSettings, FirebaseWebApp, MetricsAccess, Notifications,
+    StreamSettings, Streams, TODAY_GAUGES_INTERVAL, TodayGauges, metrics_router, router,
 };
+use crate::notify::{DeliveryWorker, WorkerSettings};
 use crate::server::{self, ConnectionSettings, Draining};
 use crate::store::open_usage_store;
 use crate::usage::{
-    Clock, DirectoryError, OfflineDirectory, StoreError, SystemClock, UsageService, UsageSettings,
-    UserDirectory, UserType,
+    Clock, DirectoryError, OfflineDirectory, StoreError, SystemClock, Thresholds, UsageService,
+    UsageSettings, UserDirectory, UserType,
 };
 
 /// How long one fetch of the signing keys may take.
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one lookup of a user's claims may take.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Beyond its sinks' attempts, how long an outbox entry stays taken by one instance: room to
+/// record the outcome. An instance that dies leaves its entry to another after this.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -80,6 +84,8 @@ pub struct Application {
     metrics: Option<(TcpListener, axum::Router)>,
     connections: ConnectionSettings,
     draining: Arc<Draining>,
+    /// Hands threshold events to the sinks, when any is configured.
+    delivery: Option<DeliveryWorker>,
 }
 
 impl Application {
@@ -96,7 +102,27 @@ impl Application {
         // Installed first, so that nothing counted before the first scrape is lost.
         crate::metrics::registry();
         crate::metrics::start_user_type_series_at_zero(UserType::ALL.map(UserType::as_str));
-        let store = open_usage_store(&config.store, config.firestore_cache_bytes()).await?;
+        let serving = open_usage_store(&config.store, config.firestore_cache_bytes()).await?;
+        let sinks =
+            (config.notify.sinks().await).map_err(|e| StartupError::Config(e.to_string()))?;
+        let (thresholds, delivery) = if sinks.is_empty() {
+            (Thresholds::default(), None)
+        } else {
+            // One attempt hands the event to each sink in turn; then its outcome is recorded.
+            let lease = config.notify.notify_attempt_timeout * sinks.len() as u32 + LEASE_MARGIN;
+            let worker = DeliveryWorker::new(
+                serving.outbox.clone(),
+                sinks,
+                clock.clone(),
+                WorkerSettings {
+                    retry_for: config.notify.notify_retry_for,
+                    lease,
+                    ..WorkerSettings::default()
+                },
+            );
+            let thresholds = Thresholds::new(config.notify.notify_thresholds.iter().copied());
+            (thresholds, Some(worker))
+        };
         let verifier = Arc::new(TokenVerifier::new(VerifierSettings {
             project_id: config.store.firebase_project_id.clone(),
             jwks_url: config.firebase_jwks_url.clone(),
@@ -123,28 +149,28 @@ impl Application {
             Some(token) => MetricsAccess::Token(token.clone()),
             None => MetricsAccess::Anyone,
         };
+        let mut usage = UsageService::new(
+            serving.usage,
+            user_directory(&config)?,
+            UsageSettings {
+                limits: (&config.limits).into(),
+                soft_limit: config.limits.soft_limit_fraction,
+                on_store_unavailable: config.limits.on_store_unavailable,
+                override_horizon: chrono::Duration::days(i64::from(
+                    config.limits.override_max_days,
+                )),
+                zone: config.reset_timezone,
+                reservations: config.reservation_rules(),
+                unaudited_recorders: config.limits.unaudited_recorders.iter().cloned().collect(),
+                thresholds,
+            },
+            clock,
+        );
+        if let Some(worker) = &delivery {
+            usage = usage.waking_on_events(worker.waker());
+        }
         let state = AppState {
-            usage: Arc::new(UsageService::new(
-                store,
-                user_directory(&config)?,
-                UsageSettings {
-                    limits: (&config.limits).into(),
-                    soft_limit: config.limits.soft_limit_fraction,
-                    on_store_unavailable: config.limits.on_store_unavailable,
-                    override_horizon: chrono::Duration::days(i64::from(
-                        config.limits.override_max_days,
-                    )),
-                    zone: config.reset_timezone,
-                    reservations: config.reservation_rules(),
-                    unaudited_recorders: config
-                        .limits
-                        .unaudited_recorders
-                        .iter()
-                        .cloned()
-                        .collect(),
-                },
-                clock,
-            )),
+            usage: Arc::new(usage),
             verifier,
             max_tokens_per_request: config.max_tokens_per_request,
             draining: Arc::default(),
@@ -156,6 +182,10 @@ impl Application {
             today_gauges: Arc::new(TodayGauges::new(TODAY_GAUGES_INTERVAL)),
             streams: Arc::new(Streams::new(stream_settings(&config))),
             reset_zone: config.reset_timezone,
+            notifications: Notifications {
+                outbox: serving.outbox,
+                wake: delivery.as_ref().map(DeliveryWorker::waker),
+            },
         };
         let edge = EdgeSettings {
             request_timeout: config.request_timeout(),
@@ -176,6 +206,7 @@ impl Application {
         Ok(Self {
             listener,
             metrics,
+            delivery,
             draining: state.draining.clone(),
             router: router(state, &edge),
             connections: config.connections(),
@@ -208,6 +239,11 @@ impl Application {
     /// address, if any, is served until the service itself has finished, so that the drain can
     /// still be watched.
     pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
+        // Stops when the drain starts; an entry it leaves is taken again once its lease ends.
+        let delivery = self.delivery.map(|worker| {
+            let draining = self.draining.clone();
+            tokio::spawn(worker.run(async move { draining.started().await }))
+        });
         let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics = self.metrics.map(|(listener, router)| {
             tokio::spawn(server::serve(
@@ -229,6 +265,11 @@ impl Application {
         )
         .await;
         drop(stop_metrics);
+        if let Some(delivery) = delivery
+            && let Err(error) = delivery.await
+        {
+            tracing::warn!(%error, "the delivery of notifications did not stop cleanly");
+        }
         if let Some(metrics) = metrics
             && let Err(error) = metrics.await
         {

@@ -9,10 +9,11 @@ use chrono_tz::Tz;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::lifecycle::{ArchiveArgs, CleanupArgs, ExportArgs, ImportArgs, RebuildArgs, VerifyArgs};
+use crate::notify::NotifyArgs;
 use crate::server::ConnectionSettings;
 use crate::store::{StoreKind, StoreSettings, parse_project_id};
 use crate::usage::{
-    Enforcement, Limits, OnStoreUnavailable, Policy, ReservationRules, SoftLimit, UserId, UserType,
+    Enforcement, Limits, OnStoreUnavailable, Policy, ReservationRules, Share, UserId, UserType,
 };
 
 /// Google's JWK set for Firebase ID tokens.
@@ -153,6 +154,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub notify: NotifyArgs,
 
     /// The IANA time zone in which a day starts and ends.
     #[arg(long, env = "RESET_TIMEZONE", default_value = "UTC")]
@@ -474,7 +478,7 @@ pub struct LimitArgs {
     /// From what share of the binding limit (used and held tokens) answers carry
     /// `"warning": "approaching_limit"`: above 0, at most 1, up to four decimals.
     #[arg(long, env = "SOFT_LIMIT_FRACTION", default_value = "0.8")]
-    pub soft_limit_fraction: SoftLimit,
+    pub soft_limit_fraction: Share,
 
     /// What `POST /usage` answers while the store is unreachable or past the request's
     /// deadline: `deny` (503) or `allow` (200 without counting, flagged `degraded`).
@@ -603,7 +607,7 @@ mod tests {
             Limits::from(&defaults.limits),
             Limits::daily(10_000, 100_000)
         );
-        assert_eq!(defaults.limits.soft_limit_fraction, SoftLimit::default());
+        assert_eq!(defaults.limits.soft_limit_fraction, Share::default());
         assert_eq!(
             defaults.limits.on_store_unavailable,
             OnStoreUnavailable::Deny

@@ -6,6 +6,7 @@ pub mod config;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -42,6 +42,9 @@ pub const STALE_KEY_USES: &str = "token_limits_stale_signing_key_uses_total";
 pub const DIRECTORY_LOOKUPS: &str = "token_limits_user_directory_lookups_total";
 pub const STREAMS_OPEN: &str = "token_limits_streams_open";
 pub const STREAMS_REFUSED: &str = "token_limits_streams_refused_total";
+pub const NOTIFICATIONS: &str = "token_limits_notifications_total";
+pub const NOTIFICATIONS_PENDING: &str = "token_limits_notifications_pending";
+pub const NOTIFICATION_OLDEST_PENDING: &str = "token_limits_notification_oldest_pending_seconds";
 
 /// Latency buckets, in seconds: from a cached read to a request timeout.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -148,6 +151,8 @@ fn start_at_zero() {
     }
     metrics::gauge!(HTTP_REQUESTS_IN_FLIGHT).set(0.0);
     metrics::gauge!(STREAMS_OPEN).set(0.0);
+    metrics::gauge!(NOTIFICATIONS_PENDING).set(0.0);
+    metrics::gauge!(NOTIFICATION_OLDEST_PENDING).set(0.0);
 }
 
 /// The series labelled by user type, at zero like those of [`start_at_zero`]. The user types
@@ -183,6 +188,19 @@ fn describe() {
     );
     describe_gauge!(HTTP_REQUESTS_IN_FLIGHT, "HTTP requests being answered now");
     describe_gauge!(STREAMS_OPEN, "Usage event streams open on this instance");
+    describe_counter!(
+        NOTIFICATIONS,
+        "Attempts to hand a threshold event to a sink, by sink, event type and outcome (delivered, retried, failed)"
+    );
+    describe_gauge!(
+        NOTIFICATIONS_PENDING,
+        "Threshold events in the outbox not yet delivered or given up, as of this instance's last sweep"
+    );
+    describe_gauge!(
+        NOTIFICATION_OLDEST_PENDING,
+        Unit::Seconds,
+        "Age of the oldest threshold event not yet delivered, as of this instance's last sweep (0: none)"
+    );
     describe_counter!(
         STREAMS_REFUSED,
         "Usage event streams refused because MAX_STREAMS were open"

@@ -31,6 +31,25 @@ fn the_domain_knows_no_adapter() {
     );
 }
 
+/// The sinks are handed events by whoever delivers them; they know the domain's words at
+/// most, and no adapter or wiring, so that they can be merged and tested alone.
+#[test]
+fn the_sinks_know_no_adapter() {
+    assert_reaches_none(
+        &module_graph(),
+        "notify",
+        &[
+            "http",
+            "store",
+            "auth",
+            "lifecycle",
+            "config",
+            "app",
+            "server",
+        ],
+    );
+}
+
 /// The graph's reader itself: a comment or a string naming a module is no reference, and a
 /// grouped `use` names each of its modules.
 #[test]

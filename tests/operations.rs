@@ -1,10 +1,13 @@
 //! The service as the ops team runs it: the real binary shut down by SIGTERM under load,
-//! slow or idle clients, its Cloud Logging lines, and its Prometheus metrics.
+//! slow or idle clients, its Cloud Logging lines, its Prometheus metrics, and its threshold
+//! events when an instance is killed while it delivers one.
 
 #[path = "support/binary.rs"]
 mod binary;
 #[path = "support/emulator.rs"]
 mod emulator;
+#[path = "support/webhook_receiver.rs"]
+mod webhook_receiver;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -849,4 +852,90 @@ fn metrics_on_a_loopback_address_of_their_own() {
         .unwrap();
     assert_eq!(on_the_service_port.status(), 404);
     server.stop();
+}
+
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A JSON list the receiver serves at `path`.
+fn receiver_list(receiver: &webhook_receiver::Receiver, path: &str) -> Vec<Value> {
+    client()
+        .get(receiver.url(path))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+/// Waits until `ready` holds, for at most `patience`.
+fn wait_for(what: &str, patience: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < patience,
+            "{what}: not within {patience:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An instance is killed (SIGKILL) while it delivers the event its record raised: the entry
+/// stays taken until its lease ends, then the next instance (on SQLite the same file restarted,
+/// on Firestore another instance) delivers it, once, under the same id.
+fn an_event_outlives_the_instance_delivering_it(environment: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = webhook_receiver::Receiver::start(WEBHOOK_SECRET);
+    let hook = receiver.url("/hold-first");
+    let mut all = vec![
+        ("DAILY_LIMIT_TRIAL", "1000"),
+        ("NOTIFY_THRESHOLDS", "0.8"),
+        ("NOTIFY_WEBHOOK_URL", hook.as_str()),
+        ("NOTIFY_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        // The lease: this and 10 s.
+        ("NOTIFY_ATTEMPT_TIMEOUT", "5s"),
+    ];
+    all.extend_from_slice(environment);
+    let first = start(&dir, &all);
+    let uid = format!("killed-{}", std::process::id());
+    assert_eq!(
+        post_usage(&first.base, &signed_token(&uid), json!({"tokens": 900})).status(),
+        200
+    );
+    let event_id = format!("{uid}_{}_daily-80", chrono::Utc::now().format("%Y-%m-%d"));
+    wait_for(
+        "the first delivery under way",
+        Duration::from_secs(5),
+        || !receiver_list(&receiver, "/held").is_empty(),
+    );
+    first.stop();
+    assert_eq!(receiver_list(&receiver, "/held"), [json!(event_id)]);
+    assert!(receiver_list(&receiver, "/received").is_empty());
+
+    let _second = start(&dir, &all);
+    // The lease (15 s), then the successor's next sweep (every 10 s).
+    wait_for(
+        "the delivery by the successor",
+        Duration::from_secs(40),
+        || !receiver_list(&receiver, "/received").is_empty(),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let received = receiver_list(&receiver, "/received");
+    assert_eq!(received.len(), 1, "delivered once: {received:?}");
+    assert_eq!(received[0]["id"], event_id);
+    assert_eq!(received[0]["type"], "usage.threshold_crossed");
+}
+
+#[test]
+fn a_killed_instance_delivers_its_event_after_a_restart_on_sqlite() {
+    an_event_outlives_the_instance_delivering_it(&[]);
+}
+
+#[test]
+fn another_instance_delivers_a_killed_instances_event_on_firestore() {
+    let host = emulator().host();
+    let project = emulator::unique_project("killed");
+    an_event_outlives_the_instance_delivering_it(&[
+        ("STORE", "firestore"),
+        ("FIRESTORE_EMULATOR_HOST", &host),
+        ("GOOGLE_CLOUD_PROJECT", &project),
+    ]);
 }

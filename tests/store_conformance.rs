@@ -58,6 +58,7 @@ fn action(uid: &str, action: Action, now: &str) -> RecordRequest {
         now,
         idempotency: None,
         audit_actor: None,
+        thresholds: Default::default(),
     }
 }
 
@@ -894,7 +895,7 @@ impl Harness for Sqlite {
         let connection = rusqlite::Connection::open(self.dir.path().join("usage.db")).unwrap();
         connection
             .execute(
-                "INSERT INTO token_usage_history VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                "INSERT INTO token_usage_history VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, NULL)",
                 rusqlite::params![
                     MonthlyUsage::document_id(&month.user_id, month.year, month.month),
                     month.user_id.as_str(),

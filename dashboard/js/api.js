@@ -60,6 +60,7 @@ export function createApi({ session, onExpired, onForbidden }) {
   return {
     get: (path, query) => request('GET', path, { query }),
     put: (path, body, headers) => request('PUT', path, { body, headers }),
+    post: (path, body, headers) => request('POST', path, { body, headers }),
     delete: (path, query, headers) => request('DELETE', path, { query, headers }),
   };
 }

@@ -14,13 +14,14 @@ import { devTokenSession, firebaseSignIn, restoreDevToken, signInFailure } from 
 import activity from './views/activity.js';
 import audit from './views/audit.js';
 import month from './views/month.js';
+import notifications from './views/notifications.js';
 import overrides from './views/overrides.js';
 import summary from './views/summary.js';
 import user from './views/user.js';
 import users from './views/users.js';
 import whatIf from './views/what-if.js';
 
-const VIEWS = new Map([summary, users, month, user, overrides, audit, whatIf, activity].map((view) => [view.route, view]));
+const VIEWS = new Map([summary, users, month, user, overrides, audit, whatIf, activity, notifications].map((view) => [view.route, view]));
 const $ = (id) => document.getElementById(id);
 
 let config;

@@ -40,6 +40,9 @@ pub enum ApiError {
     /// 404 `override_not_found`.
     #[error("no limit override is stored for this user")]
     OverrideNotFound,
+    /// 404 `notification_not_found`.
+    #[error("no threshold event with this id is in the outbox")]
+    NotificationNotFound,
     /// 409 `reservation_committed`.
     #[error("this reservation was already committed, with {0} tokens")]
     ReservationCommitted(i64),
@@ -76,9 +79,10 @@ impl ApiError {
             Self::InvalidRequest(_) | Self::InvalidUserId(_) => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NotFound | Self::ReservationNotFound | Self::OverrideNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Self::NotFound
+            | Self::ReservationNotFound
+            | Self::OverrideNotFound
+            | Self::NotificationNotFound => StatusCode::NOT_FOUND,
             Self::ReservationCommitted(_) | Self::ReservationReleased => StatusCode::CONFLICT,
             Self::ReservationExpired => StatusCode::GONE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -98,6 +102,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::ReservationNotFound => "reservation_not_found",
             Self::OverrideNotFound => "override_not_found",
+            Self::NotificationNotFound => "notification_not_found",
             Self::ReservationCommitted(_) => "reservation_committed",
             Self::ReservationReleased => "reservation_released",
             Self::ReservationExpired => "reservation_expired",

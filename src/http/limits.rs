@@ -371,8 +371,8 @@ struct AuditListQuery {
 }
 
 /// What was changed: an override set or removed, a day reset, usage recorded for another
-/// user, or a commit of a lifecycle command (`rebuild-history`, `cleanup`, `archive`,
-/// `import`).
+/// user, a commit of a lifecycle command (`rebuild-history`, `cleanup`, `archive`,
+/// `import`), or a threshold event sent again.
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum AuditActionView {
@@ -384,6 +384,7 @@ enum AuditActionView {
     DaysDeleted,
     MonthsArchived,
     DocumentsImported,
+    NotificationRedelivered,
 }
 
 /// One admin change.
@@ -421,6 +422,7 @@ impl From<AuditEntry> for AuditView {
                 AuditAction::DaysDeleted => AuditActionView::DaysDeleted,
                 AuditAction::MonthsArchived => AuditActionView::MonthsArchived,
                 AuditAction::DocumentsImported => AuditActionView::DocumentsImported,
+                AuditAction::NotificationRedelivered => AuditActionView::NotificationRedelivered,
             },
             user_id: entry.user_id,
             before: entry.before,

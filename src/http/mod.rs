@@ -8,6 +8,7 @@ mod docs;
 mod error;
 mod extract;
 mod limits;
+mod notifications;
 mod observe;
 mod ops;
 mod page_token;
@@ -21,6 +22,7 @@ mod views;
 
 pub use dashboard::{DashboardSettings, FirebaseWebApp};
 pub use error::ApiError;
+pub use notifications::Notifications;
 pub use stream::{StreamSettings, Streams};
 pub use today_gauges::{TODAY_GAUGES_INTERVAL, TodayGauges};
 
@@ -58,6 +60,8 @@ pub struct AppState {
     pub streams: Arc<Streams>,
     /// RESET_TIMEZONE: the zone of days and of the hours that usage is counted by.
     pub reset_zone: chrono_tz::Tz,
+    /// The threshold events' outbox, for the admin's listing and redelivery.
+    pub notifications: Notifications,
 }
 
 /// Who may read `GET /metrics` on a port.
@@ -97,6 +101,7 @@ pub fn routes(bounds: docs::ConfiguredBounds) -> (Router<AppState>, utoipa::open
         .merge(admin::router())
         .merge(activity::router())
         .merge(limits::router())
+        .merge(notifications::router())
         .merge(ops::router())
         .split_for_parts();
     docs::complete(&mut document, bounds);

@@ -56,6 +56,32 @@ pub fn decode_after(report: &str, raw: &str) -> Result<UserId, ApiError> {
     decode(report, raw).map(|cursor| cursor.user_id)
 }
 
+/// The longest key [`encode_keyed`] takes: an outbox entry's id is a user id (128
+/// characters at most) and a window and threshold.
+const MAX_KEY_CHARS: usize = 256;
+
+/// A token resuming a listing after the item with this figure and key, where the key is not
+/// a user id (an outbox entry's id).
+pub fn encode_keyed(report: &str, figure: i64, key: &str) -> String {
+    let token = Token {
+        report: report.to_owned(),
+        figure,
+        user_id: key.to_owned(),
+    };
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
+}
+
+pub fn decode_keyed(report: &str, raw: &str) -> Result<(i64, String), ApiError> {
+    let invalid = || ApiError::InvalidRequest("pageToken is not a token of this report".to_owned());
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
+    let token: Token = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    let key_fits = (1..=MAX_KEY_CHARS).contains(&token.user_id.chars().count());
+    if token.report != report || !key_fits {
+        return Err(invalid());
+    }
+    Ok((token.figure, token.user_id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +99,19 @@ mod tests {
         assert_eq!(decode("daily/2024-01-15/all", &token).unwrap(), cursor());
         assert!(decode("daily/2024-01-16/all", &token).is_err());
         assert!(decode("monthly/2024/1/all", &token).is_err());
+    }
+
+    #[test]
+    fn a_keyed_token_round_trips_for_its_report_only() {
+        let key = format!("{}_2026-12-04_daily-80", "u".repeat(128));
+        let token = encode_keyed("notifications/failed", 1_764_806_400_000, &key);
+        assert_eq!(
+            decode_keyed("notifications/failed", &token).unwrap(),
+            (1_764_806_400_000, key)
+        );
+        assert!(decode_keyed("notifications/pending", &token).is_err());
+        let too_long = encode_keyed("notifications/failed", 0, &"k".repeat(257));
+        assert!(decode_keyed("notifications/failed", &too_long).is_err());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::usage::{
 use super::{ApiError, AppState};
 use crate::usage::{
     MAX_ENTRIES_PER_DAY, RecordOutcome, Reservation, ReservationId, ReservationRefusal, Settlement,
-    SoftLimit, Standing, StoredAnswer, UserId, UserType,
+    Share, Standing, StoredAnswer, UserId, UserType,
 };
 
 /// When a crowded day may take a reservation again: settled entries are forgotten within
@@ -111,7 +111,7 @@ struct ReservationAnswer {
 }
 
 impl ReservationAnswer {
-    fn new(reservation: Reservation, standing: &Standing, soft_limit: SoftLimit) -> Self {
+    fn new(reservation: Reservation, standing: &Standing, soft_limit: Share) -> Self {
         let overage = reservation.overage();
         let entry = reservation.entry;
         let (status, committed_tokens, settled_at) = match entry.settlement {

@@ -18,7 +18,7 @@ use super::views::{DayView, MonthView};
 use super::{ApiError, AppState};
 use crate::usage::{
     Admission, DailyUsage, DayWindow, Enforcement, LimitWindow, MaybeRecorded, Policy,
-    RecordOutcome, SoftLimit, Standing, StoredAnswer, Subject, TypeSource, UserId, UserType,
+    RecordOutcome, Share, Standing, StoredAnswer, Subject, TypeSource, UserId, UserType,
 };
 
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -89,7 +89,7 @@ pub struct StandingView {
 }
 
 impl StandingView {
-    pub(super) fn new(standing: &Standing, soft_limit: SoftLimit) -> Self {
+    pub(super) fn new(standing: &Standing, soft_limit: Share) -> Self {
         Self {
             remaining: standing.remaining(),
             reserved_tokens: standing.reserved_tokens,
@@ -161,7 +161,7 @@ pub(super) struct RecordAnswer {
 }
 
 impl RecordAnswer {
-    fn new(standing: &Standing, soft_limit: SoftLimit, error: Option<ErrorBody>) -> Self {
+    fn new(standing: &Standing, soft_limit: Share, error: Option<ErrorBody>) -> Self {
         Self {
             usage: StandingView::new(standing, soft_limit),
             allowed: error.is_none(),

@@ -244,6 +244,7 @@ mod tests {
         StoredDay {
             usage,
             reservations: Default::default(),
+            notified: Default::default(),
         }
     }
 

@@ -174,8 +174,9 @@ pub trait DocumentStore: Send + Sync {
         audit: &AuditEntry,
     ) -> Result<Applied, StoreError>;
 
-    /// Deletes up to `limit` idempotency records that expired before `now`, returning how
-    /// many; `None` when the store expires them itself (Firestore's TTL policy).
+    /// Deletes up to `limit` idempotency records and up to `limit` settled outbox entries that
+    /// expired before `now`, returning how many; `None` when the store expires them itself
+    /// (Firestore's TTL policies).
     async fn delete_expired_keys(
         &self,
         now: DateTime<Utc>,

@@ -17,6 +17,6 @@ pub use self::firestore::{
     conditional_update as firestore_conditional_update,
     unchanged_since_read as firestore_unchanged_since_read,
 };
-pub use open::{open_document_store, open_usage_store};
+pub use open::{ServingStore, open_document_store, open_usage_store};
 pub use settings::{StoreKind, StoreSettings, parse_project_id};
 pub use sqlite::SqliteStore;

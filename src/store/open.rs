@@ -7,20 +7,29 @@ use super::instrumented::Instrumented;
 use super::settings::{StoreKind, StoreSettings};
 use super::{FirestoreSettings, FirestoreStore, SqliteStore};
 use crate::lifecycle::DocumentStore;
-use crate::usage::{StoreError, UsageStore};
+use crate::usage::{Outbox, StoreError, UsageStore};
 
-/// An adapter of both ports.
-trait Adapter: UsageStore + DocumentStore {}
+/// An adapter of every port.
+trait Adapter: UsageStore + DocumentStore + Outbox {}
 
-impl<S: UsageStore + DocumentStore> Adapter for S {}
+impl<S: UsageStore + DocumentStore + Outbox> Adapter for S {}
 
-/// The store `serve` records in, measured; `cache_bytes` of Firestore documents are kept.
+/// What `serve` opens: the store it records in, measured, and the outbox of that store.
+pub struct ServingStore {
+    pub usage: Arc<dyn UsageStore>,
+    pub outbox: Arc<dyn Outbox>,
+}
+
+/// The store `serve` records in; `cache_bytes` of Firestore documents are kept.
 pub async fn open_usage_store(
     settings: &StoreSettings,
     cache_bytes: u64,
-) -> Result<Arc<dyn UsageStore>, StoreError> {
+) -> Result<ServingStore, StoreError> {
     let (store, name) = open(settings, cache_bytes).await?;
-    Ok(Arc::new(Instrumented::new(store, name)))
+    Ok(ServingStore {
+        outbox: store.clone(),
+        usage: Arc::new(Instrumented::new(store, name)),
+    })
 }
 
 /// The store the lifecycle commands maintain.

@@ -76,6 +76,9 @@ pub const DAILY_COLLECTION: &str = "daily_token_usage";
 pub const OVERRIDES_COLLECTION: &str = "token_limit_overrides";
 pub const AUDIT_COLLECTION: &str = "token_limit_audit";
 
+/// Threshold events waiting for their delivery, by event id.
+pub const OUTBOX_COLLECTION: &str = "notification_outbox";
+
 /// Every stored override by user id (`GET /admin/limits`): a single field's order.
 pub const OVERRIDES_BY_USER: QueryShape = QueryShape {
     name: "overrides by user",
@@ -83,6 +86,25 @@ pub const OVERRIDES_BY_USER: QueryShape = QueryShape {
     equality: &[],
     above: None,
     order: &[("userId", Ascending)],
+};
+
+/// Pending outbox entries, the longest due first: the delivery workers' sweep.
+pub const OUTBOX_DUE: QueryShape = QueryShape {
+    name: "outbox entries due",
+    collection: OUTBOX_COLLECTION,
+    equality: &["status"],
+    above: None,
+    order: &[("nextAttemptAt", Ascending)],
+};
+
+/// Outbox entries of one status, oldest first: the age of the oldest pending one, for its
+/// gauge, and the admin's listing (`GET /admin/notifications`).
+pub const OUTBOX_BY_STATUS: QueryShape = QueryShape {
+    name: "outbox entries of a status, oldest first",
+    collection: OUTBOX_COLLECTION,
+    equality: &["status"],
+    above: None,
+    order: &[("createdAt", Ascending)],
 };
 
 /// The audit trail, newest first (`GET /admin/audit`); `since` is a range on `at`, the first
@@ -287,6 +309,8 @@ pub const MAINTENANCE: &[QueryShape] = &[
     MONTH_BY_NAME,
     DAYS_BEFORE,
     USER_DAYS_OF_MONTH,
+    OUTBOX_DUE,
+    OUTBOX_BY_STATUS,
 ];
 
 /// The queries the service itself runs.
@@ -334,4 +358,6 @@ pub const ALL: &[QueryShape] = &[
     MONTH_BY_NAME,
     DAYS_BEFORE,
     USER_DAYS_OF_MONTH,
+    OUTBOX_DUE,
+    OUTBOX_BY_STATUS,
 ];

@@ -19,10 +19,12 @@ pub enum AuditAction {
     DaysDeleted,
     MonthsArchived,
     DocumentsImported,
+    /// An admin sent a failed or delivered threshold event again.
+    NotificationRedelivered,
 }
 
 impl AuditAction {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::OverrideSet,
         Self::OverrideRemoved,
         Self::UsageReset,
@@ -31,6 +33,7 @@ impl AuditAction {
         Self::DaysDeleted,
         Self::MonthsArchived,
         Self::DocumentsImported,
+        Self::NotificationRedelivered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +46,7 @@ impl AuditAction {
             Self::DaysDeleted => "days_deleted",
             Self::MonthsArchived => "months_archived",
             Self::DocumentsImported => "documents_imported",
+            Self::NotificationRedelivered => "notification_redelivered",
         }
     }
 

@@ -9,6 +9,8 @@ mod decision;
 mod directory;
 mod idempotency;
 mod month;
+mod notice;
+mod outbox;
 mod overrides;
 mod policy;
 mod record;
@@ -30,11 +32,18 @@ pub use idempotency::{
     StoredAnswer,
 };
 pub use month::{MonthFigures, MonthOf, month_dates, month_start};
+pub use notice::{
+    EVENT_TYPES, EventKind, InvalidMark, Mark, Marks, Raised, Thresholds, UsageEvent,
+};
+pub use outbox::{
+    DeliveryOutcome, Outbox, OutboxCursor, OutboxEntry, OutboxStatus, Pending, Redelivery,
+    SETTLED_RETENTION,
+};
 pub use overrides::{
     InvalidOverride, LimitOverride, MAX_OVERRIDE_LIMIT, OverrideChange, OverrideRequest, limits_for,
 };
 pub use policy::{
-    Enforcement, InvalidFraction, LimitWindow, Limits, OnStoreUnavailable, Policy, SoftLimit,
+    Enforcement, InvalidFraction, LimitWindow, Limits, OnStoreUnavailable, Policy, Share,
     UnknownEnforcement, UnknownOutagePolicy, fits,
 };
 pub use record::{
@@ -171,14 +180,16 @@ impl DailyUsage {
     }
 }
 
-/// A day document as stored: the usage figures and the reservations it keeps (the
-/// `reservations` field, absent when there are none).
+/// A day document as stored: the usage figures, the reservations it keeps (the
+/// `reservations` field) and the events it raised (`notified`), each absent when empty.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredDay {
     #[serde(flatten)]
     pub usage: DailyUsage,
     #[serde(default, skip_serializing_if = "Reservations::is_empty")]
     pub reservations: Reservations,
+    #[serde(default, skip_serializing_if = "Marks::is_empty")]
+    pub notified: Marks,
 }
 
 /// A user's day as an answer shows it: the stored figures, the tokens held right now, the
@@ -277,7 +288,7 @@ impl Standing {
     }
 
     /// Whether used and held tokens reach the soft share of the binding limit.
-    pub fn approaching_limit(&self, soft: SoftLimit) -> bool {
+    pub fn approaching_limit(&self, soft: Share) -> bool {
         let window = self.binding();
         soft.reached(self.spent(window), self.limit(window))
     }

@@ -197,10 +197,11 @@ impl Limits {
     }
 }
 
-/// The share of a limit from which answers warn that it is near: `SOFT_LIMIT_FRACTION`, kept as
+/// A share of a limit, above 0 and at most 1: where answers warn that the limit is near
+/// (`SOFT_LIMIT_FRACTION`) and where a threshold event is sent (`NOTIFY_THRESHOLDS`). Kept as
 /// parts per ten thousand so that the boundary is exact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SoftLimit {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Share {
     per_ten_thousand: i64,
 }
 
@@ -209,7 +210,7 @@ pub struct SoftLimit {
 #[error("{0:?} is not a fraction above 0 and at most 1 with at most four decimals (e.g. 0.8)")]
 pub struct InvalidFraction(pub String);
 
-impl SoftLimit {
+impl Share {
     const SCALE: i64 = 10_000;
 
     /// Whether `used` (tokens used and held) reaches the soft share of `limit`.
@@ -219,7 +220,35 @@ impl SoftLimit {
     }
 }
 
-impl Default for SoftLimit {
+impl Share {
+    /// In percent, its decimal point written `_` (`80`, `100`, `12_5`): a name part that
+    /// holds no `.`.
+    pub fn percent_label(&self) -> String {
+        let (whole, hundredths) = (self.per_ten_thousand / 100, self.per_ten_thousand % 100);
+        if hundredths == 0 {
+            return whole.to_string();
+        }
+        let hundredths = format!("{hundredths:02}");
+        format!("{whole}_{}", hundredths.trim_end_matches('0'))
+    }
+}
+
+/// As the fraction it was given as, shortest: `0.8`, `1`.
+impl fmt::Display for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, decimals) = (
+            self.per_ten_thousand / Self::SCALE,
+            self.per_ten_thousand % Self::SCALE,
+        );
+        if decimals == 0 {
+            return write!(f, "{whole}");
+        }
+        let decimals = format!("{decimals:04}");
+        write!(f, "{whole}.{}", decimals.trim_end_matches('0'))
+    }
+}
+
+impl Default for Share {
     fn default() -> Self {
         Self {
             per_ten_thousand: 8_000,
@@ -227,7 +256,7 @@ impl Default for SoftLimit {
     }
 }
 
-impl FromStr for SoftLimit {
+impl FromStr for Share {
     type Err = InvalidFraction;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
@@ -288,8 +317,8 @@ mod tests {
 
     #[test]
     fn the_soft_limit_is_exact_at_its_boundary() {
-        let soft: SoftLimit = "0.8".parse().unwrap();
-        assert_eq!(soft, SoftLimit::default());
+        let soft: Share = "0.8".parse().unwrap();
+        assert_eq!(soft, Share::default());
         assert!(!soft.reached(799, 1_000));
         assert!(soft.reached(800, 1_000));
         assert!(soft.reached(801, 1_000));
@@ -298,11 +327,37 @@ mod tests {
         assert!(soft.reached(6, 7));
         assert!(soft.reached(0, 0));
         assert!(soft.reached(i64::MAX, i64::MAX));
-        let third: SoftLimit = "0.3333".parse().unwrap();
+        let third: Share = "0.3333".parse().unwrap();
         assert!(!third.reached(3_332, 10_000));
         assert!(third.reached(3_333, 10_000));
-        assert!("1".parse::<SoftLimit>().unwrap().reached(10, 10));
-        assert!(!"1.0".parse::<SoftLimit>().unwrap().reached(9, 10));
+        assert!("1".parse::<Share>().unwrap().reached(10, 10));
+        assert!(!"1.0".parse::<Share>().unwrap().reached(9, 10));
+    }
+
+    #[test]
+    fn a_share_is_labelled_in_percent_without_a_point() {
+        for (given, label) in [
+            ("0.8", "80"),
+            ("1", "100"),
+            ("0.125", "12_5"),
+            ("0.0001", "0_01"),
+        ] {
+            assert_eq!(given.parse::<Share>().unwrap().percent_label(), label);
+        }
+    }
+
+    #[test]
+    fn a_share_shows_as_its_shortest_fraction() {
+        for (given, shown) in [
+            ("0.8", "0.8"),
+            ("0.80", "0.8"),
+            ("1.0", "1"),
+            ("0.0001", "0.0001"),
+            ("0.125", "0.125"),
+        ] {
+            assert_eq!(given.parse::<Share>().unwrap().to_string(), shown);
+            assert_eq!(shown.parse::<Share>().unwrap().to_string(), shown);
+        }
     }
 
     #[test]
@@ -310,10 +365,10 @@ mod tests {
         for bad in [
             "0", "0.0", "1.0001", "2", "-0.5", ".8", "0.8.1", "0.12345", "0,8", "", "x",
         ] {
-            assert!(bad.parse::<SoftLimit>().is_err(), "{bad}");
+            assert!(bad.parse::<Share>().is_err(), "{bad}");
         }
         for good in ["0.0001", "0.5", "0.95", "1", "1.0000"] {
-            assert!(good.parse::<SoftLimit>().is_ok(), "{good}");
+            assert!(good.parse::<Share>().is_ok(), "{good}");
         }
     }
 }

@@ -10,9 +10,9 @@ use super::reservation::MAX_ENTRIES_PER_DAY;
 use super::{
     AuditAction, AuditEntry, DailyUsage, DayWindow, Decision, DecisionError, DecisionInput,
     Enforcement, Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, LimitOverride,
-    LimitWindow, Limits, MonthStanding, MonthlyUsage, Policy, Reservation, ReservationEntry,
-    ReservationId, Reservations, Settlement, Standing, StoredAnswer, StoredDay, Tokens, UserId,
-    UserType, decide, limits_for,
+    LimitWindow, Limits, Marks, MonthStanding, MonthlyUsage, Policy, Reservation, ReservationEntry,
+    ReservationId, Reservations, Settlement, Standing, StoredAnswer, StoredDay, Thresholds, Tokens,
+    UsageEvent, UserId, UserType, decide, limits_for,
 };
 
 /// What a request does to the user's day.
@@ -52,6 +52,8 @@ pub struct RecordRequest {
     /// The admin recording for another user, when their records are audited: what a spend or
     /// commit records is then audited in the same write.
     pub audit_actor: Option<UserId>,
+    /// Where events are raised; none when no sink is configured.
+    pub thresholds: Thresholds,
 }
 
 /// Why a commit or release cannot be done; nothing is written.
@@ -104,6 +106,8 @@ pub struct Recorded {
     pub outcome: RecordOutcome,
     /// Holds that expired unsettled and that this request's write dropped from the day.
     pub expired_holds: Vec<ReservationEntry>,
+    /// Threshold events written to the outbox with the usage.
+    pub events_written: usize,
 }
 
 impl Recorded {
@@ -134,6 +138,8 @@ pub struct Snapshot {
     /// The user's override, as the store knows it: it replaces the configured limits while it
     /// is active at the request's instant.
     pub limit_override: Option<LimitOverride>,
+    /// The events the month already raised (its `notified` field).
+    pub month_notified: Marks,
 }
 
 /// What a plan writes, all together or not at all.
@@ -149,6 +155,29 @@ pub struct Writes {
     /// The audit entry of an admin's change, written with it.
     pub audit: Option<AuditEntry>,
     pub expired_holds: Vec<ReservationEntry>,
+    /// The events raised, each an outbox entry written with the usage.
+    pub events: Vec<UsageEvent>,
+    /// What the day and the month keep of the events raised, when that changes; `None`
+    /// leaves them as stored.
+    pub day_notified: Option<Marks>,
+    pub month_notified: Option<Marks>,
+}
+
+impl Writes {
+    /// The day alone, as it stands: what a refusal writes when it raises an event.
+    fn day_only(day: DailyUsage) -> Self {
+        Self {
+            day,
+            reservations: None,
+            month: None,
+            idempotency: None,
+            audit: None,
+            expired_holds: Vec::new(),
+            events: Vec::new(),
+            day_notified: None,
+            month_notified: None,
+        }
+    }
 }
 
 /// The answer, and the writes that must succeed for it to be true.
@@ -168,12 +197,14 @@ impl Plan {
 
     /// What happened, once the writes (if any) are applied.
     pub fn applied(self) -> Recorded {
+        let (expired_holds, events_written) = self
+            .writes
+            .map(|writes| (writes.expired_holds, writes.events.len()))
+            .unwrap_or_default();
         Recorded {
             outcome: self.outcome,
-            expired_holds: self
-                .writes
-                .map(|writes| writes.expired_holds)
-                .unwrap_or_default(),
+            expired_holds,
+            events_written,
         }
     }
 }
@@ -214,14 +245,52 @@ impl RecordRequest {
     /// request. Every write of a day also drops the reservations it no longer needs.
     pub fn plan(&self, snapshot: &Snapshot) -> Result<Plan, DecisionError> {
         let active = (snapshot.limit_override.as_ref()).filter(|found| found.active_at(self.now));
-        match active {
+        let plan = match active {
             Some(found) => RecordRequest {
                 limits: limits_for(self.limits, Some(found), self.now),
                 ..self.clone()
             }
-            .plan_under_limits(snapshot),
-            None => self.plan_under_limits(snapshot),
+            .plan_under_limits(snapshot)?,
+            None => self.plan_under_limits(snapshot)?,
+        };
+        Ok(self.with_events(plan, snapshot))
+    }
+
+    /// The plan with the events its outcome raises, written with it: a record that counted
+    /// tokens raises each threshold it newly reached, and the day's first refusal raises one.
+    /// Nothing else raises anything, and a plan that raises nothing is left as it was.
+    fn with_events(&self, mut plan: Plan, snapshot: &Snapshot) -> Plan {
+        if self.thresholds.is_empty() {
+            return plan;
         }
+        let day_notified = snapshot.day.as_ref().map(|day| &day.notified);
+        let day_notified = day_notified.cloned().unwrap_or_default();
+        let (raised, standing) = match (&plan.outcome, plan.writes.is_some()) {
+            (RecordOutcome::Admitted(standing), true)
+            | (RecordOutcome::Settled { standing, .. }, true) => (
+                self.thresholds.crossed(
+                    standing,
+                    &day_notified,
+                    &snapshot.month_notified,
+                    self.now,
+                ),
+                standing,
+            ),
+            (RecordOutcome::Denied(standing), false) => (
+                self.thresholds.denied(standing, &day_notified, self.now),
+                standing,
+            ),
+            _ => return plan,
+        };
+        if raised.events.is_empty() {
+            return plan;
+        }
+        let day = standing.day.clone();
+        let writes = plan.writes.get_or_insert_with(|| Writes::day_only(day));
+        writes.events = raised.events;
+        writes.day_notified = raised.day_marks;
+        writes.month_notified = raised.month_marks;
+        plan
     }
 
     /// The plan under `self.limits`, the override already applied.
@@ -309,6 +378,9 @@ impl RecordRequest {
                 month: Some(month),
                 idempotency: self.remember(StoredAnswer::Recorded(standing.clone())),
                 expired_holds: holds.expired,
+                events: Vec::new(),
+                day_notified: None,
+                month_notified: None,
             }),
             outcome: RecordOutcome::Admitted(standing),
         })
@@ -376,6 +448,9 @@ impl RecordRequest {
                 )),
                 audit: None,
                 expired_holds: holds.expired,
+                events: Vec::new(),
+                day_notified: None,
+                month_notified: None,
             }),
             outcome: RecordOutcome::Reserved(reservation, standing),
         })
@@ -459,6 +534,9 @@ impl RecordRequest {
                 month: Some(month),
                 idempotency: None,
                 expired_holds: holds.expired,
+                events: Vec::new(),
+                day_notified: None,
+                month_notified: None,
             }),
         })
     }
@@ -514,6 +592,9 @@ impl RecordRequest {
                 idempotency: None,
                 audit: None,
                 expired_holds: holds.expired,
+                events: Vec::new(),
+                day_notified: None,
+                month_notified: None,
             }),
         }
     }
@@ -580,6 +661,9 @@ impl RecordRequest {
                 idempotency: self.remember(StoredAnswer::Recorded(standing.clone())),
                 audit: Some(audit),
                 expired_holds: holds.expired,
+                events: Vec::new(),
+                day_notified: None,
+                month_notified: None,
             }),
             outcome: RecordOutcome::Reset {
                 standing,
@@ -752,6 +836,7 @@ mod tests {
             window,
             limits: Limits::uniform(1_000),
             audit_actor: None,
+            thresholds: Default::default(),
             commit_grace: Duration::seconds(30),
             now,
         }
@@ -793,10 +878,19 @@ mod tests {
                         .map(|day| day.reservations.clone())
                         .unwrap_or_default()
                 });
+                let notified = writes.day_notified.unwrap_or_else(|| {
+                    (self.snapshot.day.as_ref())
+                        .map(|day| day.notified.clone())
+                        .unwrap_or_default()
+                });
                 self.snapshot.day = Some(StoredDay {
                     usage: writes.day,
                     reservations,
+                    notified,
                 });
+                if let Some(marks) = writes.month_notified {
+                    self.snapshot.month_notified = marks;
+                }
                 if let Some(month) = writes.month {
                     self.snapshot.month = Some(month);
                 }
@@ -962,6 +1056,7 @@ mod tests {
                     reset_at: reserve.window.reset_at,
                 },
                 reservations,
+                notified: Default::default(),
             }),
             ..Snapshot::default()
         };
@@ -1272,6 +1367,7 @@ mod tests {
         let support = UserId::parse("support").unwrap();
         let audited = |action, now, key| RecordRequest {
             audit_actor: Some(support.clone()),
+            thresholds: Default::default(),
             ..request(action, now, key)
         };
         let plan = ledger.run(&audited(spend(250), "2024-01-15T10:00:00Z", Some("k")));

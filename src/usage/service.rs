@@ -5,12 +5,13 @@ use chrono::{DateTime, NaiveDate, SubsecRound, Timelike, Utc};
 use chrono_tz::Tz;
 use std::collections::HashSet;
 use std::sync::Arc;
+use tokio::sync::Notify;
 
 use super::{
     Action, Clock, DailySummary, DailyUsage, DayAndMonth, DayWindow, Deadline, DirectoryError,
     Fingerprint, IdempotencyKey, Limits, MonthStanding, MonthlyUsage, OnStoreUnavailable, Page,
     PageRequest, Policy, RecordOutcome, RecordRequest, Recorded, ReservationId, ReservationRules,
-    Settlement, SoftLimit, Standing, StoreError, Tokens, UsageStore, UserDirectory, UserId,
+    Settlement, Share, Standing, StoreError, Thresholds, Tokens, UsageStore, UserDirectory, UserId,
     UserType, limits_for, split_overfetch,
 };
 use super::{
@@ -149,7 +150,7 @@ pub struct UsageSettings {
     /// The policy of each user type.
     pub limits: Limits,
     /// From what share of the binding limit answers warn.
-    pub soft_limit: SoftLimit,
+    pub soft_limit: Share,
     pub on_store_unavailable: OnStoreUnavailable,
     /// How far ahead an override may expire.
     pub override_horizon: chrono::Duration,
@@ -157,6 +158,8 @@ pub struct UsageSettings {
     pub reservations: ReservationRules,
     /// Admins whose records for other users are not audited (the chat backend's uid).
     pub unaudited_recorders: HashSet<UserId>,
+    /// Where records raise threshold events; none when no sink is configured.
+    pub thresholds: Thresholds,
 }
 
 pub struct UsageService {
@@ -164,6 +167,8 @@ pub struct UsageService {
     directory: Arc<dyn UserDirectory>,
     settings: UsageSettings,
     clock: Arc<dyn Clock>,
+    /// Told when a record wrote threshold events, so that their delivery starts at once.
+    events_written: Option<Arc<Notify>>,
 }
 
 impl UsageService {
@@ -178,6 +183,15 @@ impl UsageService {
             directory,
             settings,
             clock,
+            events_written: None,
+        }
+    }
+
+    /// The service, telling `waker` of every record that wrote threshold events.
+    pub fn waking_on_events(self, waker: Arc<Notify>) -> Self {
+        Self {
+            events_written: Some(waker),
+            ..self
         }
     }
 
@@ -190,7 +204,7 @@ impl UsageService {
         self.settings.reservations
     }
 
-    pub fn soft_limit(&self) -> SoftLimit {
+    pub fn soft_limit(&self) -> Share {
         self.settings.soft_limit
     }
 
@@ -208,8 +222,13 @@ impl UsageService {
             window: intent.window,
             now: intent.now,
             idempotency: intent.idempotency,
+            thresholds: self.settings.thresholds.clone(),
         };
-        self.store.record(request, deadline).await
+        let recorded = self.store.record(request, deadline).await?;
+        if let (Some(waker), true) = (&self.events_written, recorded.events_written > 0) {
+            waker.notify_one();
+        }
+        Ok(recorded)
     }
 
     /// The plan that applies to `subject` now: the one place it is decided, for the record

@@ -160,7 +160,7 @@ async fn a_month_that_cannot_be_continued_is_named() {
     connection
         .execute(
             "INSERT INTO token_usage_history VALUES (?1, 'mallory', ?2, ?3, ?4, 0, 0.0, '01', 0,
-             'trial', '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z')",
+             'trial', '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', NULL)",
             rusqlite::params![
                 month_id,
                 today.format("%Y").to_string().parse::<i64>().unwrap(),

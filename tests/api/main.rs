@@ -6,6 +6,10 @@
 mod auth_emulator;
 #[path = "../support/emulator.rs"]
 mod emulator;
+#[path = "../support/pubsub_emulator.rs"]
+mod pubsub_emulator;
+#[path = "../support/webhook_receiver.rs"]
+mod webhook_receiver;
 
 mod activity;
 mod admin;
@@ -18,6 +22,7 @@ mod edge;
 mod faults;
 mod firestore;
 mod helpers;
+mod notifications;
 mod openapi;
 mod overrides;
 mod reservations;

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::helpers::*;
 
 /// Every endpoint of the service and its methods.
-const ENDPOINTS: [(&str, &str); 24] = [
+const ENDPOINTS: [(&str, &str); 26] = [
     ("/usage", "post"),
     ("/usage/reservations", "post"),
     ("/usage/reservations/{id}/commit", "post"),
@@ -28,6 +28,8 @@ const ENDPOINTS: [(&str, &str); 24] = [
     ("/admin/users/{user_id}/reset", "post"),
     ("/admin/limits", "get"),
     ("/admin/audit", "get"),
+    ("/admin/notifications", "get"),
+    ("/admin/notifications/{event_id}/redeliver", "post"),
     ("/healthz", "get"),
     ("/readyz", "get"),
     ("/metrics", "get"),

@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
 import { startAuthEmulator } from './support/auth-emulator.mjs';
+import { freePort } from './support/processes.mjs';
 import { LAPTOP, PHONE, launch, pixelsOf, seriousViolations } from './support/browser.mjs';
 import { USERS, WITH_HISTORY, seedToday, writeHistory } from './support/seed.mjs';
 import { client, run, startService } from './support/service.mjs';
@@ -53,6 +54,11 @@ before(async () => {
     // resumption is exercised; heartbeats find a closed stream within a second.
     STREAM_MAX_SECS: '2',
     STREAM_HEARTBEAT_SECS: '1',
+    // A webhook nobody listens at, retried for a second: the events of the users that seeding
+    // takes near their limit fail at once.
+    NOTIFY_WEBHOOK_URL: `http://127.0.0.1:${await freePort()}/hook`,
+    NOTIFY_WEBHOOK_SECRET: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+    NOTIFY_RETRY_FOR: '1s',
   };
   const history = join(work, 'history.ndjson');
   writeHistory(history, today);
@@ -422,6 +428,30 @@ describe('the dashboard', () => {
     const [byHour] = await pixelsOf(page, PRIMARY);
     assert.ok(byHour > 50, `the hours' bars are drawn (${byHour} pixels)`);
     await checkView('activity');
+  });
+
+  it('lists the failed notifications and sends one again, audited', async () => {
+    let failed = await admin.get('/admin/notifications?status=failed');
+    const deadline = Date.now() + 15_000;
+    while (failed.items.length === 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      failed = await admin.get('/admin/notifications?status=failed');
+    }
+    assert.ok(failed.items.length > 0, 'the seeded user at the limit raised events, and they failed');
+    await page.getByRole('link', { name: 'Notifications' }).click();
+    const shown = await rows('failed events, page 1');
+    assert.deepEqual(shown.map(([eventId, type, user]) => [eventId, type, user]),
+      failed.items.map((item) => [item.eventId, item.type, item.userId]));
+    await checkView('notifications');
+
+    const { eventId } = failed.items[0];
+    await page.getByRole('button', { name: `Send ${eventId} again` }).click();
+    await page.getByLabel(`Why send ${eventId} again? (optional)`).fill('receiver fixed');
+    await page.getByRole('button', { name: 'Send', exact: true }).click();
+    await page.getByText(`${eventId} is queued to be sent again.`).waitFor();
+    const [entry] = (await admin.get('/admin/audit?limit=1')).items;
+    assert.deepEqual([entry.action, entry.actor, entry.reason, entry.before.eventId],
+      ['notification_redelivered', ADMIN.uid, 'receiver fixed', eventId]);
   });
 
   it('refreshes a refused ID token once and retries, then asks to sign in again', async () => {

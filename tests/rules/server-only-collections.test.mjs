@@ -73,6 +73,8 @@ describe('idempotency records', () => {
 const OVERRIDES = 'token_limit_overrides';
 const AUDIT = 'token_limit_audit';
 const AUDIT_ID = '001768903200000-0123456789ab';
+const OUTBOX = 'notification_outbox';
+const EVENT_ID = 'alice_2024-01-15_daily-0.8';
 
 function limitOverride(userId) {
   return {
@@ -96,9 +98,22 @@ function auditEntry(userId) {
   };
 }
 
+function outboxEntry(userId) {
+  return {
+    eventType: 'usage.threshold_crossed',
+    userId,
+    payload: JSON.stringify({ type: 'usage.threshold_crossed', data: { userId } }),
+    status: 'pending',
+    attempts: 0,
+    createdAt: Timestamp.fromDate(new Date('2024-01-15T14:30:00Z')),
+    nextAttemptAt: Timestamp.fromDate(new Date('2024-01-15T14:30:00Z')),
+  };
+}
+
 for (const [name, collectionName, id, make] of [
   ['limit overrides', OVERRIDES, ALICE, limitOverride],
   ['audit entries', AUDIT, AUDIT_ID, auditEntry],
+  ['notification outbox entries', OUTBOX, EVENT_ID, outboxEntry],
 ]) {
   describe(name, () => {
     beforeEach(async () => {

@@ -41,6 +41,27 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
+/// Waits until `url` answers 2xx; fails after 60 s, or at once when `exited` tells why the
+/// process that should answer is gone.
+pub async fn wait_until_answers(url: &str, what: &str, mut exited: impl FnMut() -> Option<String>) {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let answer = client.get(url).send().await;
+        if answer.is_ok_and(|response| response.status().is_success()) {
+            return;
+        }
+        if let Some(why) = exited() {
+            panic!("{what} exited: {why}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} did not answer at {url} within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn emulator_jar() -> PathBuf {
     let sdk_root = Command::new("gcloud")
         .args(["info", "--format=value(installation.sdk_root)"])
@@ -124,6 +145,7 @@ impl Emulator {
                 now,
                 idempotency: None,
                 audit_actor: None,
+                thresholds: Default::default(),
             };
             let deadline = Deadline::from_now(Duration::from_secs(30));
             store
@@ -139,20 +161,8 @@ impl Emulator {
     }
 
     async fn wait_until_ready(&self) {
-        let client = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            let answer = client.get(format!("http://{}/", self.host())).send().await;
-            if answer.is_ok_and(|response| response.status().is_success()) {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "the Firestore emulator did not answer on port {} within 60 s",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let url = format!("http://{}/", self.host());
+        wait_until_answers(&url, "the Firestore emulator", || None).await;
     }
 
     pub fn host(&self) -> String {

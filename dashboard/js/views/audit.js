@@ -13,6 +13,7 @@ const ACTIONS = {
   days_deleted: 'Days deleted',
   months_archived: 'Months archived',
   documents_imported: 'Documents imported',
+  notification_redelivered: 'Notification sent again',
 };
 
 export default {

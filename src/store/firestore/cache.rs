@@ -10,12 +10,13 @@ use std::sync::Arc;
 use firestore::gcloud_sdk::prost_types::Timestamp;
 use moka::future::Cache;
 
-use crate::usage::{MonthlyUsage, ReservationEntry, StoredDay};
+use crate::usage::{Marks, MonthlyUsage, ReservationEntry, StoredDay};
 
 #[derive(Debug, Clone)]
 pub enum CachedDocument {
     Day(StoredDay),
-    Month(MonthlyUsage),
+    /// The month, and the events it raised.
+    Month(MonthlyUsage, Marks),
 }
 
 /// A document as stored at `update_time`.
@@ -51,8 +52,14 @@ impl DocumentCache {
         self.put(name, update_time, CachedDocument::Day(day)).await;
     }
 
-    pub async fn put_month(&self, name: &str, update_time: Timestamp, month: MonthlyUsage) {
-        self.put(name, update_time, CachedDocument::Month(month))
+    pub async fn put_month(
+        &self,
+        name: &str,
+        update_time: Timestamp,
+        month: MonthlyUsage,
+        notified: Marks,
+    ) {
+        self.put(name, update_time, CachedDocument::Month(month, notified))
             .await;
     }
 
@@ -83,7 +90,7 @@ fn weight(name: &str, entry: &Versioned) -> u32 {
         CachedDocument::Day(day) => {
             day.reservations.len() * (size_of::<ReservationEntry>() + 40 + ENTRY_OVERHEAD)
         }
-        CachedDocument::Month(month) => {
+        CachedDocument::Month(month, _) => {
             month.daily_usage.len() * (size_of::<(String, i64)>() + ENTRY_OVERHEAD)
         }
     };
@@ -114,7 +121,7 @@ mod tests {
     fn weight_of_month(days: usize) -> u32 {
         let entry = Versioned {
             update_time: Timestamp::default(),
-            document: CachedDocument::Month(month_with_days(days)),
+            document: CachedDocument::Month(month_with_days(days), Marks::default()),
         };
         weight("m", &entry)
     }
@@ -128,15 +135,25 @@ mod tests {
     async fn holds_documents_until_forgotten_and_nothing_when_off() {
         let cache = DocumentCache::with_capacity(1 << 20);
         cache
-            .put_month("m", Timestamp::default(), month_with_days(3))
+            .put_month(
+                "m",
+                Timestamp::default(),
+                month_with_days(3),
+                Marks::default(),
+            )
             .await;
         assert!(cache.get("m").await.is_some());
         cache.forget(&["m", "absent"]).await;
         assert!(cache.get("m").await.is_none());
 
         let off = DocumentCache::with_capacity(0);
-        off.put_month("m", Timestamp::default(), month_with_days(3))
-            .await;
+        off.put_month(
+            "m",
+            Timestamp::default(),
+            month_with_days(3),
+            Marks::default(),
+        )
+        .await;
         assert!(off.get("m").await.is_none());
     }
 
@@ -146,7 +163,12 @@ mod tests {
         for user in 0..2_000 {
             let name = format!("user-{user}");
             cache
-                .put_month(&name, Timestamp::default(), month_with_days(31))
+                .put_month(
+                    &name,
+                    Timestamp::default(),
+                    month_with_days(31),
+                    Marks::default(),
+                )
                 .await;
         }
         let documents = cache.documents.as_ref().unwrap();

@@ -1,17 +1,18 @@
 //! The schema's documents as Firestore values: integers as integers, `averageDailyUsage` a
 //! double, timestamps as timestamps, `dailyUsage` a map keyed `"DD"`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use firestore::gcloud_sdk::google::firestore::v1::value::ValueType;
-use firestore::gcloud_sdk::google::firestore::v1::{Document, MapValue, Value};
+use firestore::gcloud_sdk::google::firestore::v1::{ArrayValue, Document, MapValue, Value};
 use firestore::gcloud_sdk::prost_types::Timestamp;
 
 use crate::usage::{
-    AuditAction, AuditEntry, DailyUsage, Enforcement, Fingerprint, IdempotencyRecord,
-    LimitOverride, LimitWindow, MonthStanding, MonthlyUsage, Reservation, ReservationEntry,
-    ReservationId, Reservations, Standing, StoredAnswer, StoredDay, StoredEntry, UserId, UserType,
+    AuditAction, AuditEntry, DailyUsage, Enforcement, Fingerprint, IdempotencyRecord, InvalidMark,
+    LimitOverride, LimitWindow, Marks, MonthStanding, MonthlyUsage, OutboxEntry, OutboxStatus,
+    Reservation, ReservationEntry, ReservationId, Reservations, Standing, StoredAnswer, StoredDay,
+    StoredEntry, UsageEvent, UserId, UserType,
 };
 
 pub type Fields = HashMap<String, Value>;
@@ -29,6 +30,21 @@ pub const DAY_FIELDS: &[&str] = &[
 
 /// The day document's map of reservations, by id; absent when it keeps none.
 pub const RESERVATIONS_FIELD: &str = "reservations";
+
+/// A day's or month's marks of the events it raised; absent when none.
+pub const NOTIFIED_FIELD: &str = "notified";
+
+/// The fields of an outbox entry as a record writes it.
+pub const OUTBOX_FIELDS: &[&str] = &[
+    "eventType",
+    "userId",
+    "payload",
+    "status",
+    "attempts",
+    "createdAt",
+    "nextAttemptAt",
+    "retrySince",
+];
 
 /// A day document's marker of the record that last wrote it, unique to each commit, so that a
 /// commit whose answer was lost can tell its own write from an identical one by another
@@ -119,7 +135,114 @@ pub fn stored_day_from(document: &Document) -> Result<StoredDay, DecodeError> {
     Ok(StoredDay {
         usage: decode_day(&doc)?,
         reservations,
+        notified: marks_from(document)?,
     })
+}
+
+/// The last part of a document's name: its id.
+pub fn document_id(document: &Document) -> String {
+    let name = document.name.rsplit('/').next();
+    name.unwrap_or_default().to_owned()
+}
+
+/// The marks a day or month keeps in [`NOTIFIED_FIELD`], none when the field is absent.
+pub fn marks_from(document: &Document) -> Result<Marks, DecodeError> {
+    let doc = Reader::new(&document.name, &document.fields);
+    let value = document.fields.get(NOTIFIED_FIELD);
+    match value.and_then(|value| value.value_type.as_ref()) {
+        None => Ok(Marks::default()),
+        Some(ValueType::ArrayValue(array)) => array
+            .values
+            .iter()
+            .map(|value| match &value.value_type {
+                Some(ValueType::StringValue(raw)) => raw
+                    .parse()
+                    .map_err(|error: InvalidMark| doc.error(NOTIFIED_FIELD, error.to_string())),
+                _ => Err(doc.error(NOTIFIED_FIELD, "holds a value that is not a string")),
+            })
+            .collect(),
+        Some(_) => Err(doc.error(NOTIFIED_FIELD, "is not an array")),
+    }
+}
+
+/// The value of [`NOTIFIED_FIELD`].
+pub fn marks_value(marks: &Marks) -> Value {
+    strings(marks.iter().map(|mark| mark.to_string()))
+}
+
+/// An outbox entry as stored; its version is its update time.
+pub fn outbox_from(document: &Document) -> Result<OutboxEntry, DecodeError> {
+    let doc = Reader::new(&document.name, &document.fields);
+    let status = doc.string("status")?;
+    let delivered_to = match document
+        .fields
+        .get("deliveredTo")
+        .and_then(|v| v.value_type.as_ref())
+    {
+        None => BTreeSet::new(),
+        Some(ValueType::ArrayValue(array)) => array
+            .values
+            .iter()
+            .map(|value| match &value.value_type {
+                Some(ValueType::StringValue(sink)) => Ok(sink.clone()),
+                _ => Err(doc.error("deliveredTo", "holds a value that is not a string")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(doc.error("deliveredTo", "is not an array")),
+    };
+    let last_error = match document
+        .fields
+        .get("lastError")
+        .and_then(|v| v.value_type.as_ref())
+    {
+        Some(ValueType::StringValue(error)) => Some(error.clone()),
+        _ => None,
+    };
+    Ok(OutboxEntry {
+        id: document_id(document),
+        event_type: doc.string("eventType")?.to_owned(),
+        user_id: doc.user_id("userId")?,
+        payload: doc.string("payload")?.to_owned(),
+        status: OutboxStatus::parse(status)
+            .ok_or_else(|| doc.error("status", format!("{status:?} is no outbox status")))?,
+        attempts: u32::try_from(doc.integer("attempts")?)
+            .map_err(|_| doc.error("attempts", "is out of range"))?,
+        created_at: doc.timestamp("createdAt")?,
+        retry_since: doc.timestamp("retrySince")?,
+        next_attempt_at: doc.timestamp("nextAttemptAt")?,
+        delivered_to,
+        last_error,
+        version: document
+            .update_time
+            .map(|at| format!("{}.{:09}", at.seconds, at.nanos))
+            .unwrap_or_default(),
+    })
+}
+
+/// A list of strings, as an array value.
+pub fn strings(values: impl IntoIterator<Item = impl AsRef<str>>) -> Value {
+    Value {
+        value_type: Some(ValueType::ArrayValue(ArrayValue {
+            values: values
+                .into_iter()
+                .map(|value| string(value.as_ref()))
+                .collect(),
+        })),
+    }
+}
+
+/// An event waiting in the outbox: its payload as the bytes that will be sent and signed.
+pub fn outbox_fields(event: &UsageEvent) -> Fields {
+    Fields::from([
+        ("eventType".to_owned(), string(event.kind.name())),
+        ("userId".to_owned(), string(event.user_id.as_str())),
+        ("payload".to_owned(), string(&event.payload().to_string())),
+        ("status".to_owned(), string("pending")),
+        ("attempts".to_owned(), integer(0)),
+        ("createdAt".to_owned(), timestamp(event.occurred_at)),
+        ("nextAttemptAt".to_owned(), timestamp(event.occurred_at)),
+        ("retrySince".to_owned(), timestamp(event.occurred_at)),
+    ])
 }
 
 /// The fields of a day document with its reservations, for a write masked by
@@ -466,12 +589,7 @@ pub fn audit_from(document: &Document) -> Result<AuditEntry, DecodeError> {
     };
     let action = doc.string("action")?;
     Ok(AuditEntry {
-        id: document
-            .name
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
+        id: document_id(document),
         at: doc.timestamp("at")?,
         actor: doc.user_id("actor")?,
         action: AuditAction::parse(action)
@@ -821,6 +939,7 @@ mod tests {
             reservations: [(id.to_string(), held()), ("other".to_owned(), committed)]
                 .into_iter()
                 .collect(),
+            notified: Default::default(),
         };
         let fields = stored_day_fields(&day.usage, &day.reservations);
         assert_eq!(stored_day_from(&document(fields.clone())).unwrap(), day);

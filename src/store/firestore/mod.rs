@@ -14,6 +14,7 @@ mod counters;
 mod documents;
 mod emulator;
 mod mirror;
+mod outbox;
 mod record;
 mod reports;
 mod steering;

@@ -19,7 +19,9 @@ use super::client::{
 };
 use super::codec;
 use super::{FirestoreStore, steering};
-use crate::store::queries::{AUDIT_COLLECTION, DAILY_COLLECTION, HISTORY_COLLECTION};
+use crate::store::queries::{
+    AUDIT_COLLECTION, DAILY_COLLECTION, HISTORY_COLLECTION, OUTBOX_COLLECTION,
+};
 use crate::usage::{
     Deadline, IdempotencyKey, LimitOverride, Plan, RecordRequest, Recorded, Snapshot, StoreError,
     StoredDay, UserId, Writes,
@@ -105,7 +107,7 @@ impl FirestoreStore {
             return None;
         };
         let month = self.cache.get(&names.month).await?;
-        let CachedDocument::Month(stored_month) = &month.document else {
+        let CachedDocument::Month(stored_month, month_notified) = &month.document else {
             return None;
         };
         Some(CachedRecord {
@@ -114,6 +116,7 @@ impl FirestoreStore {
                 month: Some(stored_month.clone()),
                 idempotency: None,
                 limit_override: limit_override.cloned(),
+                month_notified: month_notified.clone(),
             },
             conditions: Conditions {
                 day: ConditionType::UpdateTime(day.update_time),
@@ -137,7 +140,12 @@ impl FirestoreStore {
         }
         if let (Some(month), Some(update_time)) = (&snapshot.month, update_time(&names.month)) {
             self.cache
-                .put_month(&names.month, update_time, month.clone())
+                .put_month(
+                    &names.month,
+                    update_time,
+                    month.clone(),
+                    snapshot.month_notified.clone(),
+                )
                 .await;
         }
     }
@@ -159,16 +167,22 @@ impl FirestoreStore {
         if !deadline.may_write() {
             return Err(AttemptError::TooLate);
         }
+        let stored_day = snapshot.day.as_ref();
         let written_day = StoredDay {
             usage: writes.day.clone(),
             reservations: writes.reservations.clone().unwrap_or_else(|| {
-                snapshot
-                    .day
-                    .as_ref()
+                stored_day
                     .map(|day| day.reservations.clone())
                     .unwrap_or_default()
             }),
+            notified: writes.day_notified.clone().unwrap_or_else(|| {
+                stored_day
+                    .map(|day| day.notified.clone())
+                    .unwrap_or_default()
+            }),
         };
+        let written_month_notified =
+            (writes.month_notified.clone()).unwrap_or_else(|| snapshot.month_notified.clone());
         let write_id = uuid::Uuid::new_v4().to_string();
         let commit = names.conditional_writes(request, writes, conditions, &write_id);
         // Half the time left, so that a lost answer can still be settled in the other half.
@@ -183,7 +197,12 @@ impl FirestoreStore {
                 if let (Some(month), Some(Some(update_time))) = (&writes.month, update_times.next())
                 {
                     self.cache
-                        .put_month(&names.month, update_time, month.clone())
+                        .put_month(
+                            &names.month,
+                            update_time,
+                            month.clone(),
+                            written_month_notified,
+                        )
                         .await;
                 }
                 Ok(plan.applied())
@@ -304,6 +323,7 @@ impl FirestoreStore {
             day: self.document_name(DAILY_COLLECTION, &request.day_id()),
             month: self.document_name(HISTORY_COLLECTION, &request.month_id()),
             audit_prefix: self.document_name(AUDIT_COLLECTION, ""),
+            outbox_prefix: self.document_name(OUTBOX_COLLECTION, ""),
             idempotency: request.idempotency_key().map(|key| {
                 self.document_name(IDEMPOTENCY, &idempotency_document_id(&request.user_id, key))
             }),
@@ -343,6 +363,8 @@ struct RecordNames {
     idempotency: Option<String>,
     /// `.../documents/token_limit_audit/`: an audited change's entry is named by its id.
     audit_prefix: String,
+    /// `.../documents/notification_outbox/`: an event's entry is named by its id.
+    outbox_prefix: String,
 }
 
 impl RecordNames {
@@ -370,6 +392,11 @@ impl RecordNames {
                 .map(codec::idempotency_from)
                 .transpose()?,
             limit_override: limit_override.cloned(),
+            month_notified: read
+                .get(&self.month)
+                .map(codec::marks_from)
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 
@@ -398,6 +425,10 @@ impl RecordNames {
         };
         day_fields.insert(codec::WRITE_ID_FIELD.to_owned(), codec::string(write_id));
         day_mask.push(codec::WRITE_ID_FIELD);
+        if let Some(marks) = &writes.day_notified {
+            day_fields.insert(codec::NOTIFIED_FIELD.to_owned(), codec::marks_value(marks));
+            day_mask.push(codec::NOTIFIED_FIELD);
+        }
         let mut conditional = vec![conditional_update(
             &self.day,
             day_fields,
@@ -405,10 +436,15 @@ impl RecordNames {
             conditions.day,
         )];
         if let Some(month) = &writes.month {
+            let (mut fields, mut mask) = (codec::month_fields(month), codec::MONTH_FIELDS.to_vec());
+            if let Some(marks) = &writes.month_notified {
+                fields.insert(codec::NOTIFIED_FIELD.to_owned(), codec::marks_value(marks));
+                mask.push(codec::NOTIFIED_FIELD);
+            }
             conditional.push(conditional_update(
                 &self.month,
-                codec::month_fields(month),
-                codec::MONTH_FIELDS,
+                fields,
+                &mask,
                 conditions.month,
             ));
         }
@@ -429,6 +465,16 @@ impl RecordNames {
         if let Some(entry) = &writes.audit {
             let name = format!("{}{}", self.audit_prefix, entry.id);
             conditional.push(steering::audit_write(&name, entry));
+        }
+        // The day's and month's marks keep an event from being raised twice, so its entry is
+        // written whatever is there: a commit must never fail on an outbox entry.
+        for event in &writes.events {
+            let name = format!("{}{}", self.outbox_prefix, event.id);
+            conditional.push(unconditional_update(
+                &name,
+                codec::outbox_fields(event),
+                codec::OUTBOX_FIELDS,
+            ));
         }
         conditional
     }
@@ -489,6 +535,14 @@ pub fn conditional_update(
             condition_type: Some(condition),
         }),
         ..Default::default()
+    }
+}
+
+/// An update of the fields this service owns, whatever the document's state.
+fn unconditional_update(name: &str, fields: codec::Fields, owned_fields: &[&str]) -> Write {
+    Write {
+        current_document: None,
+        ..conditional_update(name, fields, owned_fields, ConditionType::Exists(true))
     }
 }
 

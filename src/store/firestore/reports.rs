@@ -36,7 +36,7 @@ const DAYS_AT_ONCE: usize = 8;
 impl FirestoreStore {
     /// Counts the documents of a query and sums their field `summed`, in Firestore, in the
     /// `snapshot`; returns the transaction that holds it.
-    async fn totals(
+    pub(super) async fn totals(
         &self,
         shape: &QueryShape,
         summed: &str,

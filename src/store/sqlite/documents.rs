@@ -178,6 +178,7 @@ fn apply(
                 &write.id,
                 &day.usage,
                 Some(&day.reservations),
+                Some(&day.notified),
             )?,
             Change::Put(Document::Month(month)) => write_month(
                 &mut *transaction.prepare_cached(WRITE_MONTH)?,
@@ -256,13 +257,19 @@ impl DocumentStore for SqliteStore {
         limit: u32,
     ) -> Result<Option<u64>, StoreError> {
         self.with_connection(move |connection| {
-            let deleted = connection
+            let keys = connection
                 .prepare_cached(
                     "DELETE FROM idempotency_keys WHERE rowid IN
                      (SELECT rowid FROM idempotency_keys WHERE expires_at < ?1 LIMIT ?2)",
                 )?
                 .execute(params![now, limit])?;
-            Ok(Some(deleted as u64))
+            let events = connection
+                .prepare_cached(
+                    "DELETE FROM notification_outbox WHERE rowid IN
+                     (SELECT rowid FROM notification_outbox WHERE expires_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![now, limit])?;
+            Ok(Some((keys + events) as u64))
         })
         .await
     }

@@ -3,6 +3,7 @@
 mod answer;
 mod checkpointer;
 mod documents;
+mod outbox;
 mod reader;
 mod steering;
 mod time;
@@ -20,7 +21,7 @@ use self::time::{SqlDate, SqlTime};
 
 use crate::usage::{
     AuditEntry, AuditQuery, DailySummary, DailyUsage, DayAndMonth, DayChangeHub, DayChanges,
-    Deadline, Fingerprint, IdempotencyKey, IdempotencyRecord, LimitOverride, MonthlySummary,
+    Deadline, Fingerprint, IdempotencyKey, IdempotencyRecord, LimitOverride, Marks, MonthlySummary,
     MonthlyUsage, OverLimit, OverrideChange, Page, PageRequest, RecordRequest, Recorded,
     Reservations, Snapshot, StoreError, StoredDay, UsageStore, UsageTotals, UserId, UserType,
     days_of_month,
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS daily_token_usage (
     user_type    TEXT NOT NULL,
     last_updated TEXT NOT NULL,
     reset_at     TEXT NOT NULL,
-    reservations TEXT
+    reservations TEXT,
+    notified     TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS daily_by_user_date ON daily_token_usage (user_id, date DESC);
 CREATE INDEX IF NOT EXISTS daily_by_date_tokens
@@ -54,7 +56,8 @@ CREATE TABLE IF NOT EXISTS token_usage_history (
     peak_usage_tokens    INTEGER NOT NULL,
     user_type            TEXT NOT NULL,
     created_at           TEXT NOT NULL,
-    updated_at           TEXT NOT NULL
+    updated_at           TEXT NOT NULL,
+    notified             TEXT
 ) STRICT;
 CREATE INDEX IF NOT EXISTS history_by_user ON token_usage_history (user_id, year DESC, month DESC);
 CREATE INDEX IF NOT EXISTS history_by_month_tokens
@@ -68,6 +71,23 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     expires_at  TEXT NOT NULL,
     PRIMARY KEY (user_id, key)
 ) STRICT;
+
+CREATE TABLE IF NOT EXISTS notification_outbox (
+    id              TEXT PRIMARY KEY,
+    event_type      TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    status          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    retry_since     TEXT NOT NULL,
+    delivered_to    TEXT,
+    last_error      TEXT,
+    expires_at      TEXT
+) STRICT;
+CREATE INDEX IF NOT EXISTS outbox_due ON notification_outbox (status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_by_status ON notification_outbox (status, created_at, id);
 ";
 
 /// How long a read may wait for another process's lock (rare under WAL).
@@ -93,7 +113,7 @@ impl SqliteStore {
         connection
             .execute_batch(steering::SCHEMA)
             .map_err(store_error)?;
-        add_reservations_column(&connection).map_err(store_error)?;
+        add_missing_columns(&connection).map_err(store_error)?;
         connection
             .busy_timeout(READ_PATIENCE)
             .map_err(store_error)?;
@@ -127,19 +147,23 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(connection)
 }
 
-/// Files created before reservations existed gain their column (NULL: none).
-fn add_reservations_column(connection: &Connection) -> rusqlite::Result<()> {
-    let present: bool = connection.query_row(
-        "SELECT COUNT(*) > 0 FROM pragma_table_info('daily_token_usage')
-         WHERE name = 'reservations'",
-        [],
-        |row| row.get(0),
-    )?;
-    if !present {
-        connection.execute(
-            "ALTER TABLE daily_token_usage ADD COLUMN reservations TEXT",
-            [],
+/// Files created before reservations or notifications existed gain their columns, at the
+/// end of their tables (NULL: none).
+fn add_missing_columns(connection: &Connection) -> rusqlite::Result<()> {
+    let added = [
+        ("daily_token_usage", "reservations"),
+        ("daily_token_usage", "notified"),
+        ("token_usage_history", "notified"),
+    ];
+    for (table, column) in added {
+        let present: bool = connection.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |row| row.get(0),
         )?;
+        if !present {
+            connection.execute(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"), [])?;
+        }
     }
     Ok(())
 }
@@ -402,7 +426,8 @@ const DAY_COLUMNS: &str =
 /// the statements built of it are constants.
 macro_rules! stored_day_columns {
     () => {
-        "user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at, reservations"
+        "user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at, reservations, \
+         notified"
     };
 }
 
@@ -420,18 +445,26 @@ fn day_from_row(row: &Row<'_>) -> rusqlite::Result<DailyUsage> {
     })
 }
 
-/// A day row with its reservations, selected by [`STORED_DAY_COLUMNS`].
+/// A day row with its reservations and marks, selected by [`STORED_DAY_COLUMNS`].
 fn stored_day_from_row(row: &Row<'_>) -> rusqlite::Result<StoredDay> {
-    let reservations: Option<String> = row.get(7)?;
     Ok(StoredDay {
         usage: day_from_row(row)?,
-        reservations: match reservations {
-            None => Reservations::default(),
-            Some(json) => serde_json::from_str(&json).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, e.into())
-            })?,
-        },
+        reservations: json_or_default(row, 7)?,
+        notified: json_or_default(row, 8)?,
     })
+}
+
+/// A JSON column; NULL is the type's default.
+fn json_or_default<T: serde::de::DeserializeOwned + Default>(
+    row: &Row<'_>,
+    index: usize,
+) -> rusqlite::Result<T> {
+    match row.get::<_, Option<String>>(index)? {
+        None => Ok(T::default()),
+        Some(json) => serde_json::from_str(&json).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, e.into())
+        }),
+    }
 }
 
 const READ_DAY: &str = concat!(
@@ -440,19 +473,33 @@ const READ_DAY: &str = concat!(
     " FROM daily_token_usage WHERE id = ?1"
 );
 
-/// Writes a day's figures and, when `?9` says so, its reservations (`?10`, none stored as
-/// NULL); otherwise the stored ones stay.
+/// Writes a day's figures and, when `?9` says so, its reservations (`?10`), and when `?11`
+/// says so, its marks (`?12`), none stored as NULL; otherwise the stored ones stay.
 const WRITE_DAY: &str = "INSERT INTO daily_token_usage
         (id, user_id, date, tokens_used, token_limit, user_type, last_updated, reset_at,
-         reservations)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
+         reservations, notified)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?12)
     ON CONFLICT (id) DO UPDATE SET
         tokens_used = excluded.tokens_used, token_limit = excluded.token_limit,
         user_type = excluded.user_type, last_updated = excluded.last_updated,
         reset_at = excluded.reset_at,
-        reservations = CASE WHEN ?9 THEN excluded.reservations ELSE reservations END";
+        reservations = CASE WHEN ?9 THEN excluded.reservations ELSE reservations END,
+        notified = CASE WHEN ?11 THEN excluded.notified ELSE notified END";
 
 const READ_MONTH: &str = "SELECT * FROM token_usage_history WHERE id = ?1";
+
+/// The month's marks, beside [`READ_MONTH`] for a record's snapshot.
+const READ_MONTH_NOTIFIED: &str = "SELECT notified FROM token_usage_history WHERE id = ?1";
+
+/// Sets a month's marks; the month row exists, as the record wrote it first.
+const WRITE_MONTH_NOTIFIED: &str = "UPDATE token_usage_history SET notified = ?2 WHERE id = ?1";
+
+/// An event waits in the outbox for its delivery; an event already there stays as it is.
+const WRITE_OUTBOX: &str = "INSERT INTO notification_outbox
+        (id, event_type, user_id, payload, created_at, status, attempts, next_attempt_at,
+         retry_since)
+    VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?5, ?5)
+    ON CONFLICT (id) DO NOTHING";
 
 const WRITE_MONTH: &str = "INSERT INTO token_usage_history
         (id, user_id, year, month, daily_usage, total_monthly_tokens, average_daily_usage,
@@ -485,7 +532,10 @@ struct RecordStatements<'conn> {
     read_month: Statement<'conn>,
     read_idempotency: Statement<'conn>,
     read_override: Statement<'conn>,
+    read_month_notified: Statement<'conn>,
     write_day: Statement<'conn>,
+    write_month_notified: Statement<'conn>,
+    write_outbox: Statement<'conn>,
     write_month: Statement<'conn>,
     write_idempotency: Statement<'conn>,
     write_audit: Statement<'conn>,
@@ -503,7 +553,10 @@ impl<'conn> RecordStatements<'conn> {
             read_month: prepare(READ_MONTH)?,
             read_idempotency: prepare(READ_IDEMPOTENCY)?,
             read_override: prepare(steering::READ_OVERRIDE)?,
+            read_month_notified: prepare(READ_MONTH_NOTIFIED)?,
             write_day: prepare(WRITE_DAY)?,
+            write_month_notified: prepare(WRITE_MONTH_NOTIFIED)?,
+            write_outbox: prepare(WRITE_OUTBOX)?,
             write_month: prepare(WRITE_MONTH)?,
             write_idempotency: prepare(WRITE_IDEMPOTENCY)?,
             write_audit: prepare(steering::WRITE_AUDIT)?,
@@ -537,10 +590,27 @@ impl<'conn> RecordStatements<'conn> {
                 &day_id,
                 &writes.day,
                 writes.reservations.as_ref(),
+                writes.day_notified.as_ref(),
             )
             .map_err(store_error)?;
             if let Some(month) = &writes.month {
                 write_month(&mut self.write_month, &month_id, month).map_err(store_error)?;
+            }
+            if let Some(marks) = &writes.month_notified {
+                self.write_month_notified
+                    .execute(params![month_id, to_json(marks).map_err(store_error)?])
+                    .map_err(store_error)?;
+            }
+            for event in &writes.events {
+                self.write_outbox
+                    .execute(params![
+                        event.id,
+                        event.kind.name(),
+                        event.user_id.as_str(),
+                        event.payload().to_string(),
+                        SqlTime(event.occurred_at),
+                    ])
+                    .map_err(store_error)?;
             }
             if let (Some(key), Some(record)) = (request.idempotency_key(), &writes.idempotency) {
                 write_idempotency(&mut self.write_idempotency, &request.user_id, key, record)
@@ -572,6 +642,15 @@ impl<'conn> RecordStatements<'conn> {
             },
             limit_override: steering::override_of(&mut self.read_override, &request.user_id)
                 .map_err(|e| row_error("limit_overrides", request.user_id.as_str(), e))?,
+            month_notified: if request.thresholds.is_empty() {
+                Marks::default()
+            } else {
+                self.read_month_notified
+                    .query_row([month_id], |row| json_or_default(row, 0))
+                    .optional()
+                    .map_err(|e| row_error("token_usage_history", month_id, e))?
+                    .unwrap_or_default()
+            },
         })
     }
 }
@@ -593,16 +672,21 @@ fn read_day(statement: &mut Statement<'_>, id: &str) -> rusqlite::Result<Option<
     statement.query_row([id], stored_day_from_row).optional()
 }
 
-/// Runs [`WRITE_DAY`]: a day's figures and, when given, its reservations; without them, the
-/// stored ones stay.
+/// Runs [`WRITE_DAY`]: a day's figures and, when given, its reservations and marks; without
+/// them, the stored ones stay.
 fn write_day(
     statement: &mut Statement<'_>,
     id: &str,
     day: &DailyUsage,
     reservations: Option<&Reservations>,
+    notified: Option<&Marks>,
 ) -> rusqlite::Result<()> {
     let reservations_json = reservations
         .filter(|reservations| !reservations.is_empty())
+        .map(to_json)
+        .transpose()?;
+    let notified_json = notified
+        .filter(|marks| !marks.is_empty())
         .map(to_json)
         .transpose()?;
     statement
@@ -617,6 +701,8 @@ fn write_day(
             SqlTime(day.reset_at),
             reservations.is_some(),
             reservations_json,
+            notified.is_some(),
+            notified_json,
         ])
         .map(drop)
 }

@@ -223,6 +223,7 @@ mod tests {
             now,
             idempotency: None,
             audit_actor: None,
+            thresholds: Default::default(),
         }
     }
 
@@ -245,7 +246,7 @@ mod tests {
             .execute(
                 "INSERT INTO token_usage_history VALUES ('broken_2024_01', 'broken', 2024, 1,
                  'not json', 0, 0.0, '15', 0, 'trial', '2024-01-01T00:00:00Z',
-                 '2024-01-01T00:00:00Z')",
+                 '2024-01-01T00:00:00Z', NULL)",
                 [],
             )
             .unwrap();
