@@ -41,7 +41,7 @@ macro_rules! embedded {
 }
 
 /// Every file but `index.html`; the vendored files' licences are served beside them.
-const FILES: [(&str, &[u8]); 24] = embedded![
+const FILES: [(&str, &[u8]); 25] = embedded![
     "app.css",
     "icon.svg",
     "js/app.js",
@@ -55,6 +55,7 @@ const FILES: [(&str, &[u8]); 24] = embedded![
     "js/views/activity.js",
     "js/views/audit.js",
     "js/views/month.js",
+    "js/views/notifications.js",
     "js/views/overrides.js",
     "js/views/summary.js",
     "js/views/user.js",

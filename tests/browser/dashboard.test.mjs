@@ -445,7 +445,7 @@ describe('the dashboard', () => {
     await checkView('notifications');
 
     const { eventId } = failed.items[0];
-    await page.getByRole('button', { name: `Send ${eventId} again` }).click();
+    await page.getByRole('button', { name: `Send again: ${eventId}` }).click();
     await page.getByLabel(`Why send ${eventId} again? (optional)`).fill('receiver fixed');
     await page.getByRole('button', { name: 'Send', exact: true }).click();
     await page.getByText(`${eventId} is queued to be sent again.`).waitFor();

@@ -83,7 +83,7 @@ function sendAgain(context, item, reload) {
     h('button', {
       type: 'button',
       class: 'secondary',
-      'aria-label': `Send ${item.eventId} again`,
+      'aria-label': `Send again: ${item.eventId}`,
       onclick: () => { confirm.hidden = false; reason.focus(); },
     }, 'Send again…'),
     confirm);
