@@ -444,6 +444,17 @@ fn plant_faults(target: &Target) {
                      WHERE id = 'user0_2025-03-09';",
             )
             .unwrap();
+            for (id, status, payload) in outbox_entries() {
+                db.execute(
+                    "INSERT INTO notification_outbox (id, event_type, user_id, payload, created_at,
+                         status, attempts, next_attempt_at, retry_since)
+                     VALUES (?1, 'usage.threshold_crossed', 'user1', ?2,
+                         '2025-03-05 10:00:00+00:00', ?3, 0, '2025-03-05 10:00:00+00:00',
+                         '2025-03-05 10:00:00+00:00')",
+                    rusqlite::params![id, payload, status],
+                )
+                .unwrap();
+            }
         }
         Target::Firestore { project } => {
             let patch = |path: &str, fields: Value| {
@@ -511,8 +522,49 @@ fn plant_faults(target: &Target) {
                     }}}
                 }}}}),
             );
+            for (id, status, payload) in outbox_entries() {
+                patch(
+                    &format!("notification_outbox/{id}"),
+                    json!({
+                        "eventType": {"stringValue": "usage.threshold_crossed"},
+                        "userId": {"stringValue": "user1"},
+                        "payload": {"stringValue": payload},
+                        "status": {"stringValue": status},
+                        "attempts": {"integerValue": "0"},
+                        "createdAt": timestamp("2025-03-05T10:00:00Z"),
+                        "nextAttemptAt": timestamp("2025-03-05T10:00:00Z"),
+                        "retrySince": timestamp("2025-03-05T10:00:00Z"),
+                    }),
+                );
+            }
         }
     }
+}
+
+/// Outbox entries as a record writes them: one sound, one whose body names another event, one
+/// of no known status.
+fn outbox_entries() -> [(&'static str, &'static str, String); 3] {
+    let body = |event_id: &str| {
+        json!({"type": "usage.threshold_crossed", "data": {"eventId": event_id, "userId": "user1"}})
+            .to_string()
+    };
+    [
+        (
+            "user1_2025-03-05_daily-80",
+            "pending",
+            body("user1_2025-03-05_daily-80"),
+        ),
+        (
+            "user1_2025-03-05_daily-100",
+            "pending",
+            body("user1_2025-03-06_daily-100"),
+        ),
+        (
+            "user1_2025-03-05_denied",
+            "lost",
+            body("user1_2025-03-05_denied"),
+        ),
+    ]
 }
 
 fn verify_finds_each_planted_fault(target: &Target) {
@@ -562,11 +614,26 @@ fn verify_finds_each_planted_fault(target: &Target) {
         "daily_token_usage/user0_2025-03-09",
         "status \"committed\" does not fit its fields",
     );
-    assert_eq!(findings.len(), 5, "{findings:?}");
+    expect(
+        "notification_outbox/user1_2025-03-05_daily-100",
+        "payload's data.eventId is \"user1_2025-03-06_daily-100\"",
+    );
+    expect(
+        "notification_outbox/user1_2025-03-05_denied",
+        "does not decode",
+    );
+    assert_eq!(findings.len(), 7, "{findings:?}");
 
     let narrowed = target.run(&["verify", "--user", "user2", "--month", "2025-03"]);
     assert_eq!(narrowed.summary["findingsTotal"], 1, "{}", narrowed.summary);
-    let elsewhere = target.run(&["verify", "--month", "2024-03"]);
+    let outbox_of_user1 = target.run(&["verify", "--user", "user1", "--month", "2024-03"]);
+    assert_eq!(
+        outbox_of_user1.summary["findingsTotal"], 2,
+        "{}",
+        outbox_of_user1.summary
+    );
+    assert_eq!(outbox_of_user1.summary["counts"]["outboxEntriesChecked"], 3);
+    let elsewhere = target.run(&["verify", "--user", "user2", "--month", "2024-03"]);
     assert_eq!(elsewhere.code, 0, "{}", elsewhere.summary);
 }
 

@@ -5,8 +5,8 @@ use chrono::Datelike;
 
 use super::store::{Document, Stored};
 use crate::usage::{
-    DailyUsage, MAX_ENTRIES_PER_DAY, MonthFigures, MonthlyUsage, ReservationId, StoredDay,
-    month_dates,
+    DailyUsage, EVENT_TYPES, MAX_ENTRIES_PER_DAY, MonthFigures, MonthlyUsage, OutboxEntry,
+    OutboxStatus, ReservationId, StoredDay, month_dates,
 };
 
 /// Everything wrong with one decoded document stored under `id`; empty when it is sound.
@@ -19,6 +19,46 @@ pub fn problems(id: &str, document: &Document) -> Vec<String> {
     match document {
         Document::Day(day) => day_problems(day, &mut problems),
         Document::Month(month) => month_problems(month, &mut problems),
+    }
+    problems
+}
+
+/// Everything wrong with one decoded outbox entry: its body must be the event it names, of a
+/// known type and of its user, and its bookkeeping must agree with its status.
+pub fn outbox_problems(entry: &OutboxEntry) -> Vec<String> {
+    let mut problems = Vec::new();
+    if !EVENT_TYPES.contains(&entry.event_type.as_str()) {
+        problems.push(format!("eventType {:?} is no event type", entry.event_type));
+    }
+    if !entry.id.starts_with(&format!("{}_", entry.user_id)) {
+        problems.push(format!("the id should start with {}_", entry.user_id));
+    }
+    match serde_json::from_str::<serde_json::Value>(&entry.payload) {
+        Err(error) => problems.push(format!("payload is not JSON: {error}")),
+        Ok(event) => {
+            for (field, pointer, expected) in [
+                ("type", "/type", entry.event_type.as_str()),
+                ("data.eventId", "/data/eventId", entry.id.as_str()),
+                ("data.userId", "/data/userId", entry.user_id.as_str()),
+            ] {
+                match event.pointer(pointer).and_then(serde_json::Value::as_str) {
+                    Some(found) if found == expected => {}
+                    Some(found) => problems.push(format!(
+                        "payload's {field} is {found:?}, but the entry's is {expected:?}"
+                    )),
+                    None => problems.push(format!("payload has no {field}")),
+                }
+            }
+        }
+    }
+    if entry.status == OutboxStatus::Delivered && entry.delivered_to.is_empty() {
+        problems.push("delivered, but deliveredTo names no sink".to_owned());
+    }
+    if entry.status != OutboxStatus::Pending && entry.attempts == 0 {
+        problems.push(format!("{} without any attempt", entry.status.as_str()));
+    }
+    if entry.retry_since < entry.created_at {
+        problems.push("retrySince is before createdAt".to_owned());
     }
     problems
 }
@@ -301,5 +341,60 @@ mod tests {
         assert!(absent.contains("no dailyUsage.05"), "{absent}");
         let orphan = day_against_month(&day("2024-02-02", 30), None).unwrap();
         assert!(orphan.contains("alice_2024_02 does not exist"), "{orphan}");
+    }
+
+    fn entry() -> OutboxEntry {
+        let id = "alice_2024-02-02_daily-80";
+        OutboxEntry {
+            id: id.to_owned(),
+            event_type: "usage.threshold_crossed".to_owned(),
+            user_id: UserId::parse("alice").unwrap(),
+            payload: serde_json::json!({
+                "type": "usage.threshold_crossed",
+                "data": {"eventId": id, "userId": "alice"},
+            })
+            .to_string(),
+            status: OutboxStatus::Delivered,
+            attempts: 1,
+            created_at: at("2024-02-02T10:00:00Z"),
+            retry_since: at("2024-02-02T10:00:00Z"),
+            next_attempt_at: at("2024-02-02T10:00:01Z"),
+            delivered_to: ["webhook".to_owned()].into(),
+            last_error: None,
+            version: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_outbox_entry_must_be_the_event_it_names() {
+        assert_eq!(outbox_problems(&entry()), Vec::<String>::new());
+        let broken = OutboxEntry {
+            id: "bob_2024-02-02_daily-80".to_owned(),
+            event_type: "usage.spent".to_owned(),
+            delivered_to: Default::default(),
+            attempts: 0,
+            retry_since: at("2024-02-02T09:00:00Z"),
+            ..entry()
+        };
+        let problems = outbox_problems(&broken);
+        for expected in [
+            "eventType \"usage.spent\" is no event type",
+            "the id should start with alice_",
+            "payload's type is \"usage.threshold_crossed\", but the entry's is \"usage.spent\"",
+            "payload's data.eventId is \"alice_2024-02-02_daily-80\"",
+            "delivered, but deliveredTo names no sink",
+            "delivered without any attempt",
+            "retrySince is before createdAt",
+        ] {
+            assert!(
+                problems.iter().any(|problem| problem.starts_with(expected)),
+                "{expected:?} not in {problems:?}"
+            );
+        }
+        let not_json = OutboxEntry {
+            payload: "{".to_owned(),
+            ..entry()
+        };
+        assert!(outbox_problems(&not_json)[0].starts_with("payload is not JSON"));
     }
 }

@@ -24,7 +24,8 @@ pub use rebuild::{RebuildArgs, run as rebuild_history};
 pub use scope::{Scope, YearMonth};
 pub use store::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite,
-    MAX_WRITES_PER_COMMIT, MonthSnapshot, Scan, ScanCursor, Stored, Version, strict_user_type,
+    MAX_WRITES_PER_COMMIT, MonthSnapshot, Scan, ScanCursor, Stored, StoredEntry, Version,
+    strict_user_type,
 };
 pub use transfer::{ExportArgs, ImportArgs, export, import};
 pub use verify::{VerifyArgs, run as verify};

@@ -5,7 +5,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::usage::{AuditEntry, DailyUsage, MonthlyUsage, StoreError, StoredDay, UserId, UserType};
+use crate::usage::{
+    AuditEntry, DailyUsage, MonthlyUsage, OutboxEntry, StoreError, StoredDay, UserId, UserType,
+};
 
 /// The schema's two collections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,6 +138,13 @@ pub struct DocumentWrite {
 /// commit's audit entry.
 pub const MAX_WRITES_PER_COMMIT: usize = 499;
 
+/// An outbox entry as stored: its id, and the entry or why it does not decode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEntry {
+    pub id: String,
+    pub entry: Result<OutboxEntry, String>,
+}
+
 /// Whether a batch of conditional writes was applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -173,6 +182,15 @@ pub trait DocumentStore: Send + Sync {
         writes: Vec<DocumentWrite>,
         audit: &AuditEntry,
     ) -> Result<Applied, StoreError>;
+
+    /// Up to `limit` entries of the notification outbox after the id `after` (of `user`, when
+    /// named), by id: each decoded, or why it does not decode.
+    async fn outbox_entries(
+        &self,
+        user: Option<&UserId>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, StoreError>;
 
     /// Deletes up to `limit` idempotency records and up to `limit` settled outbox entries that
     /// expired before `now`, returning how many; `None` when the store expires them itself

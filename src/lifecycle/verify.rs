@@ -1,14 +1,16 @@
 //! `verify`: every document decodes, has the schema's fields and types and the id its fields
-//! give it, follows the month's aggregate rules, and every day agrees with its month.
+//! give it, follows the month's aggregate rules, and every day agrees with its month; every
+//! notification outbox entry decodes and is the event it names.
 
 use chrono::Datelike;
 use clap::Args;
 
-use super::check::{StoredMonth, problems};
+use super::check::{StoredMonth, outbox_problems, problems};
 use super::output::{Outcome, Report};
 use super::scope::Scope;
 use super::store::{Collection, Document, DocumentStore, Scan, Stored};
 use super::{PAGE_SIZE, Pages, subject};
+use crate::store::queries::OUTBOX_COLLECTION;
 use crate::usage::DailyUsage;
 
 #[derive(Debug, Args)]
@@ -41,6 +43,30 @@ pub async fn run(args: &VerifyArgs, store: &dyn DocumentStore) -> anyhow::Result
             for stored in &page {
                 check(stored, &args.scope, store, &mut cache, &mut report).await?;
             }
+        }
+    }
+    // The outbox has no month: a month's scope does not narrow it.
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .outbox_entries(args.scope.user.as_ref(), after.as_deref(), PAGE_SIZE)
+            .await?;
+        report.advance(page.len() as u64);
+        for stored in &page {
+            report.count("outboxEntriesChecked", 1);
+            let name = format!("{OUTBOX_COLLECTION}/{}", stored.id);
+            match &stored.entry {
+                Err(why) => report.finding(name, format!("does not decode: {why}")),
+                Ok(entry) => {
+                    for problem in outbox_problems(entry) {
+                        report.finding(name.clone(), problem);
+                    }
+                }
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE_SIZE as usize => after = Some(last.id.clone()),
+            _ => break,
         }
     }
     Ok(report.finish())

@@ -91,15 +91,9 @@ impl DeliveryWorker {
     }
 
     /// Attempts every entry due now; how many this instance took. The pending gauges are
-    /// set from the outbox as it stands before.
+    /// set from the outbox as it stands after, so that they cost a due entry no delay.
     pub async fn sweep(&self) -> Result<usize, crate::usage::StoreError> {
         let now = self.clock.now();
-        let pending = self.outbox.pending().await?;
-        metrics::gauge!(NOTIFICATIONS_PENDING).set(pending.count as f64);
-        let oldest_age = pending.oldest.map_or(0.0, |oldest| {
-            (now - oldest).to_std().unwrap_or_default().as_secs_f64()
-        });
-        metrics::gauge!(NOTIFICATION_OLDEST_PENDING).set(oldest_age);
         let due = self.outbox.due(now, self.settings.batch).await?;
         let mut taken = 0;
         for entry in due {
@@ -117,6 +111,15 @@ impl DeliveryWorker {
                 tracing::warn!(event_id = %claimed.id, "the lease ended before the outcome was kept");
             }
         }
+        let pending = self.outbox.pending().await?;
+        metrics::gauge!(NOTIFICATIONS_PENDING).set(pending.count as f64);
+        let oldest_age = pending.oldest.map_or(0.0, |oldest| {
+            (self.clock.now() - oldest)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64()
+        });
+        metrics::gauge!(NOTIFICATION_OLDEST_PENDING).set(oldest_age);
         Ok(taken)
     }
 

@@ -293,6 +293,15 @@ pub const DAYS_BEFORE: QueryShape = QueryShape {
     order: &[("date", Ascending)],
 };
 
+/// The outbox's entries in name order, or one user's (`verify`).
+pub const OUTBOX_BY_NAME: QueryShape = QueryShape {
+    name: "maintenance: outbox entries by name",
+    collection: OUTBOX_COLLECTION,
+    equality: &["userId"],
+    above: None,
+    order: &[],
+};
+
 /// One user's days of one month, a range on `date` (`verify`, `rebuild-history`).
 pub const USER_DAYS_OF_MONTH: QueryShape = QueryShape {
     name: "maintenance: a user's days of a month",
@@ -309,8 +318,7 @@ pub const MAINTENANCE: &[QueryShape] = &[
     MONTH_BY_NAME,
     DAYS_BEFORE,
     USER_DAYS_OF_MONTH,
-    OUTBOX_DUE,
-    OUTBOX_BY_STATUS,
+    OUTBOX_BY_NAME,
 ];
 
 /// The queries the service itself runs.
@@ -329,6 +337,8 @@ pub const SERVICE: &[QueryShape] = &[
     AUDIT_BY_USER,
     AUDIT_BY_ACTOR,
     AUDIT_BY_USER_AND_ACTOR,
+    OUTBOX_DUE,
+    OUTBOX_BY_STATUS,
 ];
 
 /// The schema's "Query Patterns", which apps may run directly against Firestore.
@@ -360,4 +370,5 @@ pub const ALL: &[QueryShape] = &[
     USER_DAYS_OF_MONTH,
     OUTBOX_DUE,
     OUTBOX_BY_STATUS,
+    OUTBOX_BY_NAME,
 ];

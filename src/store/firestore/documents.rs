@@ -24,9 +24,9 @@ use super::reports::{all_of, field_condition, structured_query};
 use super::{FirestoreStore, codec, steering};
 use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
-    Scan, ScanCursor, Stored, Version, strict_user_type,
+    Scan, ScanCursor, Stored, StoredEntry, Version, strict_user_type,
 };
-use crate::store::queries::{self, AUDIT_COLLECTION, QueryShape};
+use crate::store::queries::{self, AUDIT_COLLECTION, OUTBOX_COLLECTION, QueryShape};
 use crate::usage::{AuditEntry, MonthlyUsage, StoreError, UserId, month_dates};
 
 /// Reads are retried a few times: a long scan should not fail on one dropped call.
@@ -267,6 +267,30 @@ fn reference(name: String) -> Value {
 
 #[async_trait]
 impl DocumentStore for FirestoreStore {
+    async fn outbox_entries(
+        &self,
+        user: Option<&UserId>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let equals: Vec<Value> = user.iter().map(|u| codec::string(u.as_str())).collect();
+        let mut query = structured_query(&queries::OUTBOX_BY_NAME, &equals);
+        query.order_by.push(by_name());
+        query.start_at = after.map(|id| Cursor {
+            values: vec![reference(self.document_name(OUTBOX_COLLECTION, id))],
+            before: false,
+        });
+        query.limit = Some(i32::try_from(limit).unwrap_or(i32::MAX));
+        let documents = self.query_retrying(query).await?;
+        Ok(documents
+            .iter()
+            .map(|document| StoredEntry {
+                id: codec::document_id(document),
+                entry: codec::outbox_from(document).map_err(|error| error.to_string()),
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
         scan: &Scan,

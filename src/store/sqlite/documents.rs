@@ -13,7 +13,7 @@ use super::{
 };
 use crate::lifecycle::{
     Applied, Change, Collection, Condition, Document, DocumentStore, DocumentWrite, MonthSnapshot,
-    Scan, ScanCursor, Stored, Version, strict_user_type,
+    Scan, ScanCursor, Stored, StoredEntry, Version, strict_user_type,
 };
 use crate::usage::{AuditEntry, MonthlyUsage, StoreError, UserId, month_dates};
 
@@ -249,6 +249,19 @@ impl DocumentStore for SqliteStore {
         let audit = audit.clone();
         self.with_connection(move |connection| apply(connection, &writes, &audit))
             .await
+    }
+
+    async fn outbox_entries(
+        &self,
+        user: Option<&UserId>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        let (user, after) = (user.cloned(), after.map(str::to_owned));
+        self.with_connection(move |connection| {
+            super::outbox::entries_by_id(connection, user.as_ref(), after.as_deref(), limit)
+        })
+        .await
     }
 
     async fn delete_expired_keys(

@@ -8,9 +8,10 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use super::steering::{WRITE_AUDIT, write_audit};
 use super::time::SqlTime;
 use super::{SqliteStore, json_or_default, to_json, user_id_from};
+use crate::lifecycle::StoredEntry;
 use crate::usage::{
     AdminAct, DeliveryOutcome, Outbox, OutboxCursor, OutboxEntry, OutboxStatus, Pending,
-    Redelivery, StoreError,
+    Redelivery, StoreError, UserId,
 };
 
 const ENTRY_COLUMNS: &str = "id, event_type, user_id, payload, status, attempts, created_at,
@@ -61,6 +62,30 @@ fn change_as_read(
     let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&entry.id, &entry.attempts, &next_attempt_at];
     bound.extend_from_slice(values);
     Ok(connection.execute(&sql, bound.as_slice())? == 1)
+}
+
+/// Up to `limit` entries after the id `after` (of `user`, when named), by id, each decoded or
+/// why not: `verify` reports an entry that does not decode, and goes on.
+pub(super) fn entries_by_id(
+    connection: &Connection,
+    user: Option<&UserId>,
+    after: Option<&str>,
+    limit: u32,
+) -> rusqlite::Result<Vec<StoredEntry>> {
+    let sql = format!(
+        "SELECT {ENTRY_COLUMNS} FROM notification_outbox
+         WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR id > ?2)
+         ORDER BY id LIMIT ?3"
+    );
+    let mut statement = connection.prepare_cached(&sql)?;
+    statement
+        .query_map(params![user.map(UserId::as_str), after, limit], |row| {
+            Ok(StoredEntry {
+                id: row.get(0)?,
+                entry: entry_from_row(row).map_err(|error| error.to_string()),
+            })
+        })?
+        .collect()
 }
 
 #[async_trait]
