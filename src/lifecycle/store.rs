@@ -31,6 +31,9 @@ impl Collection {
     }
 }
 
+/// The notification outbox, which `verify` checks beside the two collections.
+pub const OUTBOX_COLLECTION: &str = "notification_outbox";
+
 /// A document of either collection, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Document {

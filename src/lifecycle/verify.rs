@@ -8,9 +8,8 @@ use clap::Args;
 use super::check::{StoredMonth, outbox_problems, problems};
 use super::output::{Outcome, Report};
 use super::scope::Scope;
-use super::store::{Collection, Document, DocumentStore, Scan, Stored};
+use super::store::{Collection, Document, DocumentStore, OUTBOX_COLLECTION, Scan, Stored};
 use super::{PAGE_SIZE, Pages, subject};
-use crate::store::queries::OUTBOX_COLLECTION;
 use crate::usage::DailyUsage;
 
 #[derive(Debug, Args)]
