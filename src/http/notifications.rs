@@ -36,6 +36,16 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The longest event id: a user id (128 characters) and its window and threshold.
 const MAX_EVENT_ID_CHARS: usize = 256;
 
+/// Whether `raw` can be an event id: one that can name a document, as a user id can.
+fn is_event_id(raw: &str) -> bool {
+    let reserved = raw.len() >= 4 && raw.starts_with("__") && raw.ends_with("__");
+    (1..=MAX_EVENT_ID_CHARS).contains(&raw.chars().count())
+        && !raw.contains('/')
+        && raw != "."
+        && raw != ".."
+        && !reserved
+}
+
 #[derive(Clone, Copy, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum StatusView {
@@ -149,11 +159,14 @@ async fn list(
         .page_token
         .as_deref()
         .map(|raw| {
+            let invalid =
+                || ApiError::InvalidRequest("pageToken is not a token of this report".to_owned());
             let (millis, id) = page_token::decode_keyed(&report, raw)?;
-            let created_at = DateTime::from_timestamp_millis(millis).ok_or_else(|| {
-                ApiError::InvalidRequest("pageToken is not a token of this report".to_owned())
-            })?;
-            Ok::<_, ApiError>(OutboxCursor { created_at, id })
+            let created_at = DateTime::from_timestamp_millis(millis).ok_or_else(invalid)?;
+            if !is_event_id(&id) {
+                return Err(invalid());
+            }
+            Ok(OutboxCursor { created_at, id })
         })
         .transpose()?;
     let limit = Limit::or_default(query.limit);
@@ -219,10 +232,10 @@ async fn redeliver(
     Path(event_id): Path<String>,
     AppJson(body): AppJson<RedeliverBody>,
 ) -> Result<Json<Redelivered>, ApiError> {
-    let id_fits = (1..=MAX_EVENT_ID_CHARS).contains(&event_id.chars().count());
-    if !id_fits || event_id.contains('/') {
+    if !is_event_id(&event_id) {
         return Err(ApiError::InvalidRequest(format!(
-            "eventId must be 1 to {MAX_EVENT_ID_CHARS} characters without '/'"
+            "eventId must be 1 to {MAX_EVENT_ID_CHARS} characters, without '/', and neither \
+             '.', '..' nor like '__name__'"
         )));
     }
     let reason = body.reason.map(|reason| reason.trim().to_owned());

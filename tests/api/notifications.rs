@@ -282,6 +282,12 @@ async fn an_admin_sends_a_failed_event_again() {
         "notification_not_found",
     )
     .await;
+    assert_error(
+        redeliver("__reserved__".to_owned()).await,
+        400,
+        "invalid_request",
+    )
+    .await;
     let audit: Value = app
         .get(&admin, &format!("/admin/audit?userId={uid}"))
         .await
