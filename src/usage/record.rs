@@ -10,9 +10,9 @@ use super::reservation::MAX_ENTRIES_PER_DAY;
 use super::{
     AuditAction, AuditEntry, DailyUsage, DayWindow, Decision, DecisionError, DecisionInput,
     Enforcement, Fingerprint, IdempotencyCheck, IdempotencyKey, IdempotencyRecord, LimitOverride,
-    LimitWindow, Limits, Marks, MonthStanding, MonthlyUsage, Policy, Reservation, ReservationEntry,
-    ReservationId, Reservations, Settlement, Standing, StoredAnswer, StoredDay, Thresholds, Tokens,
-    UsageEvent, UserId, UserType, decide, limits_for,
+    LimitWindow, Limits, Marks, MonthStanding, MonthlyUsage, Policy, Raised, Reservation,
+    ReservationEntry, ReservationId, Reservations, Settlement, Standing, StoredAnswer, StoredDay,
+    Thresholds, Tokens, UserId, UserType, decide, limits_for,
 };
 
 /// What a request does to the user's day.
@@ -155,12 +155,9 @@ pub struct Writes {
     /// The audit entry of an admin's change, written with it.
     pub audit: Option<AuditEntry>,
     pub expired_holds: Vec<ReservationEntry>,
-    /// The events raised, each an outbox entry written with the usage.
-    pub events: Vec<UsageEvent>,
-    /// What the day and the month keep of the events raised, when that changes; `None`
-    /// leaves them as stored.
-    pub day_notified: Option<Marks>,
-    pub month_notified: Option<Marks>,
+    /// The events raised, each an outbox entry written with the usage, and the marks the day
+    /// and the month keep of them.
+    pub raised: Raised,
 }
 
 impl Writes {
@@ -173,9 +170,7 @@ impl Writes {
             idempotency: None,
             audit: None,
             expired_holds: Vec::new(),
-            events: Vec::new(),
-            day_notified: None,
-            month_notified: None,
+            raised: Raised::default(),
         }
     }
 }
@@ -199,7 +194,7 @@ impl Plan {
     pub fn applied(self) -> Recorded {
         let (expired_holds, events_written) = self
             .writes
-            .map(|writes| (writes.expired_holds, writes.events.len()))
+            .map(|writes| (writes.expired_holds, writes.raised.events.len()))
             .unwrap_or_default();
         Recorded {
             outcome: self.outcome,
@@ -286,10 +281,9 @@ impl RecordRequest {
             return plan;
         }
         let day = standing.day.clone();
-        let writes = plan.writes.get_or_insert_with(|| Writes::day_only(day));
-        writes.events = raised.events;
-        writes.day_notified = raised.day_marks;
-        writes.month_notified = raised.month_marks;
+        plan.writes
+            .get_or_insert_with(|| Writes::day_only(day))
+            .raised = raised;
         plan
     }
 
@@ -378,9 +372,7 @@ impl RecordRequest {
                 month: Some(month),
                 idempotency: self.remember(StoredAnswer::Recorded(standing.clone())),
                 expired_holds: holds.expired,
-                events: Vec::new(),
-                day_notified: None,
-                month_notified: None,
+                raised: Raised::default(),
             }),
             outcome: RecordOutcome::Admitted(standing),
         })
@@ -448,9 +440,7 @@ impl RecordRequest {
                 )),
                 audit: None,
                 expired_holds: holds.expired,
-                events: Vec::new(),
-                day_notified: None,
-                month_notified: None,
+                raised: Raised::default(),
             }),
             outcome: RecordOutcome::Reserved(reservation, standing),
         })
@@ -534,9 +524,7 @@ impl RecordRequest {
                 month: Some(month),
                 idempotency: None,
                 expired_holds: holds.expired,
-                events: Vec::new(),
-                day_notified: None,
-                month_notified: None,
+                raised: Raised::default(),
             }),
         })
     }
@@ -592,9 +580,7 @@ impl RecordRequest {
                 idempotency: None,
                 audit: None,
                 expired_holds: holds.expired,
-                events: Vec::new(),
-                day_notified: None,
-                month_notified: None,
+                raised: Raised::default(),
             }),
         }
     }
@@ -661,9 +647,7 @@ impl RecordRequest {
                 idempotency: self.remember(StoredAnswer::Recorded(standing.clone())),
                 audit: Some(audit),
                 expired_holds: holds.expired,
-                events: Vec::new(),
-                day_notified: None,
-                month_notified: None,
+                raised: Raised::default(),
             }),
             outcome: RecordOutcome::Reset {
                 standing,
@@ -878,7 +862,7 @@ mod tests {
                         .map(|day| day.reservations.clone())
                         .unwrap_or_default()
                 });
-                let notified = writes.day_notified.unwrap_or_else(|| {
+                let notified = writes.raised.day_marks.unwrap_or_else(|| {
                     (self.snapshot.day.as_ref())
                         .map(|day| day.notified.clone())
                         .unwrap_or_default()
@@ -888,7 +872,7 @@ mod tests {
                     reservations,
                     notified,
                 });
-                if let Some(marks) = writes.month_notified {
+                if let Some(marks) = writes.raised.month_marks {
                     self.snapshot.month_notified = marks;
                 }
                 if let Some(month) = writes.month {

@@ -175,14 +175,14 @@ impl FirestoreStore {
                     .map(|day| day.reservations.clone())
                     .unwrap_or_default()
             }),
-            notified: writes.day_notified.clone().unwrap_or_else(|| {
+            notified: writes.raised.day_marks.clone().unwrap_or_else(|| {
                 stored_day
                     .map(|day| day.notified.clone())
                     .unwrap_or_default()
             }),
         };
         let written_month_notified =
-            (writes.month_notified.clone()).unwrap_or_else(|| snapshot.month_notified.clone());
+            (writes.raised.month_marks.clone()).unwrap_or_else(|| snapshot.month_notified.clone());
         let write_id = uuid::Uuid::new_v4().to_string();
         let commit = names.conditional_writes(request, writes, conditions, &write_id);
         // Half the time left, so that a lost answer can still be settled in the other half.
@@ -425,7 +425,7 @@ impl RecordNames {
         };
         day_fields.insert(codec::WRITE_ID_FIELD.to_owned(), codec::string(write_id));
         day_mask.push(codec::WRITE_ID_FIELD);
-        if let Some(marks) = &writes.day_notified {
+        if let Some(marks) = &writes.raised.day_marks {
             day_fields.insert(codec::NOTIFIED_FIELD.to_owned(), codec::marks_value(marks));
             day_mask.push(codec::NOTIFIED_FIELD);
         }
@@ -437,7 +437,7 @@ impl RecordNames {
         )];
         if let Some(month) = &writes.month {
             let (mut fields, mut mask) = (codec::month_fields(month), codec::MONTH_FIELDS.to_vec());
-            if let Some(marks) = &writes.month_notified {
+            if let Some(marks) = &writes.raised.month_marks {
                 fields.insert(codec::NOTIFIED_FIELD.to_owned(), codec::marks_value(marks));
                 mask.push(codec::NOTIFIED_FIELD);
             }
@@ -468,7 +468,7 @@ impl RecordNames {
         }
         // The day's and month's marks keep an event from being raised twice, so its entry is
         // written whatever is there: a commit must never fail on an outbox entry.
-        for event in &writes.events {
+        for event in &writes.raised.events {
             let name = format!("{}{}", self.outbox_prefix, event.id);
             conditional.push(unconditional_update(
                 &name,

@@ -590,18 +590,18 @@ impl<'conn> RecordStatements<'conn> {
                 &day_id,
                 &writes.day,
                 writes.reservations.as_ref(),
-                writes.day_notified.as_ref(),
+                writes.raised.day_marks.as_ref(),
             )
             .map_err(store_error)?;
             if let Some(month) = &writes.month {
                 write_month(&mut self.write_month, &month_id, month).map_err(store_error)?;
             }
-            if let Some(marks) = &writes.month_notified {
+            if let Some(marks) = &writes.raised.month_marks {
                 self.write_month_notified
                     .execute(params![month_id, to_json(marks).map_err(store_error)?])
                     .map_err(store_error)?;
             }
-            for event in &writes.events {
+            for event in &writes.raised.events {
                 self.write_outbox
                     .execute(params![
                         event.id,
