@@ -155,6 +155,16 @@ impl OutboxEntry {
         }
     }
 
+    /// The entry as a claim until `until` leaves it: one attempt more, taken until then and
+    /// due again after, if its outcome is not recorded.
+    pub fn claimed(&self, until: DateTime<Utc>) -> Self {
+        Self {
+            attempts: self.attempts + 1,
+            next_attempt_at: until,
+            ..self.clone()
+        }
+    }
+
     /// The entry as an admin's redelivery leaves it: pending at once, its retry period
     /// counting from now, the sinks that have it skipped as before.
     pub fn redelivered(&self, now: DateTime<Utc>) -> Self {

@@ -145,18 +145,19 @@ impl Outbox for FirestoreStore {
         entry: &OutboxEntry,
         until: DateTime<Utc>,
     ) -> Result<Option<OutboxEntry>, StoreError> {
-        let attempts = entry.attempts + 1;
+        let claimed = entry.claimed(until);
         let fields = codec::Fields::from([
-            ("attempts".to_owned(), codec::integer(i64::from(attempts))),
-            ("nextAttemptAt".to_owned(), codec::timestamp(until)),
+            (
+                "attempts".to_owned(),
+                codec::integer(i64::from(claimed.attempts)),
+            ),
+            (
+                "nextAttemptAt".to_owned(),
+                codec::timestamp(claimed.next_attempt_at),
+            ),
         ]);
         let version = self.change_as_read(entry, fields).await?;
-        Ok(version.map(|version| OutboxEntry {
-            attempts,
-            next_attempt_at: until,
-            version,
-            ..entry.clone()
-        }))
+        Ok(version.map(|version| OutboxEntry { version, ..claimed }))
     }
 
     async fn settle(

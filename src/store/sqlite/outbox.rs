@@ -127,20 +127,17 @@ impl Outbox for SqliteStore {
         entry: &OutboxEntry,
         until: DateTime<Utc>,
     ) -> Result<Option<OutboxEntry>, StoreError> {
-        let entry = entry.clone();
+        let (entry, claimed) = (entry.clone(), entry.claimed(until));
         self.with_connection(move |connection| {
-            let attempts = entry.attempts + 1;
-            let claimed = change_as_read(
+            let taken = change_as_read(
                 connection,
                 &entry,
                 "attempts = ?4, next_attempt_at = ?5",
-                &[&attempts, &SqlTime(until)],
+                &[&claimed.attempts, &SqlTime(claimed.next_attempt_at)],
             )?;
-            Ok(claimed.then(|| OutboxEntry {
-                attempts,
-                next_attempt_at: until,
-                version: version(attempts, until),
-                ..entry
+            Ok(taken.then(|| OutboxEntry {
+                version: version(claimed.attempts, claimed.next_attempt_at),
+                ..claimed
             }))
         })
         .await
