@@ -11,8 +11,6 @@ mod webhook_receiver;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use serde_json::{Value, json};
 use token_limits::notify::{
@@ -20,7 +18,7 @@ use token_limits::notify::{
 };
 
 use emulator::free_port;
-use pubsub_emulator::PubSubEmulator;
+use pubsub_emulator::{PubSubEmulator, Pulled};
 use webhook_receiver::Receiver;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -126,20 +124,9 @@ async fn a_receiver_slower_than_the_timeout_is_retryable_within_it() {
 async fn pubsub_publishes_each_event_with_its_id_and_type_on_the_emulator() {
     let mut emulator = PubSubEmulator::start_on(free_port()).await;
     let project = "demo-notify";
-    let http = reqwest::Client::new();
-    let created = http
-        .put(emulator.url(project, "topics/token-limits-events"))
-        .send()
-        .await
-        .unwrap();
-    assert!(created.status().is_success(), "{created:?}");
-    let subscribed = http
-        .put(emulator.url(project, "subscriptions/events-pull"))
-        .json(&json!({ "topic": format!("projects/{project}/topics/token-limits-events") }))
-        .send()
-        .await
-        .unwrap();
-    assert!(subscribed.status().is_success(), "{subscribed:?}");
+    emulator
+        .create_topic_with_subscription(project, "token-limits-events", "events-pull")
+        .await;
 
     let topic =
         TopicName::parse(&format!("projects/{project}/topics/token-limits-events")).unwrap();
@@ -158,49 +145,21 @@ async fn pubsub_publishes_each_event_with_its_id_and_type_on_the_emulator() {
     };
     sink.deliver(&denied).await.unwrap();
 
-    let pulled: Value = http
-        .post(emulator.url(project, "subscriptions/events-pull:pull"))
-        .json(&json!({ "maxMessages": 10 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut messages: Vec<(String, String, String)> = pulled["receivedMessages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("nothing pulled: {pulled}"))
-        .iter()
-        .map(|received| {
-            let message = &received["message"];
-            let data = STANDARD.decode(message["data"].as_str().unwrap()).unwrap();
-            (
-                message["attributes"]["eventId"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-                message["attributes"]["eventType"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned(),
-                String::from_utf8(data).unwrap(),
-            )
-        })
-        .collect();
+    let mut messages = emulator.pull(project, "events-pull").await;
     messages.sort();
     assert_eq!(
         messages,
         [
-            (
-                "evt_pubsub_1".to_owned(),
-                "usage.threshold_crossed".to_owned(),
-                first.to_owned()
-            ),
-            (
-                "evt_pubsub_2".to_owned(),
-                "usage.first_denied".to_owned(),
-                second.to_owned()
-            ),
+            Pulled {
+                event_id: "evt_pubsub_1".to_owned(),
+                event_type: "usage.threshold_crossed".to_owned(),
+                data: first.to_owned(),
+            },
+            Pulled {
+                event_id: "evt_pubsub_2".to_owned(),
+                event_type: "usage.first_denied".to_owned(),
+                data: second.to_owned(),
+            },
         ]
     );
 

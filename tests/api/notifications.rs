@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
@@ -312,20 +311,11 @@ async fn an_admin_sends_a_failed_event_again() {
 #[tokio::test]
 async fn each_event_reaches_both_sinks_with_one_id() {
     let pubsub = PubSubEmulator::start_on(emulator::free_port()).await;
-    let (project, http) = ("demo-notify-service", reqwest::Client::new());
+    let project = "demo-notify-service";
     let topic = format!("projects/{project}/topics/usage-events");
-    for (path, body) in [
-        ("topics/usage-events", json!({})),
-        ("subscriptions/usage-events-pull", json!({ "topic": topic })),
-    ] {
-        let created = http
-            .put(pubsub.url(project, path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(created.status().is_success(), "{created:?}");
-    }
+    pubsub
+        .create_topic_with_subscription(project, "usage-events", "usage-events-pull")
+        .await;
     let receiver = Receiver::start(SECRET);
     let mut flags = flags(&receiver);
     flags.extend([
@@ -342,27 +332,10 @@ async fn each_event_reaches_both_sinks_with_one_id() {
     let mut published = Vec::new();
     let start = Instant::now();
     while published.len() < 2 && start.elapsed() < Duration::from_secs(30) {
-        let pulled: Value = http
-            .post(pubsub.url(project, "subscriptions/usage-events-pull:pull"))
-            .json(&json!({ "maxMessages": 10 }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for received in pulled["receivedMessages"].as_array().into_iter().flatten() {
-            let message = &received["message"];
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(message["data"].as_str().unwrap())
-                .unwrap();
-            let event: Value = serde_json::from_slice(&data).unwrap();
-            let id = message["attributes"]["eventId"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            assert_eq!(event["data"]["eventId"], id.as_str());
-            published.push(id);
+        for message in pubsub.pull(project, "usage-events-pull").await {
+            let event: Value = serde_json::from_str(&message.data).unwrap();
+            assert_eq!(event["data"]["eventId"], message.event_id.as_str());
+            published.push(message.event_id);
         }
     }
     published.sort();

@@ -8,7 +8,20 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
 use crate::emulator::wait_until_answers;
+
+/// A message pulled from a subscription: its attributes `eventId` and `eventType`, and its
+/// data.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Pulled {
+    pub event_id: String,
+    pub event_type: String,
+    pub data: String,
+}
 
 pub struct PubSubEmulator {
     port: u16,
@@ -71,6 +84,64 @@ impl PubSubEmulator {
     /// The emulator's REST URL of a project's resource, e.g. `topics/events`.
     pub fn url(&self, project: &str, path: &str) -> String {
         format!("http://{}/v1/projects/{project}/{path}", self.host())
+    }
+
+    /// Creates `topic` in `project`, and the pull subscription `subscription` to it.
+    pub async fn create_topic_with_subscription(
+        &self,
+        project: &str,
+        topic: &str,
+        subscription: &str,
+    ) {
+        let full_topic = format!("projects/{project}/topics/{topic}");
+        for (path, body) in [
+            (format!("topics/{topic}"), json!({})),
+            (
+                format!("subscriptions/{subscription}"),
+                json!({ "topic": full_topic }),
+            ),
+        ] {
+            let created = reqwest::Client::new()
+                .put(self.url(project, &path))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert!(created.status().is_success(), "{created:?}");
+        }
+    }
+
+    /// Up to 10 of the messages waiting on `subscription`, unacknowledged.
+    pub async fn pull(&self, project: &str, subscription: &str) -> Vec<Pulled> {
+        let pulled: Value = reqwest::Client::new()
+            .post(self.url(project, &format!("subscriptions/{subscription}:pull")))
+            .json(&json!({ "maxMessages": 10 }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let attribute = |message: &Value, name: &str| {
+            message["attributes"][name]
+                .as_str()
+                .unwrap_or_else(|| panic!("no attribute {name}: {message}"))
+                .to_owned()
+        };
+        pulled["receivedMessages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|received| {
+                let message = &received["message"];
+                let data = STANDARD.decode(message["data"].as_str().unwrap()).unwrap();
+                Pulled {
+                    event_id: attribute(message, "eventId"),
+                    event_type: attribute(message, "eventType"),
+                    data: String::from_utf8(data).unwrap(),
+                }
+            })
+            .collect()
     }
 
     /// Ends the emulator, its JVM and the watchdog: both process groups. The emulator's group
