@@ -23,6 +23,7 @@
 #   bash scripts/bench-http.sh [seconds per run, default 10] [connections, default 64] [rounds, default 3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/firestore-emulator.sh
 
 duration=${1:-10}
 connections=${2:-64}
@@ -45,9 +46,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # The JWK set, served as Google serves it.
 mkdir "$work/jwks"
@@ -222,27 +220,9 @@ for row, label in enumerate(labels):
 PY
 echo "service peak memory: $((peak / 1024)) MiB (the highest of the rounds)"
 
-sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || echo /usr/lib/google-cloud-sdk)
-jar=$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
 echo
-if [ ! -f "$jar" ] || ! command -v java >/dev/null; then
-  echo "Firestore: skipped, no emulator ($jar) or no java"
-  exit 0
-fi
-emulator_port=$(free_port)
-setsid java -Xmx2g -cp "$jar" com.google.cloud.datastore.emulator.firestore.CloudFirestore \
-  --host 127.0.0.1 --port "$emulator_port" >"$work/emulator.log" 2>&1 &
-emulator=$!
-for _ in $(seq 600); do
-  curl -sf "http://127.0.0.1:$emulator_port/" >/dev/null && break
-  kill -0 "$emulator" 2>/dev/null || break
-  sleep 0.1
-done
-if ! curl -sf "http://127.0.0.1:$emulator_port/" >/dev/null; then
-  echo "the Firestore emulator did not start:" >&2
-  tail -n 20 "$work/emulator.log" >&2
-  exit 1
-fi
+# A missing emulator (2) skips the Firestore part; one that does not start fails the run.
+start_firestore_emulator "$work/emulator.log" || exit $(($? == 2 ? 0 : 1))
 
 # The raw client against the emulator, in project $1, for $2 seconds; prints
 # "records/s p50_ms p99_ms errors".

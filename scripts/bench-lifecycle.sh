@@ -7,6 +7,7 @@
 #   bash scripts/bench-lifecycle.sh [daily documents of the large run, default 100000]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/firestore-emulator.sh
 
 large=${1:-100000}
 small=$((large / 10))
@@ -14,9 +15,9 @@ cargo build --release --locked --quiet
 binary=$PWD/target/release/token-limits
 
 work=$(mktemp -d)
-emulator_pid=
+emulator=
 cleanup() {
-  [ -n "$emulator_pid" ] && kill -- "-$emulator_pid" 2>/dev/null || true
+  [ -n "$emulator" ] && kill -- "-$emulator" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -82,14 +83,8 @@ for days in "$small" "$large"; do
   STORE=sqlite SQLITE_PATH="$work/bench.db" run_store sqlite "$days"
 done
 
-sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || echo /usr/lib/google-cloud-sdk)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-setsid java -Xmx2g -cp "$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar" \
-  com.google.cloud.datastore.emulator.firestore.CloudFirestore --host 127.0.0.1 --port "$port" \
-  >"$work/emulator.log" 2>&1 &
-emulator_pid=$!
-until curl -sf "http://127.0.0.1:$port/" >/dev/null; do sleep 0.5; done
+start_firestore_emulator "$work/emulator.log"
 for days in "$small" "$large"; do
-  STORE=firestore FIRESTORE_EMULATOR_HOST="127.0.0.1:$port" FIREBASE_PROJECT_ID="demo-bench-$days" \
+  STORE=firestore FIRESTORE_EMULATOR_HOST="127.0.0.1:$emulator_port" FIREBASE_PROJECT_ID="demo-bench-$days" \
     run_store firestore "$days"
 done

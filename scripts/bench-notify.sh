@@ -11,6 +11,7 @@
 # TOKEN_LIMITS_BIN names another build of the binary to measure instead of the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/firestore-emulator.sh
 
 samples=${1:-200}
 bin=${TOKEN_LIMITS_BIN:-target/release/token-limits}
@@ -25,27 +26,12 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 python3 scripts/bench_notify.py --bin "$bin" --label sqlite --samples "$samples" \
   SQLITE_PATH="$work/usage.db"
 
-sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)
-jar=$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
-if [ ! -f "$jar" ] || ! command -v java >/dev/null; then
-  echo "Firestore: skipped, no emulator ($jar) or no java"
-  exit 0
-fi
-emulator_port=$(free_port)
-setsid java -Xmx2g -cp "$jar" com.google.cloud.datastore.emulator.firestore.CloudFirestore \
-  --host 127.0.0.1 --port "$emulator_port" >"$work/emulator.log" 2>&1 &
-emulator=$!
-for _ in $(seq 1 200); do
-  curl -sf "http://127.0.0.1:$emulator_port/" >/dev/null && break
-  sleep 0.1
-done
+# A missing emulator (2) skips the Firestore part; one that does not start fails the run.
+start_firestore_emulator "$work/emulator.log" || exit $(($? == 2 ? 0 : 1))
 python3 scripts/bench_notify.py --bin "$bin" --label firestore --samples "$samples" \
   STORE=firestore GOOGLE_CLOUD_PROJECT=demo-token-limits-notify-bench \
   FIRESTORE_EMULATOR_HOST="127.0.0.1:$emulator_port"

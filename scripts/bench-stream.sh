@@ -12,6 +12,7 @@
 # TOKEN_LIMITS_BIN names another build of the binary to measure instead of the release one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/firestore-emulator.sh
 
 streams=${1:-1000}
 samples=${2:-200}
@@ -30,9 +31,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 # Raised for the streams and the measuring client, as far as allowed.
 ulimit -n "$(ulimit -Hn)"
 
@@ -59,20 +57,8 @@ start_service "$work/sqlite.log" SQLITE_PATH="$work/usage.db"
 python3 scripts/bench_stream.py --label sqlite --stream-port "$port" --write-port "$port" \
   --pid "$pid" --project $project --streams "$streams" --samples "$samples"
 
-sdk_root=$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)
-jar=$sdk_root/platform/cloud-firestore-emulator/cloud-firestore-emulator.jar
-if [ ! -f "$jar" ] || ! command -v java >/dev/null; then
-  echo "Firestore: skipped, no emulator ($jar) or no java"
-  exit 0
-fi
-emulator_port=$(free_port)
-setsid java -Xmx2g -cp "$jar" com.google.cloud.datastore.emulator.firestore.CloudFirestore \
-  --host 127.0.0.1 --port "$emulator_port" >"$work/emulator.log" 2>&1 &
-emulator=$!
-for _ in $(seq 1 200); do
-  curl -sf "http://127.0.0.1:$emulator_port/" >/dev/null && break
-  sleep 0.1
-done
+# A missing emulator (2) skips the Firestore part; one that does not start fails the run.
+start_firestore_emulator "$work/emulator.log" || exit $(($? == 2 ? 0 : 1))
 firestore=(STORE=firestore GOOGLE_CLOUD_PROJECT=$project FIRESTORE_EMULATOR_HOST="127.0.0.1:$emulator_port")
 start_service "$work/a.log" "${firestore[@]}"
 write_port=$port
